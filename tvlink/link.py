@@ -1,0 +1,668 @@
+"""
+The link protocol: one persistent duplex connection, the same code on
+the platform and on the payment side.
+
+A L{LinkProtocol} frames messages (L{tvlink.wire}), keeps the link alive
+(L{tvlink.idle.IdleTimeout}), matches answers to the requests it sent
+(L{PendingRequests}) and hands the requests it receives to an
+L{IMessageHandler}. Its factory is a L{LinkFactory}; what differs between
+the roles lives there.
+"""
+
+import time
+
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface
+
+from tvlink import wire
+from tvlink.errors import (
+    CodecError,
+    DuplicateKey,
+    LinkLost,
+    LinkNotReady,
+    ProtocolViolation,
+    RequestTimeout,
+)
+from tvlink.idle import IdleTimeout
+
+PLATFORM = "platform"
+PAYMENT = "payment"
+
+
+class IMessageHandler(Interface):
+    """
+    Answers the requests that arrive on a link.
+    """
+
+    def handle(message):
+        """
+        Answer request C{message} (a C{dict}).
+
+        @return: the answer C{dict} (at least C{resp}), or a L{Deferred}
+            firing with it. The link fills in C{mti}, C{sender}, C{stan} and
+            C{time} from the request. Raising, or failing the Deferred,
+            answers C{96}.
+        """
+
+
+class LinkSettings:
+    """
+    What every link of one service shares: framing, timers, the local
+    sender id and its STAN allocator, and the clock.
+
+    Option names follow the command line (C{heartbeat}, C{idle_timeout},
+    C{timeout}, C{header}, C{max_frame}, C{frame_timeout}, C{sender}).
+    """
+
+    def __init__(
+        self,
+        reactor=None,
+        heartbeat=60.0,
+        idle_timeout=180.0,
+        timeout=40.0,
+        header="ascii4",
+        max_frame=wire.DEFAULT_MAX_FRAME,
+        frame_timeout=30.0,
+        close_timeout=5.0,
+        sender="00000000",
+        codec=None,
+        localtime=time.localtime,
+    ):
+        self.reactor = reactor if reactor is not None else globalReactor()
+        self.heartbeat = positive("heartbeat", heartbeat)
+        self.idle_timeout = positive("idle_timeout", idle_timeout)
+        self.timeout = positive("timeout", timeout)
+        self.frame_timeout = positive("frame_timeout", frame_timeout)
+        self.close_timeout = positive("close_timeout", close_timeout)
+        self.header = wire.getHeader(header) if isinstance(header, str) else header
+        if int(max_frame) < 1:
+            raise ValueError("max_frame must be at least 1, not %r" % (max_frame,))
+        self.max_frame = int(max_frame)
+        if not isinstance(sender, str) or not sender or not sender.isascii():
+            raise ValueError("sender must be a non-empty ASCII string, not %r" % (sender,))
+        self.sender = sender
+        self.codec = codec if codec is not None else wire.JSONCodec()
+        self.stans = wire.StanAllocator()
+        self.localtime = localtime
+
+    def transmissionTime(self):
+        return wire.formatTransmissionTime(self.reactor.seconds(), self.localtime)
+
+    def stamp(self, message):
+        """
+        Return a copy of C{message} with C{sender}, C{stan} and C{time}
+        filled in where missing, and the STAN it allocated (or C{None}).
+        The caller releases that STAN with C{self.stans.release} when the
+        request is over.
+        """
+        message = dict(message)
+        allocated = None
+        if "sender" not in message:
+            message["sender"] = self.sender
+        if "stan" not in message:
+            allocated = message["stan"] = self.stans.allocate()
+        if "time" not in message:
+            message["time"] = self.transmissionTime()
+        return message, allocated
+
+
+def globalReactor():
+    """
+    The global reactor, imported only when a caller injected none.
+    """
+    import twisted.internet.reactor
+
+    return twisted.internet.reactor
+
+
+def positive(name, value):
+    """
+    C{value} as a positive float, or a L{ValueError} naming C{name}.
+    """
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("%s must be a number of seconds, not %r" % (name, value)) from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError("%s must be a positive number of seconds, not %r" % (name, value))
+    return value
+
+
+class PendingRequests:
+    """
+    The requests a link has sent and not yet had answered, by key.
+
+    Each entry's Deferred has a canceller that removes the entry, and a
+    timer that fails it with L{RequestTimeout}; an answer removes it too.
+    No entry outlives its request.
+    """
+
+    def __init__(self, clock, onTimeout=None):
+        self._clock = clock
+        self._entries = {}
+        self._onTimeout = onTimeout
+
+    def __len__(self):
+        return len(self._entries)
+
+    def __contains__(self, key):
+        return key in self._entries
+
+    def add(self, key, timeout):
+        """
+        Register a request; return the L{Deferred} of its answer.
+
+        @raise DuplicateKey: if C{key} is already pending.
+        """
+        entries = self._entries
+        if key in entries:
+            raise DuplicateKey("request %s is already in flight" % ("/".join(map(str, key)),))
+        d = Deferred(lambda d: self._cancel(key))
+        entries[key] = (d, self._clock.callLater(timeout, self._expire, key, timeout))
+        return d
+
+    def resolve(self, key, answer):
+        """
+        Fire the request C{key} with C{answer}.
+
+        @return: C{False} if nothing was pending under C{key}.
+        """
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return False
+        d, call = entry
+        call.cancel()
+        d.callback(answer)
+        return True
+
+    def _cancel(self, key):
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            entry[1].cancel()
+
+    def _expire(self, key, timeout):
+        d, call = self._entries.pop(key)
+        if self._onTimeout is not None:
+            self._onTimeout(key)
+        d.errback(RequestTimeout(key, timeout))
+
+    def failAll(self, reason):
+        """
+        Fail every pending request with exception C{reason}.
+        """
+        entries, self._entries = self._entries, {}
+        for d, call in entries.values():
+            call.cancel()
+            d.errback(Failure(reason))
+
+
+class LinkProtocol(Protocol, IdleTimeout):
+    """
+    One link, either role.
+
+    @ivar state: C{"up"} once connected, C{"ready"} once signed on,
+        C{"closing"}, then C{"lost"}.
+    @ivar peer: the peer's C{host:port}.
+    """
+
+    log = Logger(namespace="tvlink.link")
+
+    state = "connecting"
+    peer = "?"
+    violation = None
+    signedOff = False
+    closeReason = None
+
+    def connectionMade(self):
+        settings = self.factory.settings
+        self.settings = settings
+        self.heartbeat = settings.heartbeat
+        self.idleTimeout = settings.idle_timeout
+        self.frameTimeout = settings.frame_timeout
+        self.closeTimeout = settings.close_timeout
+        self._header = settings.header
+        self._codec = settings.codec
+        self._decoder = wire.FrameDecoder(settings.header, settings.max_frame)
+        self._maxFrame = self._decoder.maxFrame
+        self.pending = PendingRequests(self.clock, self._requestTimedOut)
+        self.proven = False
+        self.connectedAt = self.clock.seconds()
+        self.counters = dict.fromkeys(
+            (
+                "framesIn",
+                "framesOut",
+                "heartbeatsIn",
+                "heartbeatsOut",
+                "requestsIn",
+                "requestsOut",
+                "answered",
+                "timedOut",
+                "late",
+                "formatErrors",
+            ),
+            0,
+        )
+        peer = self.transport.getPeer()
+        self.peer = "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", ""))
+        self.state = "up"
+        self.startIdle()
+        self.log.info(
+            "link {peer} up ({role})", link_event="up", peer=self.peer, role=self.factory.role
+        )
+        self.factory.linkUp(self)
+
+    @property
+    def lastFrameIn(self):
+        return self._lastRead
+
+    @property
+    def lastFrameOut(self):
+        return self._lastWrite
+
+    @property
+    def ready(self):
+        return self.state == "ready"
+
+    def inFlight(self):
+        return len(self.pending)
+
+    # -- inbound --------------------------------------------------------
+
+    def dataReceived(self, data):
+        try:
+            bodies = self._decoder.feed(data)
+        except ProtocolViolation as violation:
+            self.protocolViolation(str(violation))
+            return
+        now = self.clock.seconds()
+        if bodies:
+            self.noteRead(now)
+            self.counters["framesIn"] += len(bodies)
+            if not self.proven:
+                self.proven = True
+                self.factory.linkProven(self)
+            for body in bodies:
+                if not body:
+                    self.counters["heartbeatsIn"] += 1
+                else:
+                    self.bodyReceived(body)
+                if self.state == "lost":
+                    return
+            if self._decoder.broken is not None:
+                self.protocolViolation(str(self._decoder.broken))
+                return
+        self.notePartial(self._decoder.partial, now)
+
+    def bodyReceived(self, body):
+        try:
+            message = self._codec.decode(body)
+        except CodecError as e:
+            self.formatError(body, str(e))
+            return
+        mti = message.get("mti")
+        if type(mti) is str and len(mti) == 4 and mti[2] in "13579":
+            self.responseReceived(message)
+        else:
+            self.requestReceived(message)
+
+    def responseReceived(self, message):
+        key = (message.get("sender"), message.get("stan"), message.get("time"))
+        if self.pending.resolve(key, message):
+            self.counters["answered"] += 1
+        else:
+            self.counters["late"] += 1
+            self.factory.lateResponse(self, key, message)
+
+    def requestReceived(self, message):
+        if not (
+            wire.isValidMTI(message.get("mti"))
+            and type(message.get("sender")) is str
+            and type(message.get("stan")) is str
+            and type(message.get("time", "")) is str
+        ):
+            self.formatError(message, "message lacks a valid mti, sender or stan")
+            return
+        self.counters["requestsIn"] += 1
+        if message["mti"] == "0800":
+            self.answer(message, self.networkManagement(message))
+            return
+        d = maybeDeferred(self.factory.handler.handle, message)
+        d.addCallbacks(self._handled, self._handlerFailed, (message,), None, (message,))
+
+    def _handled(self, answer, request):
+        if not isinstance(answer, dict) or type(answer.get("resp")) is not str:
+            self.log.error(
+                "handler gave no response code for {key} from {peer}; answering 96",
+                key=_keyText(wire.messageKey(request)),
+                peer=self.peer,
+            )
+            answer = {"resp": wire.SYSTEM_MALFUNCTION}
+        self.answer(request, answer)
+
+    def _handlerFailed(self, failure, request):
+        self.log.failure(
+            "handler failed on {mti} {key} from {peer}; answering 96",
+            failure,
+            mti=request.get("mti"),
+            key=_keyText(wire.messageKey(request)),
+            peer=self.peer,
+        )
+        self.answer(request, {"resp": wire.SYSTEM_MALFUNCTION})
+
+    def networkManagement(self, message):
+        """
+        Answer a C{0800}: sign-on, sign-off and echo test.
+        """
+        nmi = message.get("nmi")
+        if nmi == wire.ECHO_TEST:
+            return {"nmi": nmi, "resp": wire.APPROVED}
+        if nmi == wire.SIGN_ON:
+            resp = self.factory.signOnReceived(self, message)
+            if resp == wire.APPROVED and self.state == "up":
+                self.signedOff = False
+                self.becomeReady()
+            return {"nmi": nmi, "resp": resp}
+        if nmi == wire.SIGN_OFF:
+            self.signedOff = True
+            if self.state == "ready":
+                self.state = "up"
+                self.log.info("link {peer} signed off by peer", link_event="signed-off", peer=self.peer)
+                self.factory.linkNotReady(self)
+            return {"nmi": nmi, "resp": wire.APPROVED}
+        return {"nmi": nmi, "resp": wire.INVALID_TRANSACTION}
+
+    def answer(self, request, answer):
+        """
+        Send C{answer} (a C{dict}) as the response to C{request}.
+        """
+        response = dict(answer)
+        response["mti"] = wire.responseMTI(request["mti"])
+        response["sender"] = request["sender"]
+        response["stan"] = request["stan"]
+        if "time" in request:
+            response["time"] = request["time"]
+        if self.state in ("lost", "closing"):
+            self.log.warn(
+                "answer {resp} to {key} not sent: link {peer} is {state}",
+                resp=response.get("resp"),
+                key=_keyText(wire.messageKey(request)),
+                peer=self.peer,
+                state=self.state,
+            )
+            return
+        self.sendMessage(response)
+
+    def formatError(self, body, reason):
+        """
+        A body that is not a usable message: answer C{30} if its key can be
+        read, else log and drop it. The link stays up.
+        """
+        self.counters["formatErrors"] += 1
+        found = wire.salvageKey(body)
+        self.log.warn(
+            "format error from {peer}: {reason}; {action}",
+            link_event="format-error",
+            peer=self.peer,
+            reason=reason,
+            action="answering 30" if found else "dropped (no key to answer)",
+        )
+        self.factory.formatErrorReceived(self, reason)
+        if found is not None:
+            self.answer(found, {"resp": wire.FORMAT_ERROR})
+
+    def protocolViolation(self, reason):
+        """
+        The peer broke framing: log, count, close.
+        """
+        if self.violation is not None:
+            return
+        self.violation = reason
+        self.log.warn(
+            "protocol violation from {peer}: {reason}; closing the link",
+            link_event="violation",
+            peer=self.peer,
+            reason=reason,
+        )
+        self.factory.violationReceived(self, reason)
+        self.close("protocol violation: " + reason)
+
+    # -- outbound -------------------------------------------------------
+
+    def sendMessage(self, message):
+        body = self._codec.encode(message)
+        if len(body) > self._maxFrame:
+            raise CodecError(
+                "message of %d bytes exceeds the maximum frame of %d" % (len(body), self._maxFrame)
+            )
+        self.transport.write(self._header.encode(len(body)) + body)
+        self.counters["framesOut"] += 1
+        self._lastWrite = self.clock.seconds()
+
+    def request(self, message, timeout=None):
+        """
+        Send request C{message}; return a L{Deferred} firing with the
+        answer C{dict}, or failing with L{RequestTimeout} after C{timeout}
+        seconds (default: the settings' C{timeout}) or L{LinkLost}.
+
+        C{sender}, C{stan} and C{time} are filled in when missing.
+
+        @raise LinkNotReady: if the link is not signed on (sign-on and
+            echo requests excepted).
+        @raise DuplicateKey: if the same key is already in flight.
+        """
+        if self.state != "ready" and not (
+            self.state == "up" and message.get("mti") == "0800"
+        ):
+            raise LinkNotReady("link %s is %s, not ready" % (self.peer, self.state))
+        settings = self.settings
+        message, allocated = settings.stamp(message)
+        key = (message["sender"], message["stan"], message["time"])
+        try:
+            d = self.pending.add(key, settings.timeout if timeout is None else timeout)
+            try:
+                self.sendMessage(message)
+            except BaseException:
+                self.pending._cancel(key)
+                raise
+        except BaseException:
+            if allocated is not None:
+                settings.stans.release(allocated)
+            raise
+        self.counters["requestsOut"] += 1
+        if allocated is not None:
+            d.addBoth(_release, settings.stans, allocated)
+        return d
+
+    def _requestTimedOut(self, key):
+        self.counters["timedOut"] += 1
+        self.factory.requestTimedOut(self, key)
+
+    # -- state ----------------------------------------------------------
+
+    def becomeReady(self):
+        self.state = "ready"
+        self.log.info(
+            "link {peer} ready ({role})", link_event="ready", peer=self.peer, role=self.factory.role
+        )
+        self.factory.linkReady(self)
+
+    def writeIdle(self):
+        self.transport.write(self._header.encode(0))
+        self.counters["heartbeatsOut"] += 1
+
+    def readIdle(self, silence):
+        self.log.warn(
+            "link {peer} heard nothing for {silence:.1f}s; declaring it dead",
+            link_event="heartbeat-timeout",
+            peer=self.peer,
+            silence=silence,
+        )
+        self.close("read-idle for %.1fs" % (silence,))
+
+    def frameTimedOut(self, elapsed):
+        self.protocolViolation("frame incomplete after %.1fs" % (elapsed,))
+
+    def closeAborted(self):
+        self.log.warn("link {peer} did not close in time; aborting", peer=self.peer)
+
+    def close(self, why="closed locally"):
+        """
+        Close the link. Pending requests fail with L{LinkLost} when it is
+        gone.
+        """
+        if self.state in ("closing", "lost"):
+            return
+        wasReady = self.state == "ready"
+        self.state = "closing"
+        self.closeReason = why
+        if wasReady:
+            self.factory.linkNotReady(self)
+        self.closeLink()
+
+    def whenLost(self):
+        """
+        A L{Deferred} that fires (with the reason text) once the link is
+        gone.
+        """
+        if self.state == "lost":
+            return succeedWith(self.closeReason)
+        d = Deferred()
+        self.__dict__.setdefault("_lostWaiters", []).append(d)
+        return d
+
+    def connectionLost(self, reason):
+        self.stopIdle()
+        wasReady = self.state == "ready"
+        self.state = "lost"
+        why = self.closeReason = self.closeReason or reason.getErrorMessage()
+        self.log.info(
+            "link {peer} lost: {why}", link_event="lost", peer=self.peer, why=why
+        )
+        if wasReady:
+            self.factory.linkNotReady(self)
+        self.pending.failAll(LinkLost("link %s lost before the answer came: %s" % (self.peer, why)))
+        self.factory.linkLost(self, why)
+        for d in self.__dict__.pop("_lostWaiters", ()):
+            d.callback(why)
+
+
+def _release(result, stans, stan):
+    stans.release(stan)
+    return result
+
+
+def _keyText(key):
+    return "/".join(str(part) for part in key)
+
+
+class LinkFactory:
+    """
+    What both roles' factories share: the settings, the handler, the set of
+    live links and the hooks a L{LinkProtocol} calls. Subclasses mix this
+    with a Twisted factory class.
+
+    @ivar links: every connected link.
+    @ivar readyLinks: links that are signed on, in the order they became
+        ready.
+    """
+
+    protocol = LinkProtocol
+    role = None
+    log = Logger(namespace="tvlink.link")
+
+    def setUp(self, settings, handler):
+        self.settings = settings
+        self.clock = settings.reactor
+        self.handler = handler
+        self.links = set()
+        self.readyLinks = []
+        self.counters = dict.fromkeys(
+            ("violations", "formatErrors", "late", "timedOut", "links"), 0
+        )
+        self._readyWaiters = []
+
+    def whenReady(self):
+        """
+        A L{Deferred} that fires with a ready link as soon as there is one.
+        """
+        if self.readyLinks:
+            return succeedWith(self.readyLinks[0])
+        d = Deferred(lambda d: self._readyWaiters.remove(d))
+        self._readyWaiters.append(d)
+        return d
+
+    def linkUp(self, link):
+        self.links.add(link)
+        self.counters["links"] += 1
+
+    def linkReady(self, link):
+        if link not in self.readyLinks:
+            self.readyLinks.append(link)
+        waiters, self._readyWaiters = self._readyWaiters, []
+        for d in waiters:
+            d.callback(link)
+
+    def linkNotReady(self, link):
+        if link in self.readyLinks:
+            self.readyLinks.remove(link)
+
+    def linkProven(self, link):
+        """
+        The peer sent its first valid frame on C{link}.
+        """
+
+    def linkLost(self, link, why):
+        self.links.discard(link)
+        self.linkNotReady(link)
+
+    def signOnReceived(self, link, message):
+        """
+        The peer asks to sign on; return the response code.
+        """
+        return wire.INVALID_TRANSACTION
+
+    def lateResponse(self, link, key, message):
+        """
+        An answer matched nothing pending: it came after its request timed
+        out, or it is unknown. Logged with its key; never raised.
+        """
+        self.counters["late"] += 1
+        self.log.warn(
+            "late or unmatched response {mti} {key} resp {resp} on {peer}",
+            link_event="late-response",
+            mti=message.get("mti"),
+            key=_keyText(key),
+            resp=message.get("resp"),
+            peer=link.peer,
+        )
+
+    def requestTimedOut(self, link, key):
+        self.counters["timedOut"] += 1
+        self.log.warn(
+            "request {key} on {peer} timed out", link_event="timeout", key=_keyText(key), peer=link.peer
+        )
+
+    def violationReceived(self, link, reason):
+        self.counters["violations"] += 1
+
+    def formatErrorReceived(self, link, reason):
+        self.counters["formatErrors"] += 1
+
+    def closeAll(self):
+        """
+        Close every link; return a L{Deferred} that fires when all are gone.
+        """
+        waits = []
+        for link in list(self.links):
+            waits.append(link.whenLost())
+            link.close("service stopping")
+        return gatherResults(waits)
+
+
+def succeedWith(result):
+    d = Deferred()
+    d.callback(result)
+    return d

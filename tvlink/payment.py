@@ -1,0 +1,214 @@
+"""
+The payment side (智能电视支付及账户管理系统): the server that listens,
+accepts every platform link at once, and forgets a broken one while it
+keeps listening.
+"""
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from tvlink import wire
+from tvlink.errors import LinkNotReady
+from tvlink.link import PAYMENT, IMessageHandler, LinkFactory, succeedWith
+from tvlink.service import LinkService, failNow
+
+
+class PaymentFactory(LinkFactory, ServerFactory):
+    """
+    Builds a link for every platform connection. A platform signs on with
+    C{0800}/C{001}; its link is ready once answered C{00}.
+    """
+
+    role = PAYMENT
+    noisy = False
+    log = Logger(namespace="tvlink.payment")
+
+    def __init__(self, settings, handler):
+        self.setUp(settings, handler)
+
+    def signOnReceived(self, link, message):
+        self.log.info(
+            "platform {sender} signed on over {peer}",
+            link_event="sign-on",
+            sender=message["sender"],
+            peer=link.peer,
+        )
+        link.platform = message["sender"]
+        return wire.APPROVED
+
+    def linkLost(self, link, why):
+        LinkFactory.linkLost(self, link, why)
+
+
+def _digits(value, length=None):
+    return (
+        isinstance(value, str)
+        and value.isascii()
+        and value.isdigit()
+        and (length is None or len(value) == length)
+    )
+
+
+@implementer(IMessageHandler)
+class DemoHandler:
+    """
+    An in-memory stand-in for an account system: purchases are approved
+    while a card's total stays within C{limit} fen. Idempotent by key: a
+    repeated request gets its first answer again. Nothing survives a
+    restart; the SQLite ledger replaces it for real use.
+    """
+
+    log = Logger(namespace="tvlink.payment")
+
+    def __init__(self, limit=100000):
+        self.limit = limit
+        self.spent = {}
+        self.answers = {}
+        self.applied = {}
+
+    def handle(self, message):
+        key = wire.messageKey(message)
+        if key in self.answers:
+            return self.answers[key]
+        answer = self._decide(message, key)
+        self.answers[key] = answer
+        return answer
+
+    def _decide(self, message, key):
+        mti = message["mti"]
+        proc = message.get("proc")
+        if mti == "0820":
+            return {"resp": wire.APPROVED}
+        if mti == "0420":
+            orig = message.get("orig")
+            if not isinstance(orig, dict):
+                return {"resp": wire.FORMAT_ERROR}
+            applied = self.applied.pop(wire.messageKey(orig), None)
+            if applied is not None:
+                pan, amount = applied
+                self.spent[pan] -= amount
+            return {"resp": wire.APPROVED}
+        if mti not in ("0200", "0220"):
+            return {"resp": wire.INVALID_TRANSACTION}
+        pan = message.get("pan")
+        if not _digits(pan) or not 12 <= len(pan) <= 19:
+            return {"resp": wire.INVALID_CARD}
+        spent = self.spent.get(pan, 0)
+        if mti == "0200" and proc == "300000":
+            return {"resp": wire.APPROVED, "balance": "%012d" % (self.limit - spent,)}
+        amount = message.get("amount")
+        if not _digits(amount, 12) or int(amount) == 0:
+            return {"resp": wire.INVALID_AMOUNT}
+        amount = int(amount)
+        if mti == "0220" and proc == "200000":
+            amount = -min(amount, spent)
+        elif proc != "000000":
+            return {"resp": wire.INVALID_TRANSACTION}
+        elif spent + amount > self.limit:
+            return {"resp": wire.INSUFFICIENT_FUNDS}
+        self.spent[pan] = spent + amount
+        self.applied[key] = (pan, amount)
+        return {"resp": wire.APPROVED}
+
+
+class PaymentService(LinkService):
+    """
+    An L{IService} listening for platform links on a Twisted server
+    endpoint string (C{"tcp:7000:interface=127.0.0.1"}).
+
+    @param listen: the endpoint description.
+    @param handler: an L{IMessageHandler}; by default a L{DemoHandler}.
+    @param options: as for L{tvlink.PlatformService}.
+    """
+
+    role = PAYMENT
+    defaultSender = "PAYMENT"
+    log = Logger(namespace="tvlink.payment")
+
+    def __init__(self, listen, handler=None, **options):
+        LinkService.__init__(
+            self, handler=handler if handler is not None else DemoHandler(), **options
+        )
+        self.listen = listen
+        self.endpoint = serverFromString(self.reactor, listen)
+        self.factory = PaymentFactory(self.settings, self.handler)
+        self.factories.append(self.factory)
+        self.port = None
+        self._listenWaiters = []
+        self._listenCalled = False
+
+    def privilegedStartService(self):
+        LinkService.privilegedStartService(self)
+        self._listenCalled = True
+        failures = []
+        d = self.endpoint.listen(self.factory)
+        d.addCallbacks(self._listening, failures.append)
+        if failures:
+            # Raised here, before the reactor runs, so twistd exits
+            # non-zero with the reason instead of running without a port.
+            failures[0].raiseException()
+
+    def _listening(self, port):
+        self.port = port
+        self.log.info(
+            "payment listening on {address}", link_event="listening", address=self.address()
+        )
+        waiters, self._listenWaiters = self._listenWaiters, []
+        for d in waiters:
+            d.callback(port)
+
+    def startService(self):
+        if not self._listenCalled:
+            self.privilegedStartService()
+        LinkService.startService(self)
+
+    def address(self):
+        """
+        C{"host:port"} actually listened on, or C{None} before listening.
+        """
+        if self.port is None:
+            return None
+        host = self.port.getHost()
+        return "%s:%d" % (host.host, host.port)
+
+    def whenListening(self):
+        """
+        A L{Deferred} firing with the listening port.
+        """
+        if self.port is not None:
+            return succeedWith(self.port)
+        d = Deferred()
+        self._listenWaiters.append(d)
+        return d
+
+    def stopService(self):
+        port, self.port = self.port, None
+        self._listenCalled = False
+        stopping = port.stopListening() if port is not None else None
+        d = LinkService.stopService(self)
+        if stopping is not None:
+            d.addCallback(lambda _: stopping)
+        return d.addCallback(lambda _: None)
+
+    def request(self, link, message, timeout=None):
+        """
+        Send request C{message} (e.g. a C{0820} notification) to the
+        platform on C{link}, one of L{readyLinks}.
+
+        @return: a L{Deferred} firing with the answer C{dict}.
+        """
+        if link not in self.factory.links:
+            return failNow(LinkNotReady("that link is not connected"))
+        try:
+            return link.request(message, timeout)
+        except Exception as e:
+            return failNow(e)
+
+    def whenReady(self):
+        """
+        A L{Deferred} firing with a ready link once a platform has signed on.
+        """
+        return self.factory.whenReady()
