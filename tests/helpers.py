@@ -17,7 +17,14 @@ class Pair:
     one Clock.
     """
 
-    def __init__(self, clock=None, paymentHandler=None, platformHandler=None, **options):
+    def __init__(
+        self,
+        clock=None,
+        paymentHandler=None,
+        platformHandler=None,
+        paymentFactoryClass=PaymentFactory,
+        **options
+    ):
         self.clock = clock if clock is not None else Clock()
         options.setdefault("reactor", self.clock)
         paymentOptions = dict(options, sender=options.pop("paymentSender", "PAYMENT"))
@@ -25,7 +32,7 @@ class Pair:
         platformOptions = dict(options, sender=options.pop("platformSender", "PLATFORM"))
         self.paymentSettings = LinkSettings(**paymentOptions)
         self.platformSettings = LinkSettings(**platformOptions)
-        self.paymentFactory = PaymentFactory(
+        self.paymentFactory = paymentFactoryClass(
             self.paymentSettings, paymentHandler if paymentHandler is not None else DemoHandler()
         )
         self.platformFactory = PlatformFactory(

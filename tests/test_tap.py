@@ -1,0 +1,68 @@
+"""
+Tests for L{tvlink.tap}: options and the services they build.
+"""
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from tvlink import PaymentService, PlatformService
+from tvlink.sandbox import SandboxService
+from tvlink.tap import Options, makeService
+
+
+def parse(*argv):
+    config = Options()
+    config.parseOptions(list(argv))
+    return config
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_payment(self):
+        config = parse("payment", "--listen", "tcp:0", "--heartbeat", "0.5", "--idle-timeout", "2.5", "--header", "bin2")
+        service = makeService(config, reactor=MemoryReactorClock())
+        self.assertIsInstance(service, PaymentService)
+        self.assertEqual(service.settings.heartbeat, 0.5)
+        self.assertEqual(service.settings.idle_timeout, 2.5)
+        self.assertEqual(service.settings.header.name, "bin2")
+        self.assertEqual(service.settings.sender, "PAYMENT")
+
+    def test_platform(self):
+        config = parse(
+            "platform", "--connect", "127.0.0.1:7000", "--connect", "127.0.0.2:7001", "--timeout", "12", "--sender", "TV01"
+        )
+        service = makeService(config, reactor=MemoryReactorClock())
+        self.assertIsInstance(service, PlatformService)
+        self.assertEqual(service.endpoints, [("127.0.0.1", 7000), ("127.0.0.2", 7001)])
+        self.assertEqual(service.settings.timeout, 12)
+        self.assertEqual(service.settings.sender, "TV01")
+
+    def test_sandbox(self):
+        service = makeService(parse("sandbox", "--echo-interval", "5"), reactor=MemoryReactorClock())
+        self.assertIsInstance(service, SandboxService)
+
+    def test_bad_options_name_the_option(self):
+        cases = [
+            (("payment",), "--listen"),
+            (("payment", "--listen", "tcp:0", "--heartbeat", "abc"), "--heartbeat"),
+            (("payment", "--listen", "tcp:0", "--idle-timeout", "-1"), "--idle-timeout"),
+            (("payment", "--listen", "tcp:0", "--header", "bogus"), "--header"),
+            (("payment", "--listen", "tcp:0", "--max-frame", "0"), "--max-frame"),
+            (("platform",), "--connect"),
+            (("platform", "--connect", "nohost"), "--connect"),
+            (("platform", "--connect", "h:1", "--timeout", "nan"), "--timeout"),
+            (("sandbox", "--port", "99999"), "--port"),
+            (("sandbox", "--echo-interval", "x"), "--echo-interval"),
+            ((), "payment"),
+        ]
+        for argv, name in cases:
+            e = self.assertRaises(UsageError, parse, *argv)
+            self.assertIn(name, str(e), argv)
+
+    def test_plugin(self):
+        from twisted.plugin import getPlugins
+        from twisted.application.service import IServiceMaker
+        import twisted.plugins
+
+        names = [p.tapname for p in getPlugins(IServiceMaker, twisted.plugins)]
+        self.assertIn("tvlink", names)
