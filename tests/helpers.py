@@ -68,3 +68,92 @@ class Pair:
             self.clock.advance(delta)
             elapsed += delta
             self.flush()
+
+
+class PoolRig:
+    """
+    A started PlatformService on a MemoryReactorClock whose every link slot
+    is joined by iosim to an in-memory payment factory for its endpoint.
+    """
+
+    def __init__(self, ports=(7001, 7002, 7003), handlers=None, **options):
+        from twisted.internet.testing import MemoryReactorClock
+
+        from tvlink.platform import PlatformService
+
+        self.reactor = MemoryReactorClock()
+        options.setdefault("random", lambda: 0.5)
+        self.payments = {}
+        for i, port in enumerate(ports):
+            handler = handlers[i] if handlers else DemoHandler(limit=10**12)
+            self.payments[port] = PaymentFactory(
+                LinkSettings(reactor=self.reactor, sender="PAY%d" % port), handler
+            )
+        self.service = PlatformService(
+            ["127.0.0.1:%d" % p for p in ports], reactor=self.reactor, **options
+        )
+        self.service.startService()
+        self.pumps = {}
+        self.connected = 0
+        self.connectPending()
+
+    def connectPending(self):
+        """
+        Complete every connection attempt made since the last call.
+        """
+        attempts = self.reactor.tcpClients[self.connected :]
+        self.connected = len(self.reactor.tcpClients)
+        for host, port, factory, timeout, bind in attempts:
+            client = factory.buildProtocol(None)
+            server = self.payments[port].buildProtocol(None)
+            pump = iosim.connect(
+                server,
+                iosim.makeFakeServer(server),
+                client,
+                iosim.makeFakeClient(client),
+                clock=self.reactor,
+            )
+            self.pumps.setdefault(port, []).append(pump)
+        self.flush()
+
+    def flush(self):
+        for pumps in self.pumps.values():
+            for pump in pumps:
+                pump.flush(advanceClock=False)
+
+    def kill(self, port):
+        """
+        Drop every connection to C{port} as a dead peer would; the platform
+        factories are told, as a real connector would tell them, and start
+        their backoff.
+        """
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+
+        for pump in self.pumps.pop(port, []):
+            pump.serverIO.loseConnection()
+            pump.flush(advanceClock=False)
+        for factory in self.service.factories:
+            if factory.port == port:
+                factory.clientConnectionLost(RigConnector(self.reactor, factory), Failure(ConnectionLost()))
+
+    def advance(self, seconds):
+        self.reactor.advance(seconds)
+        self.flush()
+
+
+class RigConnector:
+    """
+    A connector that, asked to connect again, records a new attempt on the
+    MemoryReactor as a real one would.
+    """
+
+    def __init__(self, reactor, factory):
+        self.reactor = reactor
+        self.factory = factory
+
+    def connect(self):
+        self.reactor.connectTCP(self.factory.host, self.factory.port, self.factory)
+
+    def stopConnecting(self):
+        pass

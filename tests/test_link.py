@@ -169,12 +169,25 @@ class PendingRequestsTests(SynchronousTestCase):
         self.pending = PendingRequests(self.clock, self.timedOut.append)
 
     def test_resolve(self):
+        self.clock.advance(2)
         d = self.pending.add(("A", "1", "t"), 5)
-        self.assertTrue(self.pending.resolve(("A", "1", "t"), {"resp": "00"}))
+        self.assertEqual(self.pending.resolve(("A", "1", "t"), {"resp": "00"}), 2)
         self.assertEqual(self.successResultOf(d), {"resp": "00"})
         self.assertEqual(len(self.pending), 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertFalse(self.pending.resolve(("A", "1", "t"), {}))
+        self.assertIsNone(self.pending.resolve(("A", "1", "t"), {}))
+
+    def test_when_empty(self):
+        a = self.pending.add(("A", "1", "t"), 5)
+        b = self.pending.add(("A", "2", "t"), 5)
+        empty = self.pending.whenEmpty()
+        self.pending.resolve(("A", "1", "t"), {})
+        self.assertNoResult(empty)
+        self.clock.advance(5)
+        self.successResultOf(empty)
+        self.successResultOf(a)
+        self.failureResultOf(b, RequestTimeout)
+        self.successResultOf(self.pending.whenEmpty())
 
     def test_timeout_removes_entry(self):
         d = self.pending.add(("A", "1", "t"), 5)

@@ -131,12 +131,17 @@ class ServiceTests(SynchronousTestCase):
         d.cancel()
         self.failureResultOf(d)
 
-    def test_no_link(self):
+    def test_no_link_waits_then_fails(self):
         reactor = MemoryReactorClock()
-        platform = PlatformService(["127.0.0.1:7000"], reactor=reactor)
+        platform = PlatformService(["127.0.0.1:7000"], reactor=reactor, timeout=40)
         platform.startService()
-        f = self.failureResultOf(platform.request({"mti": "0200"}), NoLinkAvailable)
-        self.assertIn("no payment link", str(f.value))
+        d = platform.request({"mti": "0200"})
+        reactor.advance(39)
+        self.assertNoResult(d)
+        reactor.advance(1)
+        f = self.failureResultOf(d, NoLinkAvailable)
+        self.assertIn("no payment link available within 40s", str(f.value))
+        self.assertEqual(platform.settings.stans.inFlight(), 0)
 
     def test_payment_sends_notification(self):
         reactor, payment, platform, pump = self.linked()
@@ -145,17 +150,25 @@ class ServiceTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(self.successResultOf(d)["mti"], "0830")
 
-    def test_stop_fails_pending_and_stops_reconnecting(self):
-        reactor, payment, platform, pump = self.linked()
-        payment.factory.handler.handle = lambda m: Deferred()
+    def test_stop_drains_then_closes(self):
+        reactor, payment, platform, pump = self.linked(timeout=40)
+        held = []
+        payment.factory.handler.handle = lambda m: held.append(Deferred()) or held[-1]
         d = platform.request({"mti": "0200", "proc": "000000"})
         pump.flush()
         stopped = platform.stopService()
         pump.flush()
-        self.failureResultOf(d, LinkLost)
+        self.assertNoResult(stopped)  # the request in flight may still finish
+        self.failureResultOf(platform.request({"mti": "0200"}), NoLinkAvailable)
+        held[0].callback({"resp": "00"})
+        pump.flush()
+        self.assertEqual(self.successResultOf(d)["resp"], "00")
         self.successResultOf(stopped)
         self.assertFalse(platform.factories[0].continueTrying)
-        self.assertEqual(platform.status(), [])
+        self.assertEqual(platform.status()[0]["state"], "drained")
+        self.assertEqual(platform.links(), [])
+        # The payment side saw the sign-off before the close.
+        self.assertEqual(payment.factory.links, set())
 
     def test_status(self):
         reactor, payment, platform, pump = self.linked()

@@ -37,6 +37,26 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(service.settings.timeout, 12)
         self.assertEqual(service.settings.sender, "TV01")
 
+    def test_platform_pool(self):
+        config = parse(
+            "platform",
+            "--connect", "127.0.0.1:7000,127.0.0.1:7001",
+            "--connect", "127.0.0.2:7002",
+            "--links-per-endpoint", "2",
+            "--balance", "primary",
+            "--max-queued", "10",
+            "--eject-after", "3",
+            "--cooldown", "2.5",
+            "--ramp", "4",
+        )
+        service = makeService(config, reactor=MemoryReactorClock())
+        self.assertEqual([f.group for f in service.factories], [0, 0, 0, 0, 1, 1])
+        self.assertEqual(service.balancer.name, "primary")
+        self.assertEqual(service.queue.limit, 10)
+        self.assertEqual(service.factories[0].breaker.eject_after, 3)
+        self.assertEqual(service.factories[0].breaker.cooldown, 2.5)
+        self.assertEqual(service.factories[0].breaker.ramp, 4)
+
     def test_sandbox(self):
         service = makeService(parse("sandbox", "--echo-interval", "5"), reactor=MemoryReactorClock())
         self.assertIsInstance(service, SandboxService)
@@ -51,6 +71,11 @@ class OptionsTests(SynchronousTestCase):
             (("platform",), "--connect"),
             (("platform", "--connect", "nohost"), "--connect"),
             (("platform", "--connect", "h:1", "--timeout", "nan"), "--timeout"),
+            (("platform", "--connect", "h:1", "--balance", "random"), "--balance"),
+            (("platform", "--connect", "h:1", "--links-per-endpoint", "0"), "--links-per-endpoint"),
+            (("platform", "--connect", "h:1", "--max-queued", "-1"), "--max-queued"),
+            (("platform", "--connect", "h:1", "--cooldown", "0"), "--cooldown"),
+            (("platform", "--connect", "h:1,nohost"), "--connect"),
             (("sandbox", "--port", "99999"), "--port"),
             (("sandbox", "--echo-interval", "x"), "--echo-interval"),
             ((), "payment"),

@@ -27,9 +27,24 @@ from tvlink.errors import (
     RequestTimeout,
 )
 from tvlink.idle import IdleTimeout
+from tvlink.pool import RoundTrips
 
 PLATFORM = "platform"
 PAYMENT = "payment"
+
+#: What every link counts.
+LINK_COUNTERS = (
+    "framesIn",
+    "framesOut",
+    "heartbeatsIn",
+    "heartbeatsOut",
+    "requestsIn",
+    "requestsOut",
+    "answered",
+    "timedOut",
+    "late",
+    "formatErrors",
+)
 
 
 class IMessageHandler(Interface):
@@ -144,6 +159,7 @@ class PendingRequests:
         self._clock = clock
         self._entries = {}
         self._onTimeout = onTimeout
+        self._emptyWaiters = []
 
     def __len__(self):
         return len(self._entries)
@@ -161,42 +177,66 @@ class PendingRequests:
         if key in entries:
             raise DuplicateKey("request %s is already in flight" % ("/".join(map(str, key)),))
         d = Deferred(lambda d: self._cancel(key))
-        entries[key] = (d, self._clock.callLater(timeout, self._expire, key, timeout))
+        clock = self._clock
+        entries[key] = (d, clock.callLater(timeout, self._expire, key, timeout), clock.seconds())
         return d
 
     def resolve(self, key, answer):
         """
         Fire the request C{key} with C{answer}.
 
-        @return: C{False} if nothing was pending under C{key}.
+        @return: the time it was sent, or C{None} if nothing was pending
+            under C{key}.
         """
         entry = self._entries.pop(key, None)
         if entry is None:
-            return False
-        d, call = entry
+            return None
+        d, call, sentAt = entry
         call.cancel()
         d.callback(answer)
-        return True
+        if not self._entries and self._emptyWaiters:
+            self._emptied()
+        return sentAt
 
     def _cancel(self, key):
         entry = self._entries.pop(key, None)
         if entry is not None:
             entry[1].cancel()
+            if not self._entries:
+                self._emptied()
 
     def _expire(self, key, timeout):
-        d, call = self._entries.pop(key)
+        d, call, sentAt = self._entries.pop(key)
         if self._onTimeout is not None:
             self._onTimeout(key)
         d.errback(RequestTimeout(key, timeout))
+        if not self._entries:
+            self._emptied()
 
     def failAll(self, reason):
         """
         Fail every pending request with exception C{reason}.
         """
         entries, self._entries = self._entries, {}
-        for d, call in entries.values():
+        for d, call, sentAt in entries.values():
             call.cancel()
             d.errback(Failure(reason))
+        self._emptied()
+
+    def whenEmpty(self):
+        """
+        A L{Deferred} that fires once nothing is pending.
+        """
+        if not self._entries:
+            return succeedWith(None)
+        d = Deferred(lambda d: self._emptyWaiters.remove(d))
+        self._emptyWaiters.append(d)
+        return d
+
+    def _emptied(self):
+        waiters, self._emptyWaiters = self._emptyWaiters, []
+        for d in waiters:
+            d.callback(None)
 
 
 class LinkProtocol(Protocol, IdleTimeout):
@@ -230,21 +270,9 @@ class LinkProtocol(Protocol, IdleTimeout):
         self.pending = PendingRequests(self.clock, self._requestTimedOut)
         self.proven = False
         self.connectedAt = self.clock.seconds()
-        self.counters = dict.fromkeys(
-            (
-                "framesIn",
-                "framesOut",
-                "heartbeatsIn",
-                "heartbeatsOut",
-                "requestsIn",
-                "requestsOut",
-                "answered",
-                "timedOut",
-                "late",
-                "formatErrors",
-            ),
-            0,
-        )
+        self.counters = self.factory.countersFor(self)
+        self.roundTrips = self.factory.roundTripsFor(self)
+        self._now = self.connectedAt
         peer = self.transport.getPeer()
         self.peer = "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", ""))
         self.state = "up"
@@ -277,7 +305,7 @@ class LinkProtocol(Protocol, IdleTimeout):
         except ProtocolViolation as violation:
             self.protocolViolation(str(violation))
             return
-        now = self.clock.seconds()
+        now = self._now = self.clock.seconds()
         if bodies:
             self.noteRead(now)
             self.counters["framesIn"] += len(bodies)
@@ -310,8 +338,11 @@ class LinkProtocol(Protocol, IdleTimeout):
 
     def responseReceived(self, message):
         key = (message.get("sender"), message.get("stan"), message.get("time"))
-        if self.pending.resolve(key, message):
+        sentAt = self.pending.resolve(key, message)
+        if sentAt is not None:
             self.counters["answered"] += 1
+            self.roundTrips.add(self._now - sentAt)
+            self.factory.requestAnswered(self)
         else:
             self.counters["late"] += 1
             self.factory.lateResponse(self, key, message)
@@ -473,7 +504,7 @@ class LinkProtocol(Protocol, IdleTimeout):
             raise
         self.counters["requestsOut"] += 1
         if allocated is not None:
-            d.addBoth(_release, settings.stans, allocated)
+            d.addBoth(releaseStan, settings.stans, allocated)
         return d
 
     def _requestTimedOut(self, key):
@@ -549,7 +580,10 @@ class LinkProtocol(Protocol, IdleTimeout):
             d.callback(why)
 
 
-def _release(result, stans, stan):
+def releaseStan(result, stans, stan):
+    """
+    A callback that gives C{stan} back to C{stans} and passes C{result} on.
+    """
     stans.release(stan)
     return result
 
@@ -582,7 +616,35 @@ class LinkFactory:
         self.counters = dict.fromkeys(
             ("violations", "formatErrors", "late", "timedOut", "links"), 0
         )
+        self.observers = []
         self._readyWaiters = []
+
+    def countersFor(self, link):
+        """
+        The counters C{link} keeps (see L{LINK_COUNTERS}).
+        """
+        return dict.fromkeys(LINK_COUNTERS, 0)
+
+    def roundTripsFor(self, link):
+        """
+        Where C{link} records the round trips of its requests.
+        """
+        return RoundTrips()
+
+    def linkEvent(self, event, link):
+        """
+        Tell the observers (callables taking C{event, link, factory}) that
+        C{link} changed state: C{"up"}, C{"ready"}, C{"lost"}, and on the
+        platform C{"degraded"}, C{"ejected"}, C{"recovering"},
+        C{"drained"}.
+        """
+        for observer in self.observers:
+            observer(event, link, self)
+
+    def requestAnswered(self, link):
+        """
+        A request sent on C{link} got its answer.
+        """
 
     def whenReady(self):
         """
@@ -597,10 +659,12 @@ class LinkFactory:
     def linkUp(self, link):
         self.links.add(link)
         self.counters["links"] += 1
+        self.linkEvent("up", link)
 
     def linkReady(self, link):
         if link not in self.readyLinks:
             self.readyLinks.append(link)
+        self.linkEvent("ready", link)
         waiters, self._readyWaiters = self._readyWaiters, []
         for d in waiters:
             d.callback(link)
@@ -617,6 +681,7 @@ class LinkFactory:
     def linkLost(self, link, why):
         self.links.discard(link)
         self.linkNotReady(link)
+        self.linkEvent("lost", link)
 
     def signOnReceived(self, link, message):
         """

@@ -5,15 +5,43 @@ persistent link per payment endpoint and keeps it open.
 
 import random
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from tvlink import wire
-from tvlink.errors import NoLinkAvailable, RequestError
-from tvlink.link import PLATFORM, IMessageHandler, LinkFactory, succeedWith
+from tvlink.errors import NoLinkAvailable, RequestError, RequestTimeout
+from tvlink.link import (
+    LINK_COUNTERS,
+    PLATFORM,
+    IMessageHandler,
+    LinkFactory,
+    releaseStan,
+    succeedWith,
+)
+from tvlink.pool import CircuitBreaker, RequestQueue, RoundTrips, getBalancer
 from tvlink.service import LinkService, failNow
+
+
+def parseGroups(endpoints):
+    """
+    Parse endpoint configuration into priority groups: a list of
+    C{"HOST:PORT"} strings, each of which may name several endpoints
+    separated by commas (one group). Returns a list of groups, each a list
+    of C{(host, port)}.
+    """
+    if isinstance(endpoints, str):
+        endpoints = [endpoints]
+    groups = []
+    for entry in endpoints:
+        members = entry if isinstance(entry, (list, tuple)) else entry.split(",")
+        group = [parseEndpoint(m.strip() if isinstance(m, str) else m) for m in members if m]
+        if group:
+            groups.append(group)
+    if not groups:
+        raise ValueError("at least one payment endpoint is needed")
+    return groups
 
 
 def parseEndpoint(text):
@@ -35,15 +63,22 @@ def parseEndpoint(text):
 
 class PlatformFactory(LinkFactory, ReconnectingClientFactory):
     """
-    Keeps one link to one payment endpoint: connects, signs on, and
-    reconnects with jittered exponential backoff whenever the link closes
-    or goes silent.
+    One link slot: keeps one link to one payment endpoint. It connects,
+    signs on, and reconnects with jittered exponential backoff whenever the
+    link closes or goes silent.
 
     The delay before attempt I{n} is drawn uniformly from the upper half of
     C{min(maxDelay, initialDelay * factor ** (n - 1))}: the first retry
     comes within C{initialDelay} (1 s), later ones never past C{maxDelay}
     (60 s), and platforms restarted together spread out. It is reset once
     the peer has sent a valid frame (L{linkProven}), not on connect.
+
+    The slot outlives its connections: its counters, round trips and
+    circuit breaker carry over reconnects.
+
+    @ivar group: the priority group (0 first) of the endpoint.
+    @ivar draining: no new requests go to this slot.
+    @ivar link: the current connection, or C{None}.
     """
 
     role = PLATFORM
@@ -53,12 +88,27 @@ class PlatformFactory(LinkFactory, ReconnectingClientFactory):
     maxDelay = 60.0
     log = Logger(namespace="tvlink.platform")
 
-    def __init__(self, endpoint, settings, handler, random=random.random):
+    def __init__(
+        self, endpoint, settings, handler, random=random.random, group=0, slot=0, breaker=None
+    ):
         self.setUp(settings, handler)
         self.endpoint = endpoint
         self.random = random
+        self.group = group
+        self.slot = slot
         self.delay = self.initialDelay
         self.reconnects = 0
+        self.draining = False
+        self.link = None
+        self.slotCounters = dict.fromkeys(LINK_COUNTERS, 0)
+        self.slotRoundTrips = RoundTrips()
+        self.breaker = breaker if breaker is not None else CircuitBreaker(settings.reactor)
+
+    def countersFor(self, link):
+        return self.slotCounters
+
+    def roundTripsFor(self, link):
+        return self.slotRoundTrips
 
     def startedConnecting(self, connector):
         self.log.info(
@@ -99,6 +149,8 @@ class PlatformFactory(LinkFactory, ReconnectingClientFactory):
         self._callID = self.clock.callLater(self.delay, reconnect)
 
     def linkUp(self, link):
+        self.link = link
+        link.group = self.group
         LinkFactory.linkUp(self, link)
         d = link.request({"mti": "0800", "nmi": wire.SIGN_ON})
         d.addCallbacks(self._signOnAnswered, self._signOnFailed, (link,), None, (link,))
@@ -132,8 +184,96 @@ class PlatformFactory(LinkFactory, ReconnectingClientFactory):
     def linkProven(self, link):
         self.resetDelay()
 
+    def linkLost(self, link, why):
+        if self.link is link:
+            self.link = None
+        LinkFactory.linkLost(self, link, why)
+
     def signOnReceived(self, link, message):
         return wire.INVALID_TRANSACTION
+
+    def requestAnswered(self, link):
+        self.breaker.answered()
+
+    def requestTimedOut(self, link, key):
+        LinkFactory.requestTimedOut(self, link, key)
+        breaker = self.breaker
+        wasDegraded = breaker.degraded
+        if breaker.timedOut():
+            self.log.warn(
+                "link to {endpoint} ejected after {count} timeouts in a row; probing in {cooldown}s",
+                link_event="ejected",
+                endpoint=self.endpoint,
+                count=breaker.consecutive,
+                cooldown=breaker.cooldown,
+            )
+            self.linkEvent("ejected", link)
+            self.clock.callLater(breaker.cooldown, self.probe)
+        elif breaker.degraded and not wasDegraded:
+            self.log.warn(
+                "link to {endpoint} degraded: a request timed out",
+                link_event="degraded",
+                endpoint=self.endpoint,
+            )
+            self.linkEvent("degraded", link)
+
+    def probe(self):
+        """
+        Send an echo test on an ejected link; bring it back gradually if
+        answered, try again after the cool-down if not.
+        """
+        breaker = self.breaker
+        if breaker.state != "ejected" or not self.continueTrying:
+            return
+        link = self.link
+        if link is None or not link.ready:
+            breaker.probeFailed()
+            self.clock.callLater(breaker.cooldown, self.probe)
+            return
+        d = link.request({"mti": "0800", "nmi": wire.ECHO_TEST}, timeout=min(self.settings.timeout, breaker.cooldown))
+        d.addCallbacks(self._probed, self._probeFailed, (link,), None, (link,))
+
+    def _probed(self, answer, link):
+        if answer.get("resp") != wire.APPROVED:
+            return self._probeFailed(None, link)
+        self.breaker.probeAnswered()
+        self.log.info(
+            "link to {endpoint} answered its probe; taking traffic again over {ramp}s",
+            link_event="recovering",
+            endpoint=self.endpoint,
+            ramp=self.breaker.ramp,
+        )
+        self.linkEvent("recovering", link)
+
+    def _probeFailed(self, failure, link):
+        self.breaker.probeFailed()
+        self.log.warn(
+            "link to {endpoint} failed its probe; still ejected",
+            link_event="probe-failed",
+            endpoint=self.endpoint,
+        )
+        self.clock.callLater(self.breaker.cooldown, self.probe)
+
+    def stateName(self):
+        """
+        The slot's state as an operator sees it: C{connecting}, C{up},
+        C{ready}, C{degraded}, C{ejected}, C{recovering}, C{draining},
+        C{drained}.
+        """
+        link = self.link
+        if self.draining:
+            return "draining" if link is not None else "drained"
+        if link is None:
+            return "connecting"
+        if link.state != "ready":
+            return link.state
+        if self.breaker.state == "ejected":
+            return "ejected"
+        if self.breaker.state == "recovering":
+            return "recovering"
+        if self.breaker.degraded:
+            return "degraded"
+        return "ready"
 
 
 @implementer(IMessageHandler)
@@ -159,9 +299,19 @@ class PlatformHandler:
 
 class PlatformService(LinkService):
     """
-    An L{IService} holding a link to each payment endpoint.
+    An L{IService} holding links to one or more payment endpoints and
+    spreading requests over them.
 
-    @param endpoints: C{"HOST:PORT"} strings, one per payment node.
+    @param endpoints: C{"HOST:PORT"} strings, one per payment node; a
+        string may list several endpoints separated by commas, which makes
+        them one priority group for the C{primary} strategy.
+    @param links_per_endpoint: links opened to each endpoint.
+    @param balance: C{"least-pending"} (default), C{"round-robin"},
+        C{"primary"}, or an L{tvlink.pool.IBalancer} provider.
+    @param max_queued: requests that may wait for a ready link at once.
+    @param eject_after: timeouts in a row that eject a link.
+    @param cooldown: seconds an ejected link rests before its probe.
+    @param ramp: seconds over which a recovered link regains full traffic.
     @param options: C{heartbeat}, C{idle_timeout}, C{timeout},
         C{header}, C{max_frame}, C{frame_timeout}, C{sender},
         C{echo_interval}, C{reactor} (see L{tvlink.link.LinkSettings}).
@@ -171,32 +321,140 @@ class PlatformService(LinkService):
     defaultSender = "PLATFORM"
     log = Logger(namespace="tvlink.platform")
 
-    def __init__(self, endpoints, handler=None, connect_timeout=10.0, **options):
-        if isinstance(endpoints, str):
-            endpoints = [endpoints]
-        if not endpoints:
-            raise ValueError("at least one payment endpoint is needed")
-        self.endpoints = [parseEndpoint(e) for e in endpoints]
+    def __init__(
+        self,
+        endpoints,
+        handler=None,
+        connect_timeout=10.0,
+        links_per_endpoint=1,
+        balance="least-pending",
+        max_queued=1000,
+        eject_after=5,
+        cooldown=30.0,
+        ramp=30.0,
+        random=random.random,
+        **options
+    ):
+        self.groups = parseGroups(endpoints)
+        self.endpoints = [e for group in self.groups for e in group]
         LinkService.__init__(
             self, handler=handler if handler is not None else PlatformHandler(), **options
         )
+        if int(links_per_endpoint) < 1:
+            raise ValueError("links_per_endpoint must be at least 1")
+        if int(max_queued) < 0:
+            raise ValueError("max_queued must not be negative")
+        if int(eject_after) < 1:
+            raise ValueError("eject_after must be at least 1")
         self.connect_timeout = float(connect_timeout)
-        self._next = 0
-        for host, port in self.endpoints:
-            self.factories.append(
-                PlatformFactory("%s:%d" % (host, port), self.settings, self.handler)
-            )
+        self.balancer = getBalancer(balance)
+        self.queue = RequestQueue(self.reactor, int(max_queued))
+        self.stopping = False
+        for group, members in enumerate(self.groups):
+            for host, port in members:
+                for slot in range(int(links_per_endpoint)):
+                    factory = PlatformFactory(
+                        "%s:%d" % (host, port),
+                        self.settings,
+                        self.handler,
+                        random=random,
+                        group=group,
+                        slot=slot,
+                        breaker=CircuitBreaker(
+                            self.reactor, int(eject_after), float(cooldown), float(ramp), random
+                        ),
+                    )
+                    factory.host, factory.port = host, port
+                    factory.observers.append(self._linkEvent)
+                    self.factories.append(factory)
 
     def startService(self):
         LinkService.startService(self)
-        for factory, (host, port) in zip(self.factories, self.endpoints):
-            factory.continueTrying = True
-            self.reactor.connectTCP(host, port, factory, timeout=self.connect_timeout)
-
-    def stopService(self):
+        self.stopping = False
         for factory in self.factories:
-            factory.stopTrying()
-        return LinkService.stopService(self)
+            self._connect(factory)
+
+    def _connect(self, factory):
+        factory.continueTrying = True
+        factory.draining = False
+        self.reactor.connectTCP(factory.host, factory.port, factory, timeout=self.connect_timeout)
+
+    def _linkEvent(self, event, link, factory):
+        if event in ("ready", "recovering") and len(self.queue):
+            self._releaseQueue()
+
+    # -- choosing a link ------------------------------------------------
+
+    def candidates(self):
+        """
+        The ready links that may take a request now.
+        """
+        out = []
+        for factory in self.factories:
+            link = factory.link
+            if (
+                link is not None
+                and link.state == "ready"
+                and not factory.draining
+                and factory.breaker.admits()
+            ):
+                out.append(link)
+        return out
+
+    def pickLink(self):
+        """
+        The link for the next request, or C{None} if none may take it.
+        """
+        candidates = self.candidates()
+        if not candidates:
+            return None
+        return self.balancer.choose(candidates)
+
+    def request(self, message, timeout=None):
+        """
+        Send request C{message} (a C{dict}) to a payment node.
+
+        C{sender}, C{stan} and C{time} are filled in when missing. If no
+        link is ready the request waits for one, up to its C{timeout}, in a
+        queue of at most C{max_queued}.
+
+        @return: a L{Deferred} firing with the answer C{dict}, or failing
+            with L{tvlink.errors.RequestTimeout}, L{tvlink.errors.LinkLost}
+            or L{tvlink.errors.NoLinkAvailable}.
+        """
+        if timeout is None:
+            timeout = self.settings.timeout
+        try:
+            message, allocated = self.settings.stamp(message)
+        except Exception as e:
+            return failNow(e)
+        d = self._dispatch(message, timeout)
+        if allocated is not None:
+            d.addBoth(releaseStan, self.settings.stans, allocated)
+        return d
+
+    def _dispatch(self, message, timeout):
+        if self.stopping:
+            return failNow(NoLinkAvailable("the platform service is stopping"))
+        link = self.pickLink()
+        if link is None:
+            try:
+                waiting = self.queue.wait(timeout)
+            except NoLinkAvailable as e:
+                return failNow(e)
+            return waiting.addCallback(self._unqueued, message)
+        try:
+            return link.request(message, timeout)
+        except Exception as e:
+            return failNow(e)
+
+    def _unqueued(self, remaining, message):
+        if remaining <= 0:
+            raise NoLinkAvailable("no payment link available in time")
+        return self._dispatch(message, remaining)
+
+    def _releaseQueue(self):
+        self.queue.release()
 
     def whenReady(self):
         """
@@ -218,28 +476,107 @@ class PlatformService(LinkService):
                     w.cancel()
             d.callback(link)
 
-    def pickLink(self):
-        """
-        A ready link, round robin; C{None} when there is none.
-        """
-        ready = self.readyLinks()
-        if not ready:
-            return None
-        self._next = (self._next + 1) % len(ready)
-        return ready[self._next]
+    # -- draining and stopping ------------------------------------------
 
-    def request(self, message, timeout=None):
+    def drain(self, endpoint):
         """
-        Send request C{message} (a C{dict}) to a payment node.
+        Take C{endpoint} (C{"HOST:PORT"}) out of service: no new requests,
+        in-flight ones finish (up to their timeout), then a sign-off and a
+        close. Returns a L{Deferred} that fires when every link to it is
+        closed.
+        """
+        factories = [f for f in self.factories if f.endpoint == endpoint]
+        if not factories:
+            return failNow(ValueError("no such endpoint %r" % (endpoint,)))
+        return DeferredList([self._drainSlot(f) for f in factories]).addCallback(lambda _: None)
 
-        @return: a L{Deferred} firing with the answer C{dict}, or failing
-            with L{tvlink.errors.RequestTimeout}, L{tvlink.errors.LinkLost}
-            or L{tvlink.errors.NoLinkAvailable}.
+    def resume(self, endpoint):
         """
-        link = self.pickLink()
+        Put a drained C{endpoint} back in service.
+        """
+        for f in self.factories:
+            if f.endpoint == endpoint and f.draining:
+                self._connect(f)
+
+    def _drainSlot(self, factory):
+        factory.draining = True
+        factory.stopTrying()
+        link = factory.link
         if link is None:
-            return failNow(NoLinkAvailable("no payment link is ready"))
-        try:
-            return link.request(message, timeout)
-        except Exception as e:
-            return failNow(e)
+            self._drained(None, factory, None)
+            return succeedWith(None)
+        d = link.pending.whenEmpty()
+        d.addCallback(self._signOff, link)
+        d.addBoth(self._drained, factory, link)
+        return d
+
+    def _signOff(self, _, link):
+        if link.state != "ready":
+            return None
+        d = link.request({"mti": "0800", "nmi": wire.SIGN_OFF}, timeout=min(5.0, self.settings.timeout))
+        d.addErrback(lambda f: None)
+        return d
+
+    def _drained(self, result, factory, link):
+        if link is not None and link.state not in ("closing", "lost"):
+            closing = link.whenLost()
+            link.close("drained")
+        else:
+            closing = succeedWith(None)
+        self.log.info(
+            "link to {endpoint} drained", link_event="drained", endpoint=factory.endpoint
+        )
+        factory.linkEvent("drained", link)
+        return closing
+
+    def stopService(self):
+        """
+        Drain every endpoint, fail whatever still waits for a link, and
+        close. Fires once nothing is left pending.
+        """
+        self.stopping = True
+        self.queue.failAll(NoLinkAvailable("the platform service is stopping"))
+        drains = [self._drainSlot(f) for f in self.factories]
+        d = DeferredList(drains)
+        d.addCallback(lambda _: LinkService.stopService(self))
+        return d
+
+    # -- what operators read ----------------------------------------------
+
+    def status(self):
+        """
+        One entry per link slot: endpoint, group, state, in flight,
+        counters, reconnects, round-trip p50/p99 (seconds), time since the
+        last frame in and out.
+        """
+        now = self.reactor.seconds()
+        result = []
+        for f in self.factories:
+            link = f.link
+            rtts = f.slotRoundTrips
+            entry = {
+                "endpoint": f.endpoint,
+                "group": f.group,
+                "slot": f.slot,
+                "state": f.stateName(),
+                "peer": link.peer if link is not None else None,
+                "inFlight": link.inFlight() if link is not None else 0,
+                "reconnects": f.reconnects,
+                "ejections": f.breaker.ejections,
+                "rttP50": rtts.percentile(50),
+                "rttP99": rtts.percentile(99),
+                "sinceFrameIn": now - link.lastFrameIn if link is not None else None,
+                "sinceFrameOut": now - link.lastFrameOut if link is not None else None,
+                "violations": f.counters["violations"],
+            }
+            entry.update(f.slotCounters)
+            result.append(entry)
+        return result
+
+    def observeLinks(self, observer):
+        """
+        Call C{observer(event, link, slot)} on every link-state event (up,
+        ready, degraded, ejected, recovering, drained, lost).
+        """
+        for f in self.factories:
+            f.observers.append(observer)

@@ -7,7 +7,8 @@ from twisted.python import usage
 
 from tvlink import wire
 from tvlink.link import positive
-from tvlink.platform import parseEndpoint
+from tvlink.platform import parseGroups
+from tvlink.pool import BALANCERS
 
 log = Logger(namespace="tvlink.tap")
 
@@ -79,13 +80,32 @@ class PaymentOptions(_LinkOptions):
 
 
 class PlatformOptions(_LinkOptions):
-    synopsis = "--connect HOST:PORT [--connect HOST:PORT ...] [options]"
-    longdesc = "Run the platform side: keep a link to each payment endpoint."
-    secondsOptions = dict(_LinkOptions.secondsOptions, timeout="timeout")
+    synopsis = "--connect HOST:PORT[,HOST:PORT...] [--connect ...] [options]"
+    longdesc = (
+        "Run the platform side: keep links to each payment endpoint and spread "
+        "requests over them. Endpoints joined by commas in one --connect form a "
+        "priority group for --balance primary."
+    )
+    secondsOptions = dict(
+        _LinkOptions.secondsOptions, timeout="timeout", cooldown="cooldown", ramp="ramp"
+    )
     optParameters = [
         _seconds("timeout", 40, "Time to wait for the payment side's answer"),
         ["sender", None, "PLATFORM", "This node's institution id"],
+        ["links-per-endpoint", None, "1", "Links opened to each payment endpoint"],
+        ["balance", None, "least-pending", "Strategy: least-pending, round-robin or primary"],
+        ["max-queued", None, "1000", "Requests that may wait for a ready link at once"],
+        ["eject-after", None, "5", "Timeouts in a row that eject a link for a cool-down"],
+        _seconds("cooldown", 30, "Rest of an ejected link before its echo-test probe"),
+        _seconds("ramp", 30, "Time over which a recovered link regains its full share"),
     ]
+
+    #: option name -> (keyword, smallest value), for the count options.
+    countOptions = {
+        "links-per-endpoint": ("links_per_endpoint", 1),
+        "max-queued": ("max_queued", 0),
+        "eject-after": ("eject_after", 1),
+    }
 
     def __init__(self):
         _LinkOptions.__init__(self)
@@ -93,10 +113,11 @@ class PlatformOptions(_LinkOptions):
 
     def opt_connect(self, endpoint):
         """
-        A payment endpoint HOST:PORT (repeat for several)
+        Payment endpoint HOST:PORT, or several joined by commas as one
+        priority group (repeat for more)
         """
         try:
-            parseEndpoint(endpoint)
+            parseGroups([endpoint])
         except ValueError as e:
             raise usage.UsageError("--connect: %s" % (e,)) from None
         self["connect"].append(endpoint)
@@ -105,6 +126,18 @@ class PlatformOptions(_LinkOptions):
         if not self["connect"]:
             raise usage.UsageError("--connect HOST:PORT is required (at least one)")
         _LinkOptions.postOptions(self)
+        for option, (keyword, least) in self.countOptions.items():
+            value = self[option]
+            if not value.isdigit() or int(value) < least:
+                raise usage.UsageError(
+                    "--%s must be a whole number of at least %d, not %r" % (option, least, value)
+                )
+            self.linkOptions[keyword] = int(value)
+        if self["balance"] not in BALANCERS:
+            raise usage.UsageError(
+                "--balance must be one of %s, not %r" % (", ".join(sorted(BALANCERS)), self["balance"])
+            )
+        self.linkOptions["balance"] = self["balance"]
 
 
 class SandboxOptions(_LinkOptions):

@@ -1,0 +1,271 @@
+"""
+Multi-point load-balanced access (多点负载均衡接入): choosing a payment
+link for each request, ejecting links that keep timing out, and holding
+requests briefly while no link is ready.
+"""
+
+import math
+import random as _random
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from tvlink.errors import NoLinkAvailable
+
+
+class RoundTrips:
+    """
+    The last C{size} round-trip times of a link, for percentiles.
+    """
+
+    def __init__(self, size=1024):
+        self._size = size
+        self._samples = []
+        self._next = 0
+
+    def add(self, seconds):
+        samples = self._samples
+        if len(samples) < self._size:
+            samples.append(seconds)
+        else:
+            samples[self._next] = seconds
+            self._next = (self._next + 1) % self._size
+
+    def __len__(self):
+        return len(self._samples)
+
+    def percentile(self, p):
+        """
+        The C{p}th percentile (0-100) in seconds, or C{None} with no
+        samples.
+        """
+        if not self._samples:
+            return None
+        ordered = sorted(self._samples)
+        # nearest rank
+        index = min(len(ordered) - 1, max(0, math.ceil(p / 100.0 * len(ordered)) - 1))
+        return ordered[index]
+
+
+class IBalancer(Interface):
+    """
+    Chooses the link for the next request.
+    """
+
+    def choose(candidates):
+        """
+        Return one of C{candidates} (a non-empty list of ready links that
+        may take traffic, in configuration order; each has C{inFlight()}
+        and C{group}), or C{None} to hold the request.
+        """
+
+
+@implementer(IBalancer)
+class LeastPending:
+    """
+    The link with the fewest requests in flight; ties go round robin.
+    """
+
+    name = "least-pending"
+
+    def __init__(self):
+        self._turn = 0
+
+    def choose(self, candidates):
+        n = len(candidates)
+        start = self._turn % n
+        self._turn += 1
+        best = None
+        bestLoad = None
+        for i in range(n):
+            link = candidates[(start + i) % n]
+            load = link.inFlight()
+            if best is None or load < bestLoad:
+                best, bestLoad = link, load
+        return best
+
+
+@implementer(IBalancer)
+class RoundRobin:
+    """
+    Each ready link in turn. Dead links are not in the list at all, so
+    their share spreads over every live link instead of falling on the
+    next one in line.
+    """
+
+    name = "round-robin"
+
+    def __init__(self):
+        self._turn = 0
+
+    def choose(self, candidates):
+        link = candidates[self._turn % len(candidates)]
+        self._turn += 1
+        return link
+
+
+@implementer(IBalancer)
+class Primary:
+    """
+    Priority groups: the first group (lowest C{group}) with a ready link
+    takes all traffic, least-pending inside the group; the next group only
+    when none of the first is ready.
+    """
+
+    name = "primary"
+
+    def __init__(self):
+        self._inner = LeastPending()
+
+    def choose(self, candidates):
+        first = min(link.group for link in candidates)
+        return self._inner.choose([link for link in candidates if link.group == first])
+
+
+BALANCERS = {b.name: b for b in (LeastPending, RoundRobin, Primary)}
+
+
+def getBalancer(name):
+    """
+    A new balancer by name, or the balancer itself if given an
+    L{IBalancer} provider.
+    """
+    if IBalancer.providedBy(name):
+        return name
+    try:
+        return BALANCERS[name]()
+    except KeyError:
+        raise ValueError(
+            "unknown balance strategy %r (choose one of %s)" % (name, ", ".join(sorted(BALANCERS)))
+        ) from None
+
+
+class CircuitBreaker:
+    """
+    Health of one link slot. C{eject_after} timeouts in a row eject it for
+    C{cooldown} seconds; then it is probed with an echo test; once the
+    probe is answered it takes a share of traffic that grows from 5% to
+    all of it over C{ramp} seconds. A timeout while ramping ejects it
+    again.
+
+    @ivar state: C{"closed"} (healthy), C{"ejected"} or C{"recovering"}.
+    """
+
+    def __init__(self, clock, eject_after=5, cooldown=30.0, ramp=30.0, random=_random.random):
+        self.clock = clock
+        self.eject_after = eject_after
+        self.cooldown = cooldown
+        self.ramp = ramp
+        self.random = random
+        self.state = "closed"
+        self.consecutive = 0
+        self.since = clock.seconds()
+        self.ejections = 0
+
+    def answered(self):
+        if self.state != "ejected":
+            self.consecutive = 0
+
+    def timedOut(self):
+        """
+        Count a timeout; return C{True} if the link is now ejected.
+        """
+        self.consecutive += 1
+        if self.state == "recovering" or (
+            self.state == "closed" and self.consecutive >= self.eject_after
+        ):
+            self.state = "ejected"
+            self.since = self.clock.seconds()
+            self.ejections += 1
+            return True
+        return False
+
+    def probeAnswered(self):
+        self.state = "recovering"
+        self.consecutive = 0
+        self.since = self.clock.seconds()
+
+    def probeFailed(self):
+        self.since = self.clock.seconds()
+
+    def admits(self):
+        """
+        Whether the link may take the next request.
+        """
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "ejected":
+            return False
+        fraction = (self.clock.seconds() - self.since) / self.ramp
+        if fraction >= 1.0:
+            self.state = "closed"
+            return True
+        return self.random() < max(0.05, fraction)
+
+    @property
+    def degraded(self):
+        return self.state == "recovering" or (self.state == "closed" and self.consecutive > 0)
+
+
+class RequestQueue:
+    """
+    Requests waiting for a ready link: at most C{limit}, each for no longer
+    than its own timeout.
+    """
+
+    log = Logger(namespace="tvlink.pool")
+
+    def __init__(self, clock, limit=1000):
+        self.clock = clock
+        self.limit = limit
+        self._waiting = []
+
+    def __len__(self):
+        return len(self._waiting)
+
+    def wait(self, timeout):
+        """
+        Return a L{Deferred} that fires with the seconds left of C{timeout}
+        when L{release} hands it a link slot, or fails with
+        L{NoLinkAvailable} when C{timeout} runs out first.
+
+        @raise NoLinkAvailable: at once, if the queue is full.
+        """
+        if len(self._waiting) >= self.limit:
+            raise NoLinkAvailable(
+                "no payment link available and %d requests already waiting" % (self.limit,)
+            )
+        entry = []
+        d = Deferred(lambda d: self._remove(entry))
+        call = self.clock.callLater(timeout, self._expire, entry, timeout)
+        entry.extend((d, call, self.clock.seconds() + timeout))
+        self._waiting.append(entry)
+        return d
+
+    def _remove(self, entry):
+        if entry in self._waiting:
+            self._waiting.remove(entry)
+            entry[1].cancel()
+
+    def _expire(self, entry, timeout):
+        self._waiting.remove(entry)
+        entry[0].errback(NoLinkAvailable("no payment link available within %gs" % (timeout,)))
+
+    def release(self, count=None):
+        """
+        Fire up to C{count} (default: all) waiting requests, oldest first.
+        """
+        now = self.clock.seconds()
+        n = len(self._waiting) if count is None else min(count, len(self._waiting))
+        released, self._waiting = self._waiting[:n], self._waiting[n:]
+        for d, call, deadline in released:
+            call.cancel()
+            d.callback(deadline - now)
+
+    def failAll(self, reason):
+        waiting, self._waiting = self._waiting, []
+        for d, call, deadline in waiting:
+            call.cancel()
+            d.errback(reason)
