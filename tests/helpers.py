@@ -76,7 +76,7 @@ class PoolRig:
     is joined by iosim to an in-memory payment factory for its endpoint.
     """
 
-    def __init__(self, ports=(7001, 7002, 7003), handlers=None, **options):
+    def __init__(self, ports=(7001, 7002, 7003), handlers=None, journalPath=None, **options):
         from twisted.internet.testing import MemoryReactorClock
 
         from tvlink.platform import PlatformService
@@ -89,6 +89,10 @@ class PoolRig:
             self.payments[port] = PaymentFactory(
                 LinkSettings(reactor=self.reactor, sender="PAY%d" % port), handler
             )
+        if journalPath is not None:
+            from tvlink.journal import PlatformJournal
+
+            options["journal"] = PlatformJournal(journalPath, reactor=self.reactor, threaded=False)
         self.service = PlatformService(
             ["127.0.0.1:%d" % p for p in ports], reactor=self.reactor, **options
         )
@@ -137,9 +141,16 @@ class PoolRig:
             if factory.port == port:
                 factory.clientConnectionLost(RigConnector(self.reactor, factory), Failure(ConnectionLost()))
 
-    def advance(self, seconds):
-        self.reactor.advance(seconds)
-        self.flush()
+    def advance(self, seconds, step=0.5):
+        """
+        Move the clock on by C{seconds} in steps, pumping bytes after each,
+        so timers fire at their own times.
+        """
+        while seconds > 1e-9:
+            delta = min(step, seconds)
+            self.reactor.advance(delta)
+            self.flush()
+            seconds -= delta
 
 
 class RigConnector:

@@ -80,3 +80,38 @@ class SignOnRefused(TVLinkError):
     """
     The payment side answered the sign-on with a code other than C{00}.
     """
+
+
+class InDoubt(RequestError):
+    """
+    A money-moving request was sent and no answer came: the payment side
+    may or may not have applied it. The platform has journalled it as in
+    doubt and is reversing it; ask the service for its final state by key.
+
+    @ivar key: the request's correlation key.
+    """
+
+
+class InDoubtTimeout(InDoubt, RequestTimeout):
+    """
+    A money-moving request timed out; it is in doubt and being reversed.
+    """
+
+    def __init__(self, key, timeout):
+        RequestTimeout.__init__(
+            self, key, timeout, "the transaction is in doubt and is being reversed"
+        )
+
+
+class InDoubtLinkLost(InDoubt, LinkLost):
+    """
+    The link carrying a money-moving request was lost before its answer
+    came; it is in doubt and being reversed.
+    """
+
+    def __init__(self, key, why):
+        self.key = key
+        LinkLost.__init__(
+            self,
+            "%s; transaction %s is in doubt and is being reversed" % (why, "/".join(map(str, key))),
+        )

@@ -5,13 +5,25 @@ persistent link per payment endpoint and keeps it open.
 
 import random
 
+import sqlite3
+
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.python.failure import Failure
 from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from tvlink import wire
-from tvlink.errors import NoLinkAvailable, RequestError, RequestTimeout
+from tvlink.errors import (
+    DuplicateKey,
+    InDoubtLinkLost,
+    InDoubtTimeout,
+    LinkLost,
+    NoLinkAvailable,
+    RequestError,
+    RequestTimeout,
+)
+from tvlink.journal import APPROVED, DECLINED, PENDING, PlatformJournal, Reversals, isMoneyMoving
 from tvlink.link import (
     LINK_COUNTERS,
     PLATFORM,
@@ -103,6 +115,7 @@ class PlatformFactory(LinkFactory, ReconnectingClientFactory):
         self.slotCounters = dict.fromkeys(LINK_COUNTERS, 0)
         self.slotRoundTrips = RoundTrips()
         self.breaker = breaker if breaker is not None else CircuitBreaker(settings.reactor)
+        self.onLate = None
 
     def countersFor(self, link):
         return self.slotCounters
@@ -194,6 +207,11 @@ class PlatformFactory(LinkFactory, ReconnectingClientFactory):
 
     def requestAnswered(self, link):
         self.breaker.answered()
+
+    def lateResponse(self, link, key, message):
+        LinkFactory.lateResponse(self, link, key, message)
+        if self.onLate is not None:
+            self.onLate(key, message)
 
     def requestTimedOut(self, link, key):
         LinkFactory.requestTimedOut(self, link, key)
@@ -297,6 +315,16 @@ class PlatformHandler:
         return {"resp": wire.INVALID_TRANSACTION}
 
 
+class _Unsent(Exception):
+    """
+    Carries an error raised before a request was sent past the
+    in-doubt handling.
+    """
+
+    def __init__(self, error):
+        self.error = error
+
+
 class PlatformService(LinkService):
     """
     An L{IService} holding links to one or more payment endpoints and
@@ -312,6 +340,10 @@ class PlatformService(LinkService):
     @param eject_after: timeouts in a row that eject a link.
     @param cooldown: seconds an ejected link rests before its probe.
     @param ramp: seconds over which a recovered link regains full traffic.
+    @param journal: C{"sqlite:PATH"} or a L{PlatformJournal}: journal
+        money-moving requests and reverse those left in doubt.
+    @param terminal_deadline: the TV terminal's own deadline; C{timeout}
+        must be below it (the per-hop timeout ladder).
     @param options: C{heartbeat}, C{idle_timeout}, C{timeout},
         C{header}, C{max_frame}, C{frame_timeout}, C{sender},
         C{echo_interval}, C{reactor} (see L{tvlink.link.LinkSettings}).
@@ -333,6 +365,8 @@ class PlatformService(LinkService):
         cooldown=30.0,
         ramp=30.0,
         random=random.random,
+        journal=None,
+        terminal_deadline=60.0,
         **options
     ):
         self.groups = parseGroups(endpoints)
@@ -346,8 +380,17 @@ class PlatformService(LinkService):
             raise ValueError("max_queued must not be negative")
         if int(eject_after) < 1:
             raise ValueError("eject_after must be at least 1")
+        self.terminal_deadline = float(terminal_deadline)
+        if not self.settings.timeout < self.terminal_deadline:
+            raise ValueError(
+                "timeout (%gs) must be below the terminal deadline (%gs): each hop waits less "
+                "than the one before it" % (self.settings.timeout, self.terminal_deadline)
+            )
         self.connect_timeout = float(connect_timeout)
         self.balancer = getBalancer(balance)
+        self._journalOption = journal
+        self.journal = journal if isinstance(journal, PlatformJournal) else None
+        self.reversals = None
         self.queue = RequestQueue(self.reactor, int(max_queued))
         self.stopping = False
         for group, members in enumerate(self.groups):
@@ -366,14 +409,41 @@ class PlatformService(LinkService):
                     )
                     factory.host, factory.port = host, port
                     factory.observers.append(self._linkEvent)
+                    factory.onLate = self._lateResponse
                     self.factories.append(factory)
 
     def startService(self):
         LinkService.startService(self)
         self.stopping = False
+        if self._journalOption is not None:
+            if self.journal is None:
+                self.journal = PlatformJournal(self._journalOption, reactor=self.reactor)
+            self.reversals = Reversals(
+                self.journal, self._dispatch, self.reactor, self.settings.timeout, onFinal=self._reversed
+            )
+            self.reversals.running = True
+            self.journal.unfinished().addCallback(self._resumeReversals)
         for factory in self.factories:
             self._connect(factory)
 
+    def _resumeReversals(self, entries):
+        """
+        After a restart: whatever was journalled but not settled is in
+        doubt (it may have been sent); reverse it.
+        """
+        for entry in entries:
+            if entry["sender"] == self.settings.sender and entry["reversal_stan"]:
+                self.settings.stans.reserve(entry["reversal_stan"])
+            if entry["state"] == PENDING or not entry["reversal_stan"]:
+                self._markInDoubt(entry["key"], "unfinished at restart")
+            else:
+                self.reversals.begin(entry)
+        if entries:
+            self.log.info(
+                "resuming {count} unfinished transactions from the journal",
+                link_event="journal-resume",
+                count=len(entries),
+            )
     def _connect(self, factory):
         factory.continueTrying = True
         factory.draining = False
@@ -387,19 +457,21 @@ class PlatformService(LinkService):
 
     def candidates(self):
         """
-        The ready links that may take a request now.
+        The ready links that may take a request now. A link ramping back
+        after ejection is left out of a share of requests, unless no other
+        link can take them.
         """
         out = []
+        recovering = []
         for factory in self.factories:
             link = factory.link
-            if (
-                link is not None
-                and link.state == "ready"
-                and not factory.draining
-                and factory.breaker.admits()
-            ):
+            if link is None or link.state != "ready" or factory.draining:
+                continue
+            if factory.breaker.admits():
                 out.append(link)
-        return out
+            elif factory.breaker.state == "recovering":
+                recovering.append(link)
+        return out or recovering
 
     def pickLink(self):
         """
@@ -428,10 +500,100 @@ class PlatformService(LinkService):
             message, allocated = self.settings.stamp(message)
         except Exception as e:
             return failNow(e)
-        d = self._dispatch(message, timeout)
+        if self.reversals is not None and isMoneyMoving(message):
+            d = self._journalled(message, timeout)
+        else:
+            d = self._dispatch(message, timeout)
         if allocated is not None:
             d.addBoth(releaseStan, self.settings.stans, allocated)
         return d
+
+    # -- money-moving requests ------------------------------------------
+
+    def _journalled(self, message, timeout):
+        key = wire.messageKey(message)
+        started = self.reactor.seconds()
+        d = self.journal.record(message)
+        d.addCallbacks(
+            lambda _: self._dispatch(message, max(0.001, timeout - (self.reactor.seconds() - started))),
+            self._notRecorded,
+            errbackArgs=(key,),
+        )
+        d.addCallbacks(self._settled, self._unsettled, (key,), None, (key,))
+        return d
+
+    def _notRecorded(self, failure, key):
+        failure.trap(sqlite3.IntegrityError)
+        raise _Unsent(DuplicateKey("transaction %s is already journalled" % ("/".join(key),)))
+
+    def _settled(self, answer, key):
+        state = APPROVED if answer.get("resp") == wire.APPROVED else DECLINED
+        d = self.journal.settle(key, state, answer.get("resp"))
+        return d.addCallback(lambda _: answer)
+
+    def _unsettled(self, failure, key):
+        if failure.check(_Unsent):
+            return Failure(failure.value.error)
+        if not failure.check(RequestTimeout, LinkLost):
+            # Never written to a link: nothing can have moved.
+            d = self.journal.settle(key, DECLINED, wire.DESTINATION_UNAVAILABLE, failure.getErrorMessage())
+            return d.addCallback(lambda _: failure)
+        if failure.check(RequestTimeout):
+            error = InDoubtTimeout(key, failure.value.timeout)
+        else:
+            error = InDoubtLinkLost(key, failure.getErrorMessage())
+        d = self._markInDoubt(key, failure.getErrorMessage())
+        return d.addCallback(lambda _: Failure(error))
+
+    def _markInDoubt(self, key, reason):
+        stan = self.settings.stans.allocate()
+        when = self.settings.transmissionTime()
+        self.log.warn(
+            "transaction {key} is in doubt ({reason}); reversing",
+            link_event="in-doubt",
+            key="/".join(key),
+            reason=reason,
+        )
+        d = self.journal.markInDoubt(key, reason, stan, when)
+        d.addCallback(lambda _: self.journal.get(key))
+        d.addCallback(self._beginReversal, stan)
+        return d
+
+    def _beginReversal(self, entry, allocated):
+        if entry["reversal_stan"] != allocated:
+            # Already in doubt before (a restart): keep its first reversal key.
+            self.settings.stans.release(allocated)
+        self.reversals.begin(entry)
+
+    def _reversed(self, key, state, message):
+        if message["sender"] == self.settings.sender:
+            self.settings.stans.release(message["stan"])
+
+    def _lateResponse(self, key, message):
+        if self.journal is None:
+            return
+        resp = message.get("resp")
+        if message.get("mti") == "0430":
+            d = self.journal.byReversalKey(key)
+            d.addCallback(self._lateReversalAnswer, resp)
+        else:
+            d = self.journal.noteLate(key, resp)
+        d.addErrback(lambda f: self.log.failure("recording a late answer failed", f))
+
+    def _lateReversalAnswer(self, entry, resp):
+        if entry is not None and entry["state"] not in (APPROVED, DECLINED) and resp == wire.APPROVED:
+            if self.reversals is not None:
+                return self.reversals.finished(entry["key"], resp)
+
+    def outcome(self, key):
+        """
+        A L{Deferred} of the journal entry of the request with C{key}
+        (sender, stan, time): its C{state} is C{pending}, C{in-doubt},
+        C{approved}, C{declined} or C{reversed}; C{None} if unknown.
+        """
+        if self.journal is None:
+            return failNow(RuntimeError("this platform service keeps no journal"))
+        return self.journal.get(tuple(key))
 
     def _dispatch(self, message, timeout):
         if self.stopping:
@@ -532,13 +694,19 @@ class PlatformService(LinkService):
     def stopService(self):
         """
         Drain every endpoint, fail whatever still waits for a link, and
-        close. Fires once nothing is left pending.
+        close. Fires once nothing is left pending. Unfinished reversals
+        stay in the journal and resume at the next start.
         """
         self.stopping = True
+        if self.reversals is not None:
+            self.reversals.stop()
         self.queue.failAll(NoLinkAvailable("the platform service is stopping"))
         drains = [self._drainSlot(f) for f in self.factories]
         d = DeferredList(drains)
         d.addCallback(lambda _: LinkService.stopService(self))
+        if self.journal is not None and not isinstance(self._journalOption, PlatformJournal):
+            journal, self.journal = self.journal, None
+            d.addCallback(lambda _: journal.close())
         return d
 
     # -- what operators read ----------------------------------------------

@@ -1,0 +1,207 @@
+"""
+Tests for the platform's in-doubt journal and reversals, on a Clock with
+the journal's SQLite work done synchronously.
+"""
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from tvlink.errors import DuplicateKey, InDoubt, InDoubtLinkLost, InDoubtTimeout, NoLinkAvailable, RequestTimeout
+from tvlink.journal import PlatformJournal, isMoneyMoving
+from tvlink.payment import DemoHandler
+from tvlink.platform import PlatformService
+
+from tests.helpers import PoolRig
+from tests.test_link import Events
+
+PAN = "6222020000000000018"
+
+
+def purchase(amount=100, **extra):
+    m = {"mti": "0200", "proc": "000000", "pan": PAN, "amount": "%012d" % amount, "currency": "156"}
+    m.update(extra)
+    return m
+
+
+class SilentThenDemo(DemoHandler):
+    """
+    A demo ledger that can be told to hold its answers (a black hole that
+    still applies what it receives, the worst case for money).
+    """
+
+    def __init__(self):
+        DemoHandler.__init__(self)
+        self.silent = False
+        self.held = []
+
+    def handle(self, message):
+        answer = DemoHandler.handle(self, message)
+        if self.silent:
+            d = Deferred()
+            self.held.append((d, answer))
+            return d
+        return answer
+
+
+class JournalTests(SynchronousTestCase):
+    def rig(self, handler=None, **options):
+        self.path = self.mktemp()
+        self.handler = handler if handler is not None else SilentThenDemo()
+        options.setdefault("timeout", 5)
+        rig = PoolRig(ports=(7001,), handlers=[self.handler], journalPath=self.path, **options)
+        self.addCleanup(lambda: rig.service.journal and rig.service.journal.close())
+        return rig
+
+    def outcome(self, rig, key):
+        return self.successResultOf(rig.service.outcome(key))
+
+    def test_money_moving(self):
+        self.assertTrue(isMoneyMoving(purchase()))
+        self.assertTrue(isMoneyMoving({"mti": "0220", "proc": "200000"}))
+        self.assertFalse(isMoneyMoving({"mti": "0200", "proc": "300000"}))
+        self.assertFalse(isMoneyMoving({"mti": "0420"}))
+
+    def test_approved_and_declined_are_final(self):
+        rig = self.rig()
+        d = rig.service.request(purchase(100, order="A1"))
+        rig.flush()
+        answer = self.successResultOf(d)
+        entry = self.outcome(rig, (answer["sender"], answer["stan"], answer["time"]))
+        self.assertEqual((entry["state"], entry["resp"], entry["order_id"]), ("approved", "00", "A1"))
+        self.assertEqual(entry["pan"], "622202*********0018")
+        d = rig.service.request(purchase(10**9))
+        rig.flush()
+        answer = self.successResultOf(d)
+        self.assertEqual(answer["resp"], "51")
+        entry = self.outcome(rig, (answer["sender"], answer["stan"], answer["time"]))
+        self.assertEqual(entry["state"], "declined")
+
+    def test_timeout_in_doubt_then_reversed(self):
+        rig = self.rig()
+        events = Events(self)
+        self.handler.silent = True
+        d = rig.service.request(purchase(700))
+        rig.flush()
+        self.assertEqual(self.handler.spent[PAN], 700)  # applied, answer lost
+        rig.advance(5)
+        f = self.failureResultOf(d, InDoubtTimeout)
+        self.assertIsInstance(f.value, RequestTimeout)
+        self.assertIn("in doubt and is being reversed", str(f.value))
+        key = f.value.key
+        # The reversal went out at once; the payment side answers it (and,
+        # late, the purchase).
+        self.handler.silent = False
+        for held, answer in self.handler.held:
+            held.callback(answer)
+        rig.flush()
+        entry = self.outcome(rig, key)
+        self.assertEqual(entry["state"], "reversed")
+        self.assertEqual(entry["reversal_attempts"], 1)
+        self.assertEqual(self.handler.spent[PAN], 0)
+        self.assertEqual(len(events.named("in-doubt")), 1)
+        self.assertEqual(len(events.named("reversed")), 1)
+        self.assertEqual(rig.service.reversals.outstanding(), 0)
+        self.assertEqual(rig.service.settings.stans.inFlight(), 0)
+
+    def test_late_approval_recorded_and_reversed(self):
+        rig = self.rig()
+        self.handler.silent = True
+        d = rig.service.request(purchase(300))
+        rig.flush()
+        rig.advance(5)
+        key = self.failureResultOf(d, InDoubt).value.key
+        # The held approval arrives late; the reversal (also held) is pending.
+        late, answer = self.handler.held.pop(0)
+        late.callback(answer)
+        rig.flush()
+        entry = self.outcome(rig, key)
+        self.assertEqual((entry["state"], entry["late_resp"]), ("in-doubt", "00"))
+        self.handler.silent = False
+        for held, answer in self.handler.held:
+            held.callback(answer)
+        rig.flush()
+        self.assertEqual(self.outcome(rig, key)["state"], "reversed")
+        self.assertEqual(self.handler.spent[PAN], 0)
+
+    def test_reversal_repeats_with_backoff_until_acknowledged(self):
+        rig = self.rig(eject_after=10)
+        self.handler.silent = True
+        d = rig.service.request(purchase(50))
+        rig.flush()
+        rig.advance(5)
+        key = self.failureResultOf(d, InDoubt).value.key
+        # Reversal attempts time out (5 s each) and repeat after 1, 2, 4 s.
+        for wait in (5, 1, 5, 2, 5, 4):
+            rig.advance(wait)
+        self.assertEqual(self.outcome(rig, key)["reversal_attempts"], 4)
+        self.handler.silent = False
+        rig.advance(5 + 8)
+        entry = self.outcome(rig, key)
+        self.assertEqual(entry["state"], "reversed")
+        # Every attempt used one key: the payment side applied the reversal once.
+        self.assertEqual(self.handler.spent[PAN], 0)
+
+    def test_link_lost_in_doubt_and_reversed_after_reconnect(self):
+        rig = self.rig()
+        self.handler.silent = True
+        d = rig.service.request(purchase(900))
+        rig.flush()
+        rig.kill(7001)
+        f = self.failureResultOf(d, InDoubtLinkLost)
+        self.assertEqual(self.outcome(rig, f.value.key)["state"], "in-doubt")
+        self.handler.silent = False
+        rig.advance(1)
+        rig.connectPending()
+        self.assertEqual(self.outcome(rig, f.value.key)["state"], "reversed")
+        self.assertEqual(self.handler.spent[PAN], 0)
+
+    def test_never_sent_is_declined_not_reversed(self):
+        rig = self.rig()
+        rig.kill(7001)
+        d = rig.service.request(purchase(10))
+        rig.reactor.advance(5)
+        self.failureResultOf(d, NoLinkAvailable)
+        [entry] = self.successResultOf(rig.service.journal.unfinished()) or [None]
+        self.assertIsNone(entry)
+        counts = self.successResultOf(rig.service.journal.counts())
+        self.assertEqual(counts, {"declined": 1})
+
+    def test_duplicate_key(self):
+        rig = self.rig()
+        m = purchase(10, sender="PLATFORM", stan="000500", time="1125120000")
+        d = rig.service.request(m)
+        rig.flush()
+        self.successResultOf(d)
+        self.failureResultOf(rig.service.request(m), DuplicateKey)
+        self.assertEqual(self.handler.spent[PAN], 10)
+
+    def test_restart_resumes_unfinished(self):
+        path = self.mktemp()
+        handler = SilentThenDemo()
+        first = PoolRig(ports=(7001,), handlers=[handler], journalPath=path, timeout=5)
+        handler.silent = True
+        d = first.service.request(purchase(400))
+        first.flush()
+        # The platform process dies here: no timeout, no reversal yet.
+        d.addErrback(lambda f: None)
+        key = list(first.service.factories[0].link.pending._entries)[0]
+        first.service.journal.close()
+        handler.silent = False
+        second = PoolRig(ports=(7001,), handlers=[handler], journalPath=path, timeout=5)
+        self.addCleanup(second.service.journal.close)
+        second.flush()
+        entry = self.successResultOf(second.service.outcome(key))
+        self.assertEqual(entry["state"], "reversed")
+        self.assertEqual(handler.spent[PAN], 0)
+
+    def test_ladder(self):
+        e = self.assertRaises(ValueError, PlatformService, ["h:1"], timeout=60, terminal_deadline=60)
+        self.assertIn("terminal deadline", str(e))
+        PlatformService(["h:1"], timeout=59, terminal_deadline=60)
+
+    def test_journal_file(self):
+        j = PlatformJournal("sqlite:" + self.mktemp(), threaded=False)
+        self.successResultOf(j.record(dict(purchase(), sender="S", stan="000001", time="t", order="O")))
+        self.assertEqual([e["state"] for e in self.successResultOf(j.byOrder("O"))], ["pending"])
+        self.successResultOf(j.close())
+        self.assertRaises(ValueError, PlatformJournal, "sqlite:")

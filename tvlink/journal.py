@@ -1,0 +1,324 @@
+"""
+The platform's in-doubt journal and the reversals it drives.
+
+Every money-moving request (C{0200}/C{000000} purchase, C{0220}/C{200000}
+refund) is written durably before it is sent and its outcome when it is
+known. A request that was sent but got no answer (timeout, link lost) is
+I{in doubt}: the payment side may or may not have moved the money, so the
+platform sends a C{0420} reversal and repeats it, with backoff, across
+reconnects and restarts, until the payment side acknowledges it. Every
+entry ends as C{approved}, C{declined} or C{reversed}.
+"""
+
+import json
+
+from twisted.logger import Logger
+
+from tvlink import wire
+from tvlink.store import SQLiteStore
+
+#: Entry states. The first two are not final.
+PENDING = "pending"
+IN_DOUBT = "in-doubt"
+APPROVED = "approved"
+DECLINED = "declined"
+REVERSED = "reversed"
+FINAL = (APPROVED, DECLINED, REVERSED)
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS entries (
+        sender TEXT NOT NULL, stan TEXT NOT NULL, time TEXT NOT NULL,
+        order_id TEXT, mti TEXT NOT NULL, proc TEXT, amount TEXT, currency TEXT,
+        pan TEXT, orig TEXT,
+        state TEXT NOT NULL, resp TEXT, late_resp TEXT, reason TEXT,
+        reversal_stan TEXT, reversal_time TEXT, reversal_attempts INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL, updated REAL NOT NULL,
+        PRIMARY KEY (sender, stan, time))""",
+    "CREATE INDEX IF NOT EXISTS entries_order ON entries (order_id)",
+    "CREATE INDEX IF NOT EXISTS entries_state ON entries (state)",
+    "CREATE INDEX IF NOT EXISTS entries_reversal ON entries (sender, reversal_stan, reversal_time)",
+)
+
+COLUMNS = (
+    "sender", "stan", "time", "order_id", "mti", "proc", "amount", "currency", "pan", "orig",
+    "state", "resp", "late_resp", "reason", "reversal_stan", "reversal_time",
+    "reversal_attempts", "created", "updated",
+)
+
+
+def isMoneyMoving(message):
+    """
+    Whether C{message} may move money: a purchase or a refund.
+    """
+    mti = message.get("mti")
+    proc = message.get("proc")
+    return (mti == "0200" and proc == "000000") or (mti == "0220" and proc == "200000")
+
+
+def maskedPan(pan):
+    if not isinstance(pan, str) or len(pan) < 12:
+        return None
+    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
+
+
+def parseJournalOption(value):
+    """
+    C{"sqlite:PATH"} (or a bare path) to a path.
+    """
+    if not isinstance(value, str) or not value:
+        raise ValueError("journal must be sqlite:PATH, not %r" % (value,))
+    if value.startswith("sqlite:"):
+        value = value[len("sqlite:"):]
+    if not value:
+        raise ValueError("journal needs a path after sqlite:")
+    return value
+
+
+def _row(row):
+    if row is None:
+        return None
+    entry = dict(zip(COLUMNS, row))
+    if entry["orig"]:
+        entry["orig"] = json.loads(entry["orig"])
+    entry["key"] = (entry["sender"], entry["stan"], entry["time"])
+    return entry
+
+
+class PlatformJournal:
+    """
+    The durable record of money-moving requests, on SQLite.
+
+    Card numbers are kept masked: a reversal names its original by key and
+    needs no card number.
+
+    @param path: the SQLite file.
+    """
+
+    log = Logger(namespace="tvlink.journal")
+
+    def __init__(self, path, reactor=None, threaded=True):
+        self.store = SQLiteStore(parseJournalOption(path), SCHEMA, reactor=reactor, threaded=threaded)
+        self.reactor = self.store.reactor
+
+    def close(self):
+        return self.store.close()
+
+    def record(self, message):
+        """
+        Write a request before it is sent. Fails with
+        L{sqlite3.IntegrityError} if its key is already journalled.
+        """
+        now = self.reactor.seconds()
+        orig = message.get("orig")
+        row = (
+            message["sender"], message["stan"], message["time"], message.get("order"),
+            message["mti"], message.get("proc"), message.get("amount"), message.get("currency"),
+            maskedPan(message.get("pan")), json.dumps(orig) if isinstance(orig, dict) else None,
+            PENDING, now, now,
+        )
+
+        def insert(conn):
+            conn.execute(
+                "INSERT INTO entries (sender, stan, time, order_id, mti, proc, amount, currency, pan,"
+                " orig, state, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                row,
+            )
+
+        return self.store.submit(insert)
+
+    def settle(self, key, state, resp=None, reason=None):
+        """
+        Record the final outcome of C{key} (approved or declined).
+        """
+        return self._update(key, "state=?, resp=?, reason=COALESCE(?, reason)", (state, resp, reason))
+
+    def markInDoubt(self, key, reason, reversalStan, reversalTime):
+        """
+        C{key} was sent and its outcome is unknown; it will be reversed
+        under the key (sender, C{reversalStan}, C{reversalTime}).
+        """
+        return self._update(
+            key,
+            "state=?, reason=?, reversal_stan=COALESCE(reversal_stan, ?),"
+            " reversal_time=COALESCE(reversal_time, ?)",
+            (IN_DOUBT, reason, reversalStan, reversalTime),
+        )
+
+    def markReversed(self, key, resp):
+        return self._update(key, "state=?, reason=COALESCE(reason, '') || ?", (REVERSED, "; reversal answered " + str(resp)))
+
+    def noteAttempt(self, key):
+        return self._update(key, "reversal_attempts = reversal_attempts + 1", ())
+
+    def noteLate(self, key, resp):
+        """
+        An answer to C{key} came after its timeout.
+        """
+        return self._update(key, "late_resp=?", (resp,))
+
+    def _update(self, key, assignments, params):
+        now = self.reactor.seconds()
+
+        def update(conn):
+            cursor = conn.execute(
+                "UPDATE entries SET %s, updated=? WHERE sender=? AND stan=? AND time=?" % (assignments,),
+                tuple(params) + (now,) + tuple(key),
+            )
+            return cursor.rowcount
+
+        return self.store.submit(update)
+
+    def get(self, key):
+        """
+        A L{Deferred} of the entry for C{key} (a C{dict}), or C{None}.
+        """
+        return self._one("sender=? AND stan=? AND time=?", tuple(key))
+
+    def byReversalKey(self, key):
+        return self._one("sender=? AND reversal_stan=? AND reversal_time=?", tuple(key))
+
+    def byOrder(self, order):
+        """
+        A L{Deferred} of the entries carrying merchant order C{order},
+        oldest first.
+        """
+        return self._many("order_id=? ORDER BY created", (order,))
+
+    def unfinished(self):
+        """
+        A L{Deferred} of every entry not yet final, oldest first.
+        """
+        return self._many("state IN (?, ?) ORDER BY created", (PENDING, IN_DOUBT))
+
+    def counts(self):
+        """
+        A L{Deferred} of C{{state: count}}.
+        """
+        d = self.store.query("SELECT state, COUNT(*) FROM entries GROUP BY state")
+        return d.addCallback(dict)
+
+    def _one(self, where, params):
+        d = self.store.query("SELECT %s FROM entries WHERE %s" % (", ".join(COLUMNS), where), params)
+        return d.addCallback(lambda rows: _row(rows[0]) if rows else None)
+
+    def _many(self, where, params):
+        d = self.store.query("SELECT %s FROM entries WHERE %s" % (", ".join(COLUMNS), where), params)
+        return d.addCallback(lambda rows: [_row(r) for r in rows])
+
+
+class Reversals:
+    """
+    Sends the C{0420} reversal of every in-doubt entry until the payment
+    side acknowledges it (store and forward): at once, then with
+    exponential backoff (C{initialDelay} doubling up to C{maxDelay}),
+    whatever the links do, and again after a restart.
+
+    @param send: C{send(message, timeout) -> Deferred} of the answer; the
+        platform service's own dispatch (balanced, queued while no link is
+        ready).
+    """
+
+    log = Logger(namespace="tvlink.journal")
+    initialDelay = 1.0
+    maxDelay = 60.0
+
+    def __init__(self, journal, send, clock, timeout, onFinal=None):
+        self.journal = journal
+        self.send = send
+        self.clock = clock
+        self.timeout = timeout
+        self.onFinal = onFinal
+        self.active = {}
+        self.running = False
+
+    def start(self, entries):
+        self.running = True
+        for entry in entries:
+            self.begin(entry)
+
+    def stop(self):
+        self.running = False
+        active, self.active = self.active, {}
+        for state in active.values():
+            call = state.get("call")
+            if call is not None and call.active():
+                call.cancel()
+
+    def outstanding(self):
+        return len(self.active)
+
+    def begin(self, entry):
+        """
+        Start reversing C{entry} (a journal entry C{dict} in doubt).
+        """
+        key = entry["key"]
+        if key in self.active or not self.running:
+            return
+        message = {
+            "mti": "0420",
+            "sender": entry["sender"],
+            "stan": entry["reversal_stan"],
+            "time": entry["reversal_time"],
+            "orig": {"mti": entry["mti"], "sender": key[0], "stan": key[1], "time": key[2]},
+        }
+        for field in ("proc", "amount", "currency"):
+            if entry.get(field) is not None:
+                message[field] = entry[field]
+        if entry.get("order_id") is not None:
+            message["order"] = entry["order_id"]
+        self.active[key] = {"message": message, "delay": self.initialDelay, "call": None}
+        self._attempt(key)
+
+    def _attempt(self, key):
+        state = self.active.get(key)
+        if state is None or not self.running:
+            return
+        state["call"] = None
+        self.journal.noteAttempt(key)
+        d = self.send(dict(state["message"]), self.timeout)
+        d.addCallbacks(self._answered, self._failed, (key,), None, (key,))
+
+    def _answered(self, answer, key):
+        resp = answer.get("resp")
+        if resp == wire.APPROVED:
+            self.finished(key, resp)
+            return
+        self.log.warn(
+            "reversal of {key} answered {resp}; will repeat",
+            link_event="reversal-refused",
+            key="/".join(key),
+            resp=resp,
+        )
+        self._retry(key)
+
+    def _failed(self, failure, key):
+        self.log.info(
+            "reversal of {key} not acknowledged yet: {why}",
+            link_event="reversal-retry",
+            key="/".join(key),
+            why=failure.getErrorMessage(),
+        )
+        self._retry(key)
+
+    def _retry(self, key):
+        state = self.active.get(key)
+        if state is None or not self.running:
+            return
+        delay = state["delay"]
+        state["delay"] = min(self.maxDelay, delay * 2)
+        state["call"] = self.clock.callLater(delay, self._attempt, key)
+
+    def finished(self, key, resp):
+        """
+        The reversal of C{key} was acknowledged (perhaps late).
+        """
+        state = self.active.pop(key, None)
+        if state is not None and state.get("call") is not None and state["call"].active():
+            state["call"].cancel()
+        d = self.journal.markReversed(key, resp)
+        self.log.info(
+            "transaction {key} reversed (final)", link_event="reversed", key="/".join(key)
+        )
+        if self.onFinal is not None and state is not None:
+            self.onFinal(key, REVERSED, state["message"])
+        return d
