@@ -2,6 +2,7 @@
 Tests for L{tvlink.tap}: options and the services they build.
 """
 
+
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
@@ -57,6 +58,13 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(service.factories[0].breaker.cooldown, 2.5)
         self.assertEqual(service.factories[0].breaker.ramp, 4)
 
+    def test_platform_journal(self):
+        path = self.mktemp()
+        config = parse("platform", "--connect", "h:1", "--journal", "sqlite:" + path, "--terminal-deadline", "90", "--timeout", "70")
+        service = makeService(config, reactor=MemoryReactorClock())
+        self.assertEqual(service._journalOption, "sqlite:" + path)
+        self.assertEqual(service.terminal_deadline, 90)
+
     def test_sandbox(self):
         service = makeService(parse("sandbox", "--echo-interval", "5"), reactor=MemoryReactorClock())
         self.assertIsInstance(service, SandboxService)
@@ -76,6 +84,9 @@ class OptionsTests(SynchronousTestCase):
             (("platform", "--connect", "h:1", "--max-queued", "-1"), "--max-queued"),
             (("platform", "--connect", "h:1", "--cooldown", "0"), "--cooldown"),
             (("platform", "--connect", "h:1,nohost"), "--connect"),
+            (("platform", "--connect", "h:1", "--timeout", "60"), "--terminal-deadline"),
+            (("platform", "--connect", "h:1", "--journal", "sqlite:"), "--journal"),
+            (("platform", "--connect", "h:1", "--journal", "/no/such/dir/j.db"), "--journal"),
             (("sandbox", "--port", "99999"), "--port"),
             (("sandbox", "--echo-interval", "x"), "--echo-interval"),
             ((), "payment"),

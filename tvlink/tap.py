@@ -5,7 +5,10 @@ The twistd application: C{twistd -n tvlink payment|platform|sandbox ...}.
 from twisted.logger import Logger
 from twisted.python import usage
 
+import os
+
 from tvlink import wire
+from tvlink.journal import parseJournalOption
 from tvlink.link import positive
 from tvlink.platform import parseGroups
 from tvlink.pool import BALANCERS
@@ -87,7 +90,11 @@ class PlatformOptions(_LinkOptions):
         "priority group for --balance primary."
     )
     secondsOptions = dict(
-        _LinkOptions.secondsOptions, timeout="timeout", cooldown="cooldown", ramp="ramp"
+        _LinkOptions.secondsOptions,
+        timeout="timeout",
+        cooldown="cooldown",
+        ramp="ramp",
+        **{"terminal-deadline": "terminal_deadline"}
     )
     optParameters = [
         _seconds("timeout", 40, "Time to wait for the payment side's answer"),
@@ -98,6 +105,8 @@ class PlatformOptions(_LinkOptions):
         ["eject-after", None, "5", "Timeouts in a row that eject a link for a cool-down"],
         _seconds("cooldown", 30, "Rest of an ejected link before its echo-test probe"),
         _seconds("ramp", 30, "Time over which a recovered link regains its full share"),
+        _seconds("terminal-deadline", 60, "The TV terminal's deadline; --timeout must be below it"),
+        ["journal", None, None, "Journal money-moving requests and reverse those in doubt: sqlite:PATH"],
     ]
 
     #: option name -> (keyword, smallest value), for the count options.
@@ -138,6 +147,20 @@ class PlatformOptions(_LinkOptions):
                 "--balance must be one of %s, not %r" % (", ".join(sorted(BALANCERS)), self["balance"])
             )
         self.linkOptions["balance"] = self["balance"]
+        if not self.linkOptions["timeout"] < self.linkOptions["terminal_deadline"]:
+            raise usage.UsageError(
+                "--timeout (%gs) must be below --terminal-deadline (%gs)"
+                % (self.linkOptions["timeout"], self.linkOptions["terminal_deadline"])
+            )
+        if self["journal"] is not None:
+            try:
+                path = parseJournalOption(self["journal"])
+            except ValueError as e:
+                raise usage.UsageError("--journal: %s" % (e,)) from None
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                raise usage.UsageError("--journal: folder %r does not exist" % (folder,))
+            self.linkOptions["journal"] = "sqlite:" + path
 
 
 class SandboxOptions(_LinkOptions):
