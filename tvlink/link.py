@@ -341,8 +341,9 @@ class LinkProtocol(Protocol, IdleTimeout):
         sentAt = self.pending.resolve(key, message)
         if sentAt is not None:
             self.counters["answered"] += 1
-            self.roundTrips.add(self._now - sentAt)
-            self.factory.requestAnswered(self)
+            rtt = self._now - sentAt
+            self.roundTrips.add(rtt)
+            self.factory.requestAnswered(self, rtt)
         else:
             self.counters["late"] += 1
             self.factory.lateResponse(self, key, message)
@@ -641,9 +642,9 @@ class LinkFactory:
         for observer in self.observers:
             observer(event, link, self)
 
-    def requestAnswered(self, link):
+    def requestAnswered(self, link, rtt):
         """
-        A request sent on C{link} got its answer.
+        A request sent on C{link} got its answer after C{rtt} seconds.
         """
 
     def whenReady(self):

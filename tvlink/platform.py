@@ -205,7 +205,7 @@ class PlatformFactory(LinkFactory, ReconnectingClientFactory):
     def signOnReceived(self, link, message):
         return wire.INVALID_TRANSACTION
 
-    def requestAnswered(self, link):
+    def requestAnswered(self, link, rtt):
         self.breaker.answered()
 
     def lateResponse(self, link, key, message):
