@@ -155,6 +155,20 @@ class JournalTests(SynchronousTestCase):
         self.assertEqual(self.outcome(rig, f.value.key)["state"], "reversed")
         self.assertEqual(self.handler.spent[PAN], 0)
 
+    def test_cancelled_after_sending_is_in_doubt(self):
+        rig = self.rig()
+        self.handler.silent = True
+        d = rig.service.request(purchase(200))
+        rig.flush()
+        d.cancel()
+        f = self.failureResultOf(d, InDoubt)
+        self.handler.silent = False
+        for held, answer in self.handler.held:
+            held.callback(answer)
+        rig.flush()
+        self.assertEqual(self.outcome(rig, f.value.key)["state"], "reversed")
+        self.assertEqual(self.handler.spent[PAN], 0)
+
     def test_never_sent_is_declined_not_reversed(self):
         rig = self.rig()
         rig.kill(7001)

@@ -330,6 +330,7 @@ class HandlerTests(SynchronousTestCase):
 
     def test_answer_without_resp_is_96(self):
         s = SingleLink(handler=RecordingHandler(answer=lambda m: {"balance": "1"}))
+        s.signOn()
         s.receive({"mti": "0200", "sender": "P", "stan": "000002", "time": "0101000000"})
         self.assertEqual(s.sent()[0]["resp"], "96")
 
@@ -337,6 +338,7 @@ class HandlerTests(SynchronousTestCase):
         waiting = Deferred()
         events = Events(self)
         s = SingleLink(handler=RecordingHandler(answer=lambda m: waiting))
+        s.signOn()
         s.receive({"mti": "0200", "sender": "P", "stan": "000002", "time": "0101000000"})
         s.link.connectionLost(Failure(Exception("reset")))
         waiting.callback({"resp": "00"})
@@ -344,7 +346,66 @@ class HandlerTests(SynchronousTestCase):
         self.assertTrue(any("not sent" in e.get("log_format", "") for e in events.events))
 
 
+    def test_unencodable_answer_is_96(self):
+        s = SingleLink(handler=RecordingHandler(answer=lambda m: {"resp": "00", "pad": "x" * 10000}))
+        s.signOn()
+        s.receive({"mti": "0200", "sender": "P", "stan": "000002", "time": "0101000000"})
+        self.assertEqual(s.sent()[0]["resp"], "96")
+        s.handler.answer = lambda m: {"resp": "00", "when": object()}
+        s.receive({"mti": "0200", "sender": "P", "stan": "000003", "time": "0101000000"})
+        self.assertEqual(s.sent()[0]["resp"], "96")
+
+    def test_not_signed_on_refused_91(self):
+        s = SingleLink()
+        s.receive({"mti": "0200", "proc": "000000", "sender": "P", "stan": "000002", "time": "0101000000"})
+        self.assertEqual(s.sent()[0]["resp"], "91")
+        self.assertEqual(s.handler.seen, [])
+
+    def test_no_handling_while_closing(self):
+        s = SingleLink()
+        s.signOn()
+        s.link.close("test")
+        s.receive({"mti": "0200", "sender": "P", "stan": "000002", "time": "0101000000"})
+        self.assertEqual(s.handler.seen, [])
+        self.assertEqual(s.sent(), [])
+
+    def test_counters_before_callback(self):
+        p = Pair()
+        seen = []
+        d = p.platform.request({"mti": "0800", "nmi": "301"})
+        d.addCallback(lambda _: seen.append(p.platform.counters["answered"]))
+        p.flush()
+        self.assertEqual(seen, [2])  # the sign-on and this one
+
+
 class BadInputTests(SynchronousTestCase):
+    def test_nmi_missing(self):
+        s = SingleLink()
+        s.receive({"mti": "0800", "sender": "P", "stan": "000001", "time": "t"})
+        out = s.sent()
+        self.assertEqual((out[0]["mti"], out[0]["resp"]), ("0810", "30"))
+        self.assertNotIn("nmi", out[0])
+
+    def test_response_without_key(self):
+        s = SingleLink()
+        events = Events(self)
+        s.receive({"mti": "0810", "stan": "000001"})
+        self.assertEqual(len(events.named("format-error")), 1)
+        self.assertEqual(events.named("late-response"), [])
+        s.receive({"mti": "ab1c", "sender": "P", "stan": "1"})
+        self.assertEqual(len(events.named("format-error")), 2)
+
+    def test_each_frame_has_its_own_timeout(self):
+        s = SingleLink(frame_timeout=30, heartbeat=1000, idle_timeout=1000)
+        hb = b"0000"
+        # Every chunk completes a frame and begins the next: each frame
+        # takes 10 s, well within its 30 s, for two minutes.
+        s.link.dataReceived(b"00")
+        for _ in range(12):
+            s.clock.advance(10)
+            s.link.dataReceived(b"0000")
+        self.assertFalse(s.transport.disconnecting)
+
     def test_non_digit_header(self):
         s = SingleLink()
         events = Events(self)

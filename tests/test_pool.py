@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from tvlink.errors import LinkLost, NoLinkAvailable, RequestTimeout
+from tvlink.errors import DuplicateKey, LinkLost, NoLinkAvailable, RequestTimeout
 from tvlink.pool import (
     CircuitBreaker,
     IBalancer,
@@ -341,6 +341,16 @@ class PoolServiceTests(SynchronousTestCase):
         rig.service.resume("127.0.0.1:7001")
         rig.connectPending()
         self.assertEqual(rig.service.status()[0]["state"], "ready")
+
+    def test_duplicate_key_across_links(self):
+        rig = PoolRig(handlers=[HoldingHandler(), HoldingHandler(), HoldingHandler()])
+        m = dict(purchase(), sender="PLATFORM", stan="000321", time="1125120000")
+        first = rig.service.request(m)
+        self.assertNoResult(first)
+        self.failureResultOf(rig.service.request(m), DuplicateKey)
+        rig.flush()
+        held = sum(len(h.held) for h in rig.payments and [f.handler for f in rig.payments.values()])
+        self.assertEqual(held, 1)
 
     def test_drain_unknown(self):
         rig = PoolRig(ports=(7001,))

@@ -3,6 +3,8 @@ Tests for the platform's reconnecting factory and both services, on a
 MemoryReactorClock.
 """
 
+import json
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
@@ -52,7 +54,12 @@ class BackoffTests(SynchronousTestCase):
         delays, _ = self.delays(self.factory(random=lambda: 0.0), 8)
         self.assertEqual(delays, [0.5, 1, 2, 4, 8, 16, 30, 30])
 
-    def test_reset_after_valid_frame_not_on_connect(self):
+    def signOnAnswer(self, t, resp):
+        request = json.loads(t.value()[4:])
+        body = json.dumps(dict(request, mti="0810", resp=resp)).encode()
+        return b"%04d" % len(body) + body
+
+    def test_reset_after_sign_on_not_on_connect(self):
         f = self.factory()
         self.delays(f, 5)
         link = f.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
@@ -60,8 +67,34 @@ class BackoffTests(SynchronousTestCase):
         link.makeConnection(t)
         self.assertEqual(f.retries, 5)  # connecting alone proves nothing
         link.dataReceived(b"0000")
+        self.assertEqual(f.retries, 5)  # nor does a heartbeat
+        link.dataReceived(self.signOnAnswer(t, "00"))
+        self.assertEqual(link.state, "ready")
         self.assertEqual(f.retries, 0)
         self.assertEqual(f.delay, f.initialDelay)
+
+    def test_refused_sign_on_keeps_backoff(self):
+        f = self.factory()
+        self.delays(f, 5)
+        link = f.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        t = StringTransport()
+        link.makeConnection(t)
+        link.dataReceived(self.signOnAnswer(t, "12"))
+        self.assertTrue(t.disconnecting)
+        self.assertEqual(f.retries, 5)
+
+    def test_platform_reconnects_after_sign_off(self):
+        f = self.factory()
+        link = f.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        t = StringTransport()
+        link.makeConnection(t)
+        link.dataReceived(self.signOnAnswer(t, "00"))
+        t.clear()
+        body = json.dumps({"mti": "0800", "nmi": "002", "sender": "PAY", "stan": "000009", "time": "t"}).encode()
+        link.dataReceived(b"%04d" % len(body) + body)
+        self.assertEqual(json.loads(t.value()[4:])["resp"], "00")
+        self.reactor.advance(0)
+        self.assertTrue(t.disconnecting)
 
     def test_reconnect_on_read_idle(self):
         f = self.factory()

@@ -80,8 +80,10 @@ class FrameDecoderTests(SynchronousTestCase):
 
 
 class CodecTests(SynchronousTestCase):
+    fast = True
+
     def setUp(self):
-        self.codec = wire.JSONCodec()
+        self.codec = wire.JSONCodec(fast=self.fast)
 
     def test_round_trip(self):
         m = {"mti": "0200", "pan": "6222", "orig": {"stan": "000001"}, "name": "电视"}
@@ -89,8 +91,17 @@ class CodecTests(SynchronousTestCase):
         self.assertIn("电视".encode("utf-8"), self.codec.encode(m))
 
     def test_errors(self):
-        for bad in (b"{", b"[1]", b"\xff\xfe", b"null", b'"x"'):
+        for bad in (b"{", b"[1]", b"\xff\xfe", b"null", b'"x"', b'{"a":NaN}' if self.fast else b"{]"):
             self.assertRaises(CodecError, self.codec.decode, bad)
+        for bad in ({"a": object()}, {1j: "x"}):
+            self.assertRaises(CodecError, self.codec.encode, bad)
+
+    def test_compact_utf8(self):
+        self.assertEqual(self.codec.encode({"a": "电", "b": "1"}), '{"a":"电","b":"1"}'.encode("utf-8"))
+
+
+class StandardLibraryCodecTests(CodecTests):
+    fast = False
 
 
 class KeyTests(SynchronousTestCase):

@@ -69,14 +69,16 @@ class IdleTimeout:
         """
         self._lastWrite = now
 
-    def notePartial(self, partial, now):
+    def notePartial(self, partial, now, completed=False):
         """
-        Whether a frame is now half received. Starting one may bring the
-        next deadline forward.
+        Whether a frame is now half received; C{completed} if frames were
+        completed by the same bytes, so the half-received one began just
+        now. Each frame has its own C{frameTimeout}; starting one may bring
+        the next deadline forward.
         """
         if not partial:
             self._partialSince = None
-        elif self._partialSince is None:
+        elif self._partialSince is None or completed:
             self._partialSince = now
             call = self._idleCall
             if call is not None and call.getTime() > now + self.frameTimeout:

@@ -10,8 +10,9 @@ the roles lives there.
 """
 
 import time
+from heapq import heapify, heappop, heappush
 
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -100,11 +101,23 @@ class LinkSettings:
             raise ValueError("sender must be a non-empty ASCII string, not %r" % (sender,))
         self.sender = sender
         self.codec = codec if codec is not None else wire.JSONCodec()
-        self.stans = wire.StanAllocator()
+        # Start where the clock says, so a restarted node does not walk the
+        # STANs it used earlier in the day again straight away.
+        self.stans = wire.StanAllocator(start=int(self.reactor.seconds() * 10) % wire.StanAllocator.modulus + 1)
         self.localtime = localtime
 
+    _timeCache = (None, None)
+
     def transmissionTime(self):
-        return wire.formatTransmissionTime(self.reactor.seconds(), self.localtime)
+        """
+        The C{MMDDhhmmss} of now (formatted once per second).
+        """
+        second = int(self.reactor.seconds())
+        cached, text = self._timeCache
+        if cached != second:
+            text = wire.formatTransmissionTime(second, self.localtime)
+            self._timeCache = (second, text)
+        return text
 
     def stamp(self, message):
         """
@@ -150,15 +163,24 @@ class PendingRequests:
     """
     The requests a link has sent and not yet had answered, by key.
 
-    Each entry's Deferred has a canceller that removes the entry, and a
-    timer that fails it with L{RequestTimeout}; an answer removes it too.
-    No entry outlives its request.
+    Each entry's Deferred has a canceller that removes the entry; an answer
+    removes it too; its deadline fails it with L{RequestTimeout}. One timer
+    serves the whole table (set for the earliest deadline, over a heap that
+    is compacted as answers leave stale deadlines behind), so a request
+    costs no timer of its own. No entry outlives its request.
+
+    @ivar release: called with the STAN handed to L{add} when its request
+        ends, however it ends.
     """
 
-    def __init__(self, clock, onTimeout=None):
+    def __init__(self, clock, onTimeout=None, release=None):
         self._clock = clock
         self._entries = {}
+        self._heap = []
+        self._seq = 0
+        self._timer = None
         self._onTimeout = onTimeout
+        self._release = release
         self._emptyWaiters = []
 
     def __len__(self):
@@ -167,19 +189,48 @@ class PendingRequests:
     def __contains__(self, key):
         return key in self._entries
 
-    def add(self, key, timeout):
+    def add(self, key, timeout, now=None, stan=None):
         """
-        Register a request; return the L{Deferred} of its answer.
+        Register a request sent at C{now}; return the L{Deferred} of its
+        answer. C{stan}, if given, is released when the request ends.
 
         @raise DuplicateKey: if C{key} is already pending.
         """
         entries = self._entries
         if key in entries:
             raise DuplicateKey("request %s is already in flight" % ("/".join(map(str, key)),))
+        if now is None:
+            now = self._clock.seconds()
         d = Deferred(lambda d: self._cancel(key))
-        clock = self._clock
-        entries[key] = (d, clock.callLater(timeout, self._expire, key, timeout), clock.seconds())
+        seq = self._seq = self._seq + 1
+        deadline = now + timeout
+        entries[key] = (d, seq, now, timeout, stan)
+        heap = self._heap
+        heappush(heap, (deadline, seq, key))
+        timer = self._timer
+        if timer is None:
+            self._timer = self._clock.callLater(timeout, self._expireDue)
+        elif deadline < timer.getTime():
+            timer.reset(timeout)
+        elif len(heap) > 2 * len(entries) + 64:
+            self._compact()
         return d
+
+    def pop(self, key):
+        """
+        Take the entry of C{key} out of the table, for an answer.
+
+        @return: C{(deferred, sentAt)}, or C{None} if nothing was pending
+            under C{key}.
+        """
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return None
+        if entry[4] is not None:
+            self._release(entry[4])
+        if not self._entries:
+            self._emptied()
+        return entry[0], entry[2]
 
     def resolve(self, key, answer):
         """
@@ -188,29 +239,59 @@ class PendingRequests:
         @return: the time it was sent, or C{None} if nothing was pending
             under C{key}.
         """
-        entry = self._entries.pop(key, None)
+        entry = self.pop(key)
         if entry is None:
             return None
-        d, call, sentAt = entry
-        call.cancel()
-        d.callback(answer)
-        if not self._entries and self._emptyWaiters:
+        entry[0].callback(answer)
+        return entry[1]
+
+    def discard(self, key):
+        """
+        Forget C{key} without firing or releasing anything (it was never
+        sent).
+        """
+        if self._entries.pop(key, None) is not None and not self._entries:
             self._emptied()
-        return sentAt
 
     def _cancel(self, key):
         entry = self._entries.pop(key, None)
         if entry is not None:
-            entry[1].cancel()
+            if entry[4] is not None:
+                self._release(entry[4])
             if not self._entries:
                 self._emptied()
 
-    def _expire(self, key, timeout):
-        d, call, sentAt = self._entries.pop(key)
-        if self._onTimeout is not None:
-            self._onTimeout(key)
-        d.errback(RequestTimeout(key, timeout))
-        if not self._entries:
+    def _compact(self):
+        entries = self._entries
+        self._heap = [(e[2] + e[3], e[1], k) for k, e in entries.items()]
+        heapify(self._heap)
+
+    def _expireDue(self):
+        self._timer = None
+        now = self._clock.seconds()
+        heap = self._heap
+        entries = self._entries
+        expired = []
+        while heap and heap[0][0] <= now:
+            deadline, seq, key = heappop(heap)
+            entry = entries.get(key)
+            if entry is not None and entry[1] == seq:
+                del entries[key]
+                if entry[4] is not None:
+                    self._release(entry[4])
+                expired.append((key, entry))
+        while heap:
+            deadline, seq, key = heap[0]
+            entry = entries.get(key)
+            if entry is not None and entry[1] == seq:
+                self._timer = self._clock.callLater(deadline - now, self._expireDue)
+                break
+            heappop(heap)
+        for key, entry in expired:
+            if self._onTimeout is not None:
+                self._onTimeout(key)
+            entry[0].errback(RequestTimeout(key, entry[3]))
+        if expired and not entries:
             self._emptied()
 
     def failAll(self, reason):
@@ -218,8 +299,14 @@ class PendingRequests:
         Fail every pending request with exception C{reason}.
         """
         entries, self._entries = self._entries, {}
-        for d, call, sentAt in entries.values():
-            call.cancel()
+        self._heap = []
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        for d, seq, sentAt, timeout, stan in entries.values():
+            if stan is not None:
+                self._release(stan)
+        for d, seq, sentAt, timeout, stan in entries.values():
             d.errback(Failure(reason))
         self._emptied()
 
@@ -234,9 +321,14 @@ class PendingRequests:
         return d
 
     def _emptied(self):
-        waiters, self._emptyWaiters = self._emptyWaiters, []
-        for d in waiters:
-            d.callback(None)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._heap = []
+        if self._emptyWaiters:
+            waiters, self._emptyWaiters = self._emptyWaiters, []
+            for d in waiters:
+                d.callback(None)
 
 
 class LinkProtocol(Protocol, IdleTimeout):
@@ -248,13 +340,15 @@ class LinkProtocol(Protocol, IdleTimeout):
     @ivar peer: the peer's C{host:port}.
     """
 
-    log = Logger(namespace="tvlink.link")
+    log = Logger()
 
     state = "connecting"
     peer = "?"
     violation = None
     signedOff = False
     closeReason = None
+    _outbox = None
+    _now = 0.0
 
     def connectionMade(self):
         settings = self.factory.settings
@@ -265,9 +359,12 @@ class LinkProtocol(Protocol, IdleTimeout):
         self.closeTimeout = settings.close_timeout
         self._header = settings.header
         self._codec = settings.codec
+        self._encode = settings.codec.encode
+        self._decode = settings.codec.decode
+        self._clock = self.clock
         self._decoder = wire.FrameDecoder(settings.header, settings.max_frame)
         self._maxFrame = self._decoder.maxFrame
-        self.pending = PendingRequests(self.clock, self._requestTimedOut)
+        self.pending = PendingRequests(self._clock, self._requestTimedOut, settings.stans.release)
         self.proven = False
         self.connectedAt = self.clock.seconds()
         self.counters = self.factory.countersFor(self)
@@ -305,52 +402,70 @@ class LinkProtocol(Protocol, IdleTimeout):
         except ProtocolViolation as violation:
             self.protocolViolation(str(violation))
             return
-        now = self._now = self.clock.seconds()
+        now = self._now = self._clock.seconds()
         if bodies:
-            self.noteRead(now)
-            self.counters["framesIn"] += len(bodies)
+            self._lastRead = now
+            counters = self.counters
+            counters["framesIn"] += len(bodies)
             if not self.proven:
                 self.proven = True
                 self.factory.linkProven(self)
-            for body in bodies:
-                if not body:
-                    self.counters["heartbeatsIn"] += 1
-                else:
-                    self.bodyReceived(body)
-                if self.state == "lost":
-                    return
+            # Answers written while this batch is handled leave in one write.
+            self._outbox = outbox = []
+            try:
+                for body in bodies:
+                    if body:
+                        self.bodyReceived(body)
+                    else:
+                        counters["heartbeatsIn"] += 1
+                    if self.state == "lost":
+                        return
+            finally:
+                self._outbox = None
+                if outbox and self.state != "lost":
+                    self.transport.write(b"".join(outbox))
             if self._decoder.broken is not None:
                 self.protocolViolation(str(self._decoder.broken))
                 return
-        self.notePartial(self._decoder.partial, now)
+        self.notePartial(self._decoder.partial, now, bool(bodies))
 
     def bodyReceived(self, body):
         try:
-            message = self._codec.decode(body)
+            message = self._decode(body)
         except CodecError as e:
             self.formatError(body, str(e))
             return
         mti = message.get("mti")
-        if type(mti) is str and len(mti) == 4 and mti[2] in "13579":
+        if type(mti) is str and len(mti) == 4 and mti[2] in _ODD and mti.isdigit():
             self.responseReceived(message)
         else:
             self.requestReceived(message)
 
     def responseReceived(self, message):
-        key = (message.get("sender"), message.get("stan"), message.get("time"))
-        sentAt = self.pending.resolve(key, message)
-        if sentAt is not None:
-            self.counters["answered"] += 1
-            rtt = self._now - sentAt
-            self.roundTrips.add(rtt)
-            self.factory.requestAnswered(self, rtt)
-        else:
+        sender = message.get("sender")
+        stan = message.get("stan")
+        if type(sender) is not str or type(stan) is not str:
+            self.formatError(message, "response lacks a sender or stan")
+            return
+        key = (sender, stan, message.get("time"))
+        entry = self.pending.pop(key)
+        if entry is None:
             self.counters["late"] += 1
             self.factory.lateResponse(self, key, message)
+            return
+        d, sentAt = entry
+        self.counters["answered"] += 1
+        rtt = self._now - sentAt
+        self.roundTrips.add(rtt)
+        self.factory.requestAnswered(self, rtt)
+        d.callback(message)
 
     def requestReceived(self, message):
+        mti = message.get("mti")
         if not (
-            wire.isValidMTI(message.get("mti"))
+            type(mti) is str
+            and len(mti) == 4
+            and mti.isdigit()
             and type(message.get("sender")) is str
             and type(message.get("stan")) is str
             and type(message.get("time", "")) is str
@@ -358,14 +473,42 @@ class LinkProtocol(Protocol, IdleTimeout):
             self.formatError(message, "message lacks a valid mti, sender or stan")
             return
         self.counters["requestsIn"] += 1
-        if message["mti"] == "0800":
+        state = self.state
+        if mti == "0800":
             self.answer(message, self.networkManagement(message))
             return
-        d = maybeDeferred(self.factory.handler.handle, message)
-        d.addCallbacks(self._handled, self._handlerFailed, (message,), None, (message,))
+        if state != "ready":
+            if state in ("closing", "lost"):
+                self.log.warn(
+                    "request {mti} {key} from {peer} not handled: the link is {state}",
+                    mti=mti,
+                    key=_keyText(wire.messageKey(message)),
+                    peer=self.peer,
+                    state=state,
+                )
+                return
+            if self.factory.requireSignOn:
+                self.log.warn(
+                    "request {mti} {key} from {peer} before sign-on; answering 91",
+                    link_event="not-signed-on",
+                    mti=mti,
+                    key=_keyText(wire.messageKey(message)),
+                    peer=self.peer,
+                )
+                self.answer(message, {"resp": wire.DESTINATION_UNAVAILABLE})
+                return
+        try:
+            answer = self.factory.handler.handle(message)
+        except BaseException:
+            self._handlerFailed(Failure(), message)
+            return
+        if isinstance(answer, Deferred):
+            answer.addCallbacks(self._handled, self._handlerFailed, (message,), None, (message,))
+        else:
+            self._handled(answer, message)
 
     def _handled(self, answer, request):
-        if not isinstance(answer, dict) or type(answer.get("resp")) is not str:
+        if type(answer) is not dict or type(answer.get("resp")) is not str:
             self.log.error(
                 "handler gave no response code for {key} from {peer}; answering 96",
                 key=_keyText(wire.messageKey(request)),
@@ -389,6 +532,9 @@ class LinkProtocol(Protocol, IdleTimeout):
         Answer a C{0800}: sign-on, sign-off and echo test.
         """
         nmi = message.get("nmi")
+        if type(nmi) is not str:
+            self.formatErrorCounted("0800 without an nmi")
+            return {"resp": wire.FORMAT_ERROR}
         if nmi == wire.ECHO_TEST:
             return {"nmi": nmi, "resp": wire.APPROVED}
         if nmi == wire.SIGN_ON:
@@ -403,15 +549,17 @@ class LinkProtocol(Protocol, IdleTimeout):
                 self.state = "up"
                 self.log.info("link {peer} signed off by peer", link_event="signed-off", peer=self.peer)
                 self.factory.linkNotReady(self)
+                self.factory.signOffReceived(self)
             return {"nmi": nmi, "resp": wire.APPROVED}
         return {"nmi": nmi, "resp": wire.INVALID_TRANSACTION}
 
     def answer(self, request, answer):
         """
-        Send C{answer} (a C{dict}) as the response to C{request}.
+        Send C{answer} (a C{dict}) as the response to C{request}. An answer
+        that cannot be encoded is logged and answered C{96} instead.
         """
         response = dict(answer)
-        response["mti"] = wire.responseMTI(request["mti"])
+        response["mti"] = _RESPONSE_MTI.get(request["mti"]) or wire.responseMTI(request["mti"])
         response["sender"] = request["sender"]
         response["stan"] = request["stan"]
         if "time" in request:
@@ -425,7 +573,29 @@ class LinkProtocol(Protocol, IdleTimeout):
                 state=self.state,
             )
             return
-        self.sendMessage(response)
+        try:
+            self.sendMessage(response)
+        except CodecError as e:
+            self.log.error(
+                "answer to {key} from {peer} cannot be sent ({why}); answering 96",
+                key=_keyText(wire.messageKey(request)),
+                peer=self.peer,
+                why=str(e),
+            )
+            response = {"mti": response["mti"], "sender": request["sender"], "stan": request["stan"], "resp": wire.SYSTEM_MALFUNCTION}
+            if "time" in request:
+                response["time"] = request["time"]
+            self.sendMessage(response)
+
+    def formatErrorCounted(self, reason):
+        self.counters["formatErrors"] += 1
+        self.log.warn(
+            "format error from {peer}: {reason}; answering 30",
+            link_event="format-error",
+            peer=self.peer,
+            reason=reason,
+        )
+        self.factory.formatErrorReceived(self, reason)
 
     def formatError(self, body, reason):
         """
@@ -463,49 +633,68 @@ class LinkProtocol(Protocol, IdleTimeout):
 
     # -- outbound -------------------------------------------------------
 
-    def sendMessage(self, message):
-        body = self._codec.encode(message)
-        if len(body) > self._maxFrame:
-            raise CodecError(
-                "message of %d bytes exceeds the maximum frame of %d" % (len(body), self._maxFrame)
-            )
-        self.transport.write(self._header.encode(len(body)) + body)
-        self.counters["framesOut"] += 1
-        self._lastWrite = self.clock.seconds()
+    def sendMessage(self, message, now=None):
+        """
+        Encode and write C{message}; written with the rest of the batch
+        when called while a batch of frames is being handled.
 
-    def request(self, message, timeout=None):
+        @raise CodecError: if it cannot be encoded or is too big.
+        """
+        body = self._encode(message)
+        length = len(body)
+        if length > self._maxFrame:
+            raise CodecError(
+                "message of %d bytes exceeds the maximum frame of %d" % (length, self._maxFrame)
+            )
+        frame = self._header.encode(length) + body
+        outbox = self._outbox
+        if outbox is not None:
+            outbox.append(frame)
+            self._lastWrite = self._now
+        else:
+            self.transport.write(frame)
+            self._lastWrite = now if now is not None else self._clock.seconds()
+        self.counters["framesOut"] += 1
+
+    def request(self, message, timeout=None, stan=None):
         """
         Send request C{message}; return a L{Deferred} firing with the
         answer C{dict}, or failing with L{RequestTimeout} after C{timeout}
         seconds (default: the settings' C{timeout}) or L{LinkLost}.
 
-        C{sender}, C{stan} and C{time} are filled in when missing.
+        C{sender}, C{stan} and C{time} are filled in when missing (the
+        caller's dict is not changed). C{stan}, if given, is a STAN the
+        caller allocated for C{message}: it is released when the request
+        ends.
 
         @raise LinkNotReady: if the link is not signed on (sign-on and
             echo requests excepted).
         @raise DuplicateKey: if the same key is already in flight.
         """
-        if self.state != "ready" and not (
-            self.state == "up" and message.get("mti") == "0800"
-        ):
-            raise LinkNotReady("link %s is %s, not ready" % (self.peer, self.state))
-        settings = self.settings
-        message, allocated = settings.stamp(message)
+        state = self.state
+        if state != "ready" and not (state == "up" and message.get("mti") == "0800"):
+            raise LinkNotReady("link %s is %s, not ready" % (self.peer, state))
+        own = None
+        if stan is None and ("stan" not in message or "time" not in message or "sender" not in message):
+            message, own = self.settings.stamp(message)
+            stan = own
         key = (message["sender"], message["stan"], message["time"])
+        now = self._outbox is not None and self._now or self._clock.seconds()
+        pending = self.pending
         try:
-            d = self.pending.add(key, settings.timeout if timeout is None else timeout)
+            d = pending.add(key, self.settings.timeout if timeout is None else timeout, now, stan)
             try:
-                self.sendMessage(message)
+                self.sendMessage(message, now)
             except BaseException:
-                self.pending._cancel(key)
+                # Not sent: the entry goes, the Deferred is never fired, and
+                # a caller's STAN stays the caller's.
+                pending.discard(key)
                 raise
         except BaseException:
-            if allocated is not None:
-                settings.stans.release(allocated)
+            if own is not None:
+                self.settings.stans.release(own)
             raise
         self.counters["requestsOut"] += 1
-        if allocated is not None:
-            d.addBoth(releaseStan, settings.stans, allocated)
         return d
 
     def _requestTimedOut(self, key):
@@ -524,6 +713,7 @@ class LinkProtocol(Protocol, IdleTimeout):
     def writeIdle(self):
         self.transport.write(self._header.encode(0))
         self.counters["heartbeatsOut"] += 1
+        self.counters["framesOut"] += 1
 
     def readIdle(self, silence):
         self.log.warn(
@@ -581,6 +771,12 @@ class LinkProtocol(Protocol, IdleTimeout):
             d.callback(why)
 
 
+_ODD = frozenset("13579")
+
+#: Response MTIs of the requests WIRE.md names.
+_RESPONSE_MTI = {m: wire.responseMTI(m) for m in ("0200", "0220", "0420", "0800", "0820")}
+
+
 def releaseStan(result, stans, stan):
     """
     A callback that gives C{stan} back to C{stans} and passes C{result} on.
@@ -606,7 +802,11 @@ class LinkFactory:
 
     protocol = LinkProtocol
     role = None
-    log = Logger(namespace="tvlink.link")
+    log = Logger()
+
+    #: Whether requests other than 0800 are refused (91) on a link that
+    #: has not signed on.
+    requireSignOn = False
 
     def setUp(self, settings, handler):
         self.settings = settings
@@ -689,6 +889,11 @@ class LinkFactory:
         The peer asks to sign on; return the response code.
         """
         return wire.INVALID_TRANSACTION
+
+    def signOffReceived(self, link):
+        """
+        The peer signed off C{link}: it takes no more requests.
+        """
 
     def lateResponse(self, link, key, message):
         """

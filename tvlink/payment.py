@@ -24,7 +24,8 @@ class PaymentFactory(LinkFactory, ServerFactory):
 
     role = PAYMENT
     noisy = False
-    log = Logger(namespace="tvlink.payment")
+    requireSignOn = True
+    log = Logger()
 
     def __init__(self, settings, handler):
         self.setUp(settings, handler)
@@ -128,7 +129,16 @@ class PaymentService(LinkService):
     defaultSender = "PAYMENT"
     log = Logger(namespace="tvlink.payment")
 
-    def __init__(self, listen, handler=None, **options):
+    def __init__(
+        self,
+        listen,
+        handler=None,
+        tls_cert=None,
+        tls_key=None,
+        tls_ca=None,
+        tls_handshake_timeout=10.0,
+        **options
+    ):
         LinkService.__init__(
             self, handler=handler if handler is not None else DemoHandler(), **options
         )
@@ -136,6 +146,18 @@ class PaymentService(LinkService):
         self.endpoint = serverFromString(self.reactor, listen)
         self.factory = PaymentFactory(self.settings, self.handler)
         self.factories.append(self.factory)
+        #: TLS (L{tvlink.tls.ServerTLS}; mutual with C{tls_ca}), or C{None}.
+        self.tls = None
+        if any(o is not None for o in (tls_cert, tls_key, tls_ca)):
+            from tvlink.tls import ServerTLS
+
+            if listen.lstrip().lower().startswith("ssl:"):
+                raise ValueError(
+                    "listen on a plain endpoint (tcp:...) with the tls_* options, not %r" % (listen,)
+                )
+            self.tls = ServerTLS(tls_cert, tls_key, tls_ca, tls_handshake_timeout)
+            self.endpoint = self.tls.wrapEndpoint(self.endpoint)
+            self.tls.configure(self.factory)
         self.port = None
         self._listenWaiters = []
         self._listenCalled = False

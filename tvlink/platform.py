@@ -173,6 +173,7 @@ class PlatformFactory(LinkFactory, ReconnectingClientFactory):
             return
         resp = answer.get("resp")
         if resp == wire.APPROVED:
+            self.resetDelay()
             link.becomeReady()
         else:
             self.log.warn(
@@ -195,7 +196,18 @@ class PlatformFactory(LinkFactory, ReconnectingClientFactory):
             link.close("sign-on failed")
 
     def linkProven(self, link):
-        self.resetDelay()
+        """
+        The peer sent a valid frame. The backoff is reset only once the
+        sign-on is accepted: a node that answers but refuses us must not be
+        hammered once a second.
+        """
+
+    def signOffReceived(self, link):
+        """
+        The payment node signed this link off: close it and connect again
+        (with backoff), signing on afresh.
+        """
+        self.clock.callLater(0, link.close, "signed off by the payment node")
 
     def linkLost(self, link, why):
         if self.link is link:
@@ -365,6 +377,11 @@ class PlatformService(LinkService):
         cooldown=30.0,
         ramp=30.0,
         random=random.random,
+        tls_cert=None,
+        tls_key=None,
+        tls_ca=None,
+        tls_hostname=None,
+        tls_handshake_timeout=10.0,
         journal=None,
         terminal_deadline=60.0,
         **options
@@ -388,6 +405,7 @@ class PlatformService(LinkService):
             )
         self.connect_timeout = float(connect_timeout)
         self.balancer = getBalancer(balance)
+        self._inflight = set()
         self._journalOption = journal
         self.journal = journal if isinstance(journal, PlatformJournal) else None
         self.reversals = None
@@ -411,6 +429,14 @@ class PlatformService(LinkService):
                     factory.observers.append(self._linkEvent)
                     factory.onLate = self._lateResponse
                     self.factories.append(factory)
+        #: The links' TLS (L{tvlink.tls.ClientTLS}), or C{None} for plain TCP.
+        self.tls = None
+        if any(o is not None for o in (tls_cert, tls_key, tls_ca, tls_hostname)):
+            from tvlink.tls import ClientTLS
+
+            self.tls = ClientTLS(tls_cert, tls_key, tls_ca, tls_hostname, tls_handshake_timeout)
+            for factory in self.factories:
+                self.tls.configure(factory, factory.host)
 
     def startService(self):
         LinkService.startService(self)
@@ -447,7 +473,14 @@ class PlatformService(LinkService):
     def _connect(self, factory):
         factory.continueTrying = True
         factory.draining = False
-        self.reactor.connectTCP(factory.host, factory.port, factory, timeout=self.connect_timeout)
+        if self.tls is not None:
+            # connectSSL, not an endpoint: the connector it returns is what
+            # lets the ReconnectingClientFactory reconnect, over TLS again.
+            self.reactor.connectSSL(
+                factory.host, factory.port, factory, factory.tlsCreator, timeout=self.connect_timeout
+            )
+        else:
+            self.reactor.connectTCP(factory.host, factory.port, factory, timeout=self.connect_timeout)
 
     def _linkEvent(self, event, link, factory):
         if event in ("ready", "recovering") and len(self.queue):
@@ -488,56 +521,118 @@ class PlatformService(LinkService):
 
         C{sender}, C{stan} and C{time} are filled in when missing. If no
         link is ready the request waits for one, up to its C{timeout}, in a
-        queue of at most C{max_queued}.
+        queue of at most C{max_queued}. A purchase or refund is journalled
+        first when the service keeps a journal.
 
         @return: a L{Deferred} firing with the answer C{dict}, or failing
-            with L{tvlink.errors.RequestTimeout}, L{tvlink.errors.LinkLost}
-            or L{tvlink.errors.NoLinkAvailable}.
+            with L{tvlink.errors.RequestTimeout}, L{tvlink.errors.LinkLost},
+            L{tvlink.errors.NoLinkAvailable} or
+            L{tvlink.errors.DuplicateKey}; for a journalled request whose
+            outcome is unknown, with L{tvlink.errors.InDoubt}.
         """
+        settings = self.settings
         if timeout is None:
-            timeout = self.settings.timeout
+            timeout = settings.timeout
         try:
-            message, allocated = self.settings.stamp(message)
+            message, stan = settings.stamp(message)
         except Exception as e:
             return failNow(e)
+        key = (message["sender"], message["stan"], message["time"])
+        inflight = self._inflight
+        if key in inflight:
+            self._releaseStan(stan)
+            return failNow(DuplicateKey("request %s is already in flight" % ("/".join(key),)))
+        inflight.add(key)
         if self.reversals is not None and isMoneyMoving(message):
-            d = self._journalled(message, timeout)
+            d = self._journalled(message, key, timeout, stan)
         else:
-            d = self._dispatch(message, timeout)
-        if allocated is not None:
-            d.addBoth(releaseStan, self.settings.stans, allocated)
+            d = self._dispatch(message, timeout, stan)
+        d.addBoth(self._finished, key)
         return d
+
+    def _finished(self, result, key):
+        self._inflight.discard(key)
+        return result
+
+    def _releaseStan(self, stan):
+        if stan is not None:
+            self.settings.stans.release(stan)
+
+    def _dispatch(self, message, timeout, stan=None, flight=None):
+        """
+        Send C{message} on a link the balancer picks, or wait for one.
+        C{stan}, if given, is released when the request ends; C{flight}, if
+        given, is a one-item list set to C{True} once the request is
+        written.
+        """
+        if self.stopping:
+            self._releaseStan(stan)
+            return failNow(NoLinkAvailable("the platform service is stopping"))
+        link = self.pickLink()
+        if link is None:
+            try:
+                waiting = self.queue.wait(timeout)
+            except NoLinkAvailable as e:
+                self._releaseStan(stan)
+                return failNow(e)
+            return waiting.addCallbacks(
+                self._unqueued, self._queueFailed, (message, stan, flight), None, (stan,)
+            )
+        try:
+            d = link.request(message, timeout, stan)
+        except Exception as e:
+            self._releaseStan(stan)
+            return failNow(e)
+        if flight is not None:
+            flight[0] = True
+        return d
+
+    def _unqueued(self, remaining, message, stan, flight):
+        if remaining <= 0:
+            self._releaseStan(stan)
+            raise NoLinkAvailable("no payment link available in time")
+        return self._dispatch(message, remaining, stan, flight)
+
+    def _queueFailed(self, failure, stan):
+        self._releaseStan(stan)
+        return failure
 
     # -- money-moving requests ------------------------------------------
 
-    def _journalled(self, message, timeout):
-        key = wire.messageKey(message)
+    def _journalled(self, message, key, timeout, stan):
         started = self.reactor.seconds()
+        flight = [False]
         d = self.journal.record(message)
         d.addCallbacks(
-            lambda _: self._dispatch(message, max(0.001, timeout - (self.reactor.seconds() - started))),
+            lambda _: self._dispatch(
+                message, max(0.001, timeout - (self.reactor.seconds() - started)), stan, flight
+            ),
             self._notRecorded,
-            errbackArgs=(key,),
+            errbackArgs=(key, stan),
         )
-        d.addCallbacks(self._settled, self._unsettled, (key,), None, (key,))
+        d.addCallbacks(self._settled, self._unsettled, (key,), None, (key, flight))
         return d
 
-    def _notRecorded(self, failure, key):
-        failure.trap(sqlite3.IntegrityError)
-        raise _Unsent(DuplicateKey("transaction %s is already journalled" % ("/".join(key),)))
+    def _notRecorded(self, failure, key, stan):
+        self._releaseStan(stan)
+        if failure.check(sqlite3.IntegrityError):
+            raise _Unsent(DuplicateKey("transaction %s is already journalled" % ("/".join(key),)))
+        return failure
 
     def _settled(self, answer, key):
         state = APPROVED if answer.get("resp") == wire.APPROVED else DECLINED
         d = self.journal.settle(key, state, answer.get("resp"))
         return d.addCallback(lambda _: answer)
 
-    def _unsettled(self, failure, key):
+    def _unsettled(self, failure, key, flight):
         if failure.check(_Unsent):
             return Failure(failure.value.error)
-        if not failure.check(RequestTimeout, LinkLost):
+        if not flight[0]:
             # Never written to a link: nothing can have moved.
             d = self.journal.settle(key, DECLINED, wire.DESTINATION_UNAVAILABLE, failure.getErrorMessage())
             return d.addCallback(lambda _: failure)
+        # Written, and no answer: timed out, link lost, or cancelled by the
+        # caller. The payment side may have applied it.
         if failure.check(RequestTimeout):
             error = InDoubtTimeout(key, failure.value.timeout)
         else:
@@ -594,26 +689,6 @@ class PlatformService(LinkService):
         if self.journal is None:
             return failNow(RuntimeError("this platform service keeps no journal"))
         return self.journal.get(tuple(key))
-
-    def _dispatch(self, message, timeout):
-        if self.stopping:
-            return failNow(NoLinkAvailable("the platform service is stopping"))
-        link = self.pickLink()
-        if link is None:
-            try:
-                waiting = self.queue.wait(timeout)
-            except NoLinkAvailable as e:
-                return failNow(e)
-            return waiting.addCallback(self._unqueued, message)
-        try:
-            return link.request(message, timeout)
-        except Exception as e:
-            return failNow(e)
-
-    def _unqueued(self, remaining, message):
-        if remaining <= 0:
-            raise NoLinkAvailable("no payment link available in time")
-        return self._dispatch(message, remaining)
 
     def _releaseQueue(self):
         self.queue.release()

@@ -219,19 +219,38 @@ class FrameDecoder:
 class JSONCodec:
     """
     The default message codec: one UTF-8 JSON object per frame body.
+
+    It uses orjson when it is installed (several times faster on the
+    per-message path; same compact UTF-8 output) and the standard library
+    otherwise.
     """
 
     name = "json"
 
-    def __init__(self):
+    def __init__(self, fast=True):
+        self._fast = None
+        if fast:
+            try:
+                import orjson
+            except ImportError:
+                orjson = None
+            self._fast = orjson
         self._encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-        self._decode = json.JSONDecoder().decode
+        self._decoder = json.JSONDecoder()
+        if self._fast is not None:
+            self.encode = self._encodeFast
+            self.decode = self._decodeFast
 
     def encode(self, message):
         """
         Encode a message C{dict} to bytes.
+
+        @raise CodecError: if it holds something JSON cannot carry.
         """
-        return self._encoder.encode(message).encode("utf-8")
+        try:
+            return self._encoder.encode(message).encode("utf-8")
+        except (TypeError, ValueError) as e:
+            raise CodecError("message cannot be encoded as JSON: %s" % (e,)) from None
 
     def decode(self, body):
         """
@@ -240,8 +259,23 @@ class JSONCodec:
         @raise CodecError: if C{body} is not a UTF-8 JSON object.
         """
         try:
-            message = self._decode(body.decode("utf-8"))
+            message = self._decoder.decode(bytes(body).decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
+            raise CodecError("body is not UTF-8 JSON: %s" % (e,)) from None
+        if type(message) is not dict:
+            raise CodecError("body is JSON but not an object")
+        return message
+
+    def _encodeFast(self, message):
+        try:
+            return self._fast.dumps(message)
+        except TypeError as e:
+            raise CodecError("message cannot be encoded as JSON: %s" % (e,)) from None
+
+    def _decodeFast(self, body):
+        try:
+            message = self._fast.loads(body)
+        except ValueError as e:
             raise CodecError("body is not UTF-8 JSON: %s" % (e,)) from None
         if type(message) is not dict:
             raise CodecError("body is JSON but not an object")
