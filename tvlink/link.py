@@ -359,8 +359,9 @@ class LinkProtocol(Protocol, IdleTimeout):
         self.closeTimeout = settings.close_timeout
         self._header = settings.header
         self._codec = settings.codec
-        self._encode = settings.codec.encode
-        self._decode = settings.codec.decode
+        self._encode, self._decode = getattr(
+            settings.codec, "raw", (settings.codec.encode, settings.codec.decode)
+        )
         self._clock = self.clock
         self._decoder = wire.FrameDecoder(settings.header, settings.max_frame)
         self._maxFrame = self._decoder.maxFrame
@@ -432,8 +433,11 @@ class LinkProtocol(Protocol, IdleTimeout):
     def bodyReceived(self, body):
         try:
             message = self._decode(body)
-        except CodecError as e:
-            self.formatError(body, str(e))
+        except (ValueError, CodecError) as e:
+            self.formatError(body, "body is not UTF-8 JSON: %s" % (e,))
+            return
+        if type(message) is not dict:
+            self.formatError(body, "body is JSON but not an object")
             return
         mti = message.get("mti")
         if type(mti) is str and len(mti) == 4 and mti[2] in _ODD and mti.isdigit():
@@ -502,7 +506,7 @@ class LinkProtocol(Protocol, IdleTimeout):
         except BaseException:
             self._handlerFailed(Failure(), message)
             return
-        if isinstance(answer, Deferred):
+        if type(answer) is not dict and isinstance(answer, Deferred):
             answer.addCallbacks(self._handled, self._handlerFailed, (message,), None, (message,))
         else:
             self._handled(answer, message)
@@ -640,7 +644,10 @@ class LinkProtocol(Protocol, IdleTimeout):
 
         @raise CodecError: if it cannot be encoded or is too big.
         """
-        body = self._encode(message)
+        try:
+            body = self._encode(message)
+        except (TypeError, ValueError) as e:
+            raise CodecError("message cannot be encoded as JSON: %s" % (e,)) from None
         length = len(body)
         if length > self._maxFrame:
             raise CodecError(
@@ -873,6 +880,7 @@ class LinkFactory:
     def linkNotReady(self, link):
         if link in self.readyLinks:
             self.readyLinks.remove(link)
+            self.linkEvent("not-ready", link)
 
     def linkProven(self, link):
         """

@@ -116,6 +116,8 @@ class PlatformFactory(LinkFactory, ReconnectingClientFactory):
         self.slotRoundTrips = RoundTrips()
         self.breaker = breaker if breaker is not None else CircuitBreaker(settings.reactor)
         self.onLate = None
+        #: Callables given C{(rtt, factory)} for every answered request.
+        self.roundTripObservers = []
 
     def countersFor(self, link):
         return self.slotCounters
@@ -218,7 +220,10 @@ class PlatformFactory(LinkFactory, ReconnectingClientFactory):
         return wire.INVALID_TRANSACTION
 
     def requestAnswered(self, link, rtt):
-        self.breaker.answered()
+        if self.breaker.consecutive:
+            self.breaker.answered()
+        for observer in self.roundTripObservers:
+            observer(rtt, self)
 
     def lateResponse(self, link, key, message):
         LinkFactory.lateResponse(self, link, key, message)
@@ -405,7 +410,7 @@ class PlatformService(LinkService):
             )
         self.connect_timeout = float(connect_timeout)
         self.balancer = getBalancer(balance)
-        self._inflight = set()
+        self._healthy = None
         self._journalOption = journal
         self.journal = journal if isinstance(journal, PlatformJournal) else None
         self.reversals = None
@@ -473,6 +478,7 @@ class PlatformService(LinkService):
     def _connect(self, factory):
         factory.continueTrying = True
         factory.draining = False
+        self._healthy = None
         if self.tls is not None:
             # connectSSL, not an endpoint: the connector it returns is what
             # lets the ReconnectingClientFactory reconnect, over TLS again.
@@ -483,6 +489,7 @@ class PlatformService(LinkService):
             self.reactor.connectTCP(factory.host, factory.port, factory, timeout=self.connect_timeout)
 
     def _linkEvent(self, event, link, factory):
+        self._healthy = None
         if event in ("ready", "recovering") and len(self.queue):
             self._releaseQueue()
 
@@ -494,17 +501,29 @@ class PlatformService(LinkService):
         after ejection is left out of a share of requests, unless no other
         link can take them.
         """
+        healthy = self._healthy
+        if healthy is not None:
+            return healthy
         out = []
         recovering = []
+        steady = True
         for factory in self.factories:
             link = factory.link
             if link is None or link.state != "ready" or factory.draining:
                 continue
-            if factory.breaker.admits():
+            breaker = factory.breaker
+            if breaker.state != "closed":
+                steady = False
+            if breaker.admits():
                 out.append(link)
-            elif factory.breaker.state == "recovering":
+            elif breaker.state == "recovering":
                 recovering.append(link)
-        return out or recovering
+        out = out or recovering
+        if steady:
+            # Nothing depends on the clock: keep the list until a link
+            # changes state.
+            self._healthy = out
+        return out
 
     def pickLink(self):
         """
@@ -513,7 +532,16 @@ class PlatformService(LinkService):
         candidates = self.candidates()
         if not candidates:
             return None
+        if len(candidates) == 1:
+            return candidates[0]
         return self.balancer.choose(candidates)
+
+    def _inFlightAnywhere(self, key):
+        for factory in self.factories:
+            link = factory.link
+            if link is not None and key in link.pending:
+                return True
+        return False
 
     def request(self, message, timeout=None):
         """
@@ -538,21 +566,12 @@ class PlatformService(LinkService):
         except Exception as e:
             return failNow(e)
         key = (message["sender"], message["stan"], message["time"])
-        inflight = self._inflight
-        if key in inflight:
-            self._releaseStan(stan)
+        if stan is None and self._inFlightAnywhere(key):
+            # A caller-chosen key already on a link, whichever.
             return failNow(DuplicateKey("request %s is already in flight" % ("/".join(key),)))
-        inflight.add(key)
         if self.reversals is not None and isMoneyMoving(message):
-            d = self._journalled(message, key, timeout, stan)
-        else:
-            d = self._dispatch(message, timeout, stan)
-        d.addBoth(self._finished, key)
-        return d
-
-    def _finished(self, result, key):
-        self._inflight.discard(key)
-        return result
+            return self._journalled(message, key, timeout, stan)
+        return self._dispatch(message, timeout, stan)
 
     def _releaseStan(self, stan):
         if stan is not None:
@@ -737,6 +756,7 @@ class PlatformService(LinkService):
 
     def _drainSlot(self, factory):
         factory.draining = True
+        self._healthy = None
         factory.stopTrying()
         link = factory.link
         if link is None:
@@ -823,3 +843,11 @@ class PlatformService(LinkService):
         """
         for f in self.factories:
             f.observers.append(observer)
+
+    def observeRoundTrips(self, observer):
+        """
+        Call C{observer(rtt, slot)} with the round trip in seconds of every
+        answered request (for metrics; keep it cheap).
+        """
+        for f in self.factories:
+            f.roundTripObservers.append(observer)

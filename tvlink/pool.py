@@ -5,6 +5,7 @@ requests briefly while no link is ready.
 """
 
 import math
+from collections import deque
 import random as _random
 
 from twisted.internet.defer import Deferred
@@ -20,30 +21,21 @@ class RoundTrips:
     """
 
     def __init__(self, size=1024):
-        self._size = size
-        self._samples = []
-        self._next = 0
-
-    def add(self, seconds):
-        samples = self._samples
-        if len(samples) < self._size:
-            samples.append(seconds)
-        else:
-            samples[self._next] = seconds
-            self._next = (self._next + 1) % self._size
+        self._samples = deque(maxlen=size)
+        #: Record one round trip, in seconds.
+        self.add = self._samples.append
 
     def __len__(self):
         return len(self._samples)
 
     def percentile(self, p):
         """
-        The C{p}th percentile (0-100) in seconds, or C{None} with no
-        samples.
+        The C{p}th percentile (0-100) in seconds, nearest rank, or C{None}
+        with no samples.
         """
         if not self._samples:
             return None
         ordered = sorted(self._samples)
-        # nearest rank
         index = min(len(ordered) - 1, max(0, math.ceil(p / 100.0 * len(ordered)) - 1))
         return ordered[index]
 

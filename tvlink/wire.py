@@ -240,6 +240,16 @@ class JSONCodec:
         if self._fast is not None:
             self.encode = self._encodeFast
             self.decode = self._decodeFast
+            #: The bare functions for the per-message path: encoding raises
+            #: TypeError or ValueError, decoding ValueError, and decoding
+            #: may return something other than a dict.
+            self.raw = (self._fast.dumps, self._fast.loads)
+        else:
+            encode, decode = self._encoder.encode, self._decoder.decode
+            self.raw = (
+                lambda message: encode(message).encode("utf-8"),
+                lambda body: decode(bytes(body).decode("utf-8")),
+            )
 
     def encode(self, message):
         """
