@@ -162,6 +162,7 @@ class JournalTests(SynchronousTestCase):
         rig.flush()
         d.cancel()
         f = self.failureResultOf(d, InDoubt)
+        self.assertIn("in doubt and is being reversed", str(f.value))
         self.handler.silent = False
         for held, answer in self.handler.held:
             held.callback(answer)

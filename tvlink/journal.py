@@ -280,7 +280,8 @@ class Reversals:
 
     def _answered(self, answer, key):
         resp = answer.get("resp")
-        if resp == wire.APPROVED:
+        if resp in (wire.APPROVED, wire.ORIGINAL_NOT_FOUND):
+            # 25: the payment side never saw the original; nothing moved.
             self.finished(key, resp)
             return
         self.log.warn(

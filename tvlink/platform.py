@@ -16,6 +16,7 @@ from zope.interface import implementer
 from tvlink import wire
 from tvlink.errors import (
     DuplicateKey,
+    InDoubt,
     InDoubtLinkLost,
     InDoubtTimeout,
     LinkLost,
@@ -654,8 +655,14 @@ class PlatformService(LinkService):
         # caller. The payment side may have applied it.
         if failure.check(RequestTimeout):
             error = InDoubtTimeout(key, failure.value.timeout)
-        else:
+        elif failure.check(LinkLost):
             error = InDoubtLinkLost(key, failure.getErrorMessage())
+        else:
+            error = InDoubt(
+                "request %s ended without an answer (%s) after it was sent; the transaction "
+                "is in doubt and is being reversed" % ("/".join(key), failure.getErrorMessage() or failure.type.__name__)
+            )
+            error.key = key
         d = self._markInDoubt(key, failure.getErrorMessage())
         return d.addCallback(lambda _: Failure(error))
 
