@@ -479,7 +479,11 @@ class LinkProtocol(Protocol, IdleTimeout):
         self.counters["requestsIn"] += 1
         state = self.state
         if mti == "0800":
-            self.answer(message, self.networkManagement(message))
+            answer = self.networkManagement(message)
+            if answer is None:
+                self.formatError(message, "0800 without an nmi")
+            else:
+                self.answer(message, answer)
             return
         if state != "ready":
             if state in ("closing", "lost"):
@@ -533,12 +537,12 @@ class LinkProtocol(Protocol, IdleTimeout):
 
     def networkManagement(self, message):
         """
-        Answer a C{0800}: sign-on, sign-off and echo test.
+        Answer a C{0800}: sign-on, sign-off and echo test; C{None} if it
+        has no C{nmi}.
         """
         nmi = message.get("nmi")
         if type(nmi) is not str:
-            self.formatErrorCounted("0800 without an nmi")
-            return {"resp": wire.FORMAT_ERROR}
+            return None
         if nmi == wire.ECHO_TEST:
             return {"nmi": nmi, "resp": wire.APPROVED}
         if nmi == wire.SIGN_ON:
@@ -590,16 +594,6 @@ class LinkProtocol(Protocol, IdleTimeout):
             if "time" in request:
                 response["time"] = request["time"]
             self.sendMessage(response)
-
-    def formatErrorCounted(self, reason):
-        self.counters["formatErrors"] += 1
-        self.log.warn(
-            "format error from {peer}: {reason}; answering 30",
-            link_event="format-error",
-            peer=self.peer,
-            reason=reason,
-        )
-        self.factory.formatErrorReceived(self, reason)
 
     def formatError(self, body, reason):
         """
