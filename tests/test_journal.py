@@ -220,3 +220,28 @@ class JournalTests(SynchronousTestCase):
         self.assertEqual([e["state"] for e in self.successResultOf(j.byOrder("O"))], ["pending"])
         self.successResultOf(j.close())
         self.assertRaises(ValueError, PlatformJournal, "sqlite:")
+
+
+class StopTests(SynchronousTestCase):
+    def test_answer_during_drain_is_journalled(self):
+        path = self.mktemp()
+        handler = SilentThenDemo()
+        rig = PoolRig(ports=(7001,), handlers=[handler], journalPath=path, timeout=5)
+        # The service opens (and so closes) its own journal when given a path.
+        rig.service._journalOption = "sqlite:" + path
+        handler.silent = True
+        d = rig.service.request(purchase(100))
+        rig.flush()
+        stopped = rig.service.stopService()
+        self.assertNoResult(stopped)
+        journal = rig.service.journal
+        held, answer = handler.held.pop()
+        held.callback(answer)
+        rig.flush()
+        self.assertEqual(self.successResultOf(d)["resp"], "00")
+        self.successResultOf(stopped)
+        self.assertIsNone(rig.service.journal)
+        reopened = PlatformJournal(path, threaded=False)
+        self.addCleanup(reopened.close)
+        self.assertEqual(self.successResultOf(reopened.counts()), {"approved": 1})
+        self.assertTrue(journal.store.closed)

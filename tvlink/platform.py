@@ -807,9 +807,15 @@ class PlatformService(LinkService):
         d = DeferredList(drains)
         d.addCallback(lambda _: LinkService.stopService(self))
         if self.journal is not None and not isinstance(self._journalOption, PlatformJournal):
-            journal, self.journal = self.journal, None
-            d.addCallback(lambda _: journal.close())
+            # Closed only once the drain is over: answers that arrive during
+            # it are still journalled.
+            d.addCallback(self._closeJournal)
         return d
+
+    def _closeJournal(self, _):
+        journal, self.journal = self.journal, None
+        if journal is not None:
+            return journal.close()
 
     # -- what operators read ----------------------------------------------
 
