@@ -352,6 +352,24 @@ class PoolServiceTests(SynchronousTestCase):
         held = sum(len(h.held) for h in rig.payments and [f.handler for f in rig.payments.values()])
         self.assertEqual(held, 1)
 
+    def test_resume_while_draining_keeps_one_link(self):
+        handlers = [HoldingHandler(), RecordingHandler()]
+        rig = PoolRig(ports=(7001, 7002), handlers=handlers)
+        first = rig.service.request(purchase())
+        rig.flush()
+        drained = rig.service.drain("127.0.0.1:7001")
+        rig.service.resume("127.0.0.1:7001")
+        self.assertEqual(len(rig.reactor.tcpClients), 2)  # not yet
+        handlers[0].releaseAll()
+        rig.flush()
+        self.successResultOf(first)
+        self.successResultOf(drained)
+        rig.reactor.advance(0)
+        rig.connectPending()
+        self.assertEqual(len(rig.reactor.tcpClients), 3)
+        self.assertEqual(rig.service.status()[0]["state"], "ready")
+        self.assertEqual(len(rig.service.factories[0].links), 1)
+
     def test_drain_unknown(self):
         rig = PoolRig(ports=(7001,))
         self.failureResultOf(rig.service.drain("127.0.0.1:9"), ValueError)

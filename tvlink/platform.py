@@ -112,6 +112,7 @@ class PlatformFactory(LinkFactory, ReconnectingClientFactory):
         self.delay = self.initialDelay
         self.reconnects = 0
         self.draining = False
+        self.resumeWhenDrained = False
         self.link = None
         self.slotCounters = dict.fromkeys(LINK_COUNTERS, 0)
         self.slotRoundTrips = RoundTrips()
@@ -759,7 +760,12 @@ class PlatformService(LinkService):
         """
         for f in self.factories:
             if f.endpoint == endpoint and f.draining:
-                self._connect(f)
+                if f.link is None:
+                    self._connect(f)
+                else:
+                    # Still draining: connect afresh once the old link is
+                    # gone, so the slot never holds two.
+                    f.resumeWhenDrained = True
 
     def _drainSlot(self, factory):
         factory.draining = True
@@ -791,7 +797,13 @@ class PlatformService(LinkService):
             "link to {endpoint} drained", link_event="drained", endpoint=factory.endpoint
         )
         factory.linkEvent("drained", link)
-        return closing
+        return closing.addCallback(self._afterDrain, factory)
+
+    def _afterDrain(self, _, factory):
+        if factory.resumeWhenDrained and not self.stopping:
+            factory.resumeWhenDrained = False
+            # After the connector has seen the loss (it must not retry).
+            self.reactor.callLater(0, self._connect, factory)
 
     def stopService(self):
         """
