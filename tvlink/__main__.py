@@ -1,17 +1,32 @@
 """
-The C{tvlink} admin command. Today it only points at twistd; the ledger
-commands live here as they arrive.
+The C{tvlink} admin command (console script C{tvlink}, or
+C{python -m tvlink}). The roles themselves run under twistd.
 """
 
 import sys
 
+USAGE = """\
+usage: tvlink COMMAND ...
+
+commands:
+  ledger    look after the payment side's SQLite ledger
+            (tvlink ledger --db PATH open|show|list|freeze|unfreeze|journal|check|init ...;
+            tvlink ledger --help for more)
+
+Run the roles with: twistd -n tvlink payment|platform|sandbox --help
+"""
+
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
     if argv in ([], ["-h"], ["--help"]):
-        print("usage: tvlink COMMAND ...\n\nRun the roles with: twistd -n tvlink payment|platform|sandbox --help")
+        sys.stdout.write(USAGE)
         return 0
-    print("tvlink: unknown command %r (try --help)" % (argv[0],), file=sys.stderr)
+    if argv[0] == "ledger":
+        from tvlink.admin import main as ledger
+
+        return ledger(argv[1:])
+    sys.stderr.write("tvlink: unknown command %r (try --help)\n" % (argv[0],))
     return 2
 
 

@@ -1,44 +1,129 @@
 """
-The sandbox: both roles in one process, linked over real loopback TCP.
+The sandbox: both roles in one process, linked over real loopback TCP,
+the payment side answering from a SQLite ledger with a few demo accounts.
 """
 
+import os
+import shutil
+import tempfile
+
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
-from tvlink.payment import DemoHandler, PaymentService
+from tvlink.ledger import DuplicateAccount, LedgerPaymentService, PaymentLedger, formatFen, maskPan
 from tvlink.platform import PlatformService
 
-#: A card the demo handler approves.
+#: A card the sandbox ledger opens with 1000.00.
 DEMO_PAN = "6222020000000000018"
+
+#: The accounts the sandbox opens: (card, opening balance in fen, status).
+DEMO_ACCOUNTS = (
+    (DEMO_PAN, 100000, "active"),
+    ("6222020000000000026", 5000, "active"),
+    ("6222020000000000034", 20000, "frozen"),
+)
 
 
 class SandboxService(MultiService):
     """
-    A payment node on 127.0.0.1 and a platform linked to it. Once the link
-    is ready it makes one demo purchase and logs the answer, so a newcomer
-    sees a working system from one command.
+    A payment node on 127.0.0.1 and a platform linked to it. The payment
+    side answers from a L{PaymentLedger} with the L{DEMO_ACCOUNTS} open;
+    once the link is ready the platform makes one demo purchase and logs
+    the answer, so a newcomer sees a working system from one command.
+
+    @param ledger: the ledger file to use (and keep); by default a fresh
+        one in a temporary directory, removed when the service stops.
+
+    @ivar demo: a L{Deferred} firing with the demo purchase's answer
+        (C{None} if it failed), new at every start.
     """
 
     log = Logger(namespace="tvlink.sandbox")
 
-    def __init__(self, port=0, sender="PLATFORM", reactor=None, **options):
+    def __init__(self, port=0, sender="PLATFORM", reactor=None, ledger=None, http=None, **options):
         MultiService.__init__(self)
         self.options = dict(options, reactor=reactor)
         self.platformSender = sender
-        self.payment = PaymentService(
-            "tcp:%d:interface=127.0.0.1" % (port,), handler=DemoHandler(), **self.options
+        self.ledgerPath = ledger
+        self._tempDir = None
+        # The path is settled when the service starts (see _prepareLedger).
+        self.ledger = PaymentLedger(ledger or "sandbox-ledger.db", reactor=reactor)
+        self.payment = LedgerPaymentService(
+            "tcp:%d:interface=127.0.0.1" % (port,), self.ledger, **self.options
         )
         self.payment.setServiceParent(self)
         self.platform = None
+        self.demo = Deferred()
+        #: With C{http} (a server endpoint), the terminal API and both
+        #: status pages (L{tvlink.web.SandboxWeb}); the platform then keeps
+        #: its journal next to the ledger.
+        self.web = None
+        if http is not None:
+            from tvlink.web import SandboxWeb
+
+            self.web = SandboxWeb(http, self.payment, reactor=reactor)
+            self.web.setServiceParent(self)
+
+    def _prepareLedger(self):
+        if self.ledgerPath is None and self._tempDir is None:
+            self._tempDir = tempfile.mkdtemp(prefix="tvlink-sandbox-")
+            self.ledger.path = os.path.join(self._tempDir, "ledger.db")
+
+    def privilegedStartService(self):
+        self._prepareLedger()
+        MultiService.privilegedStartService(self)
 
     def startService(self):
+        self._prepareLedger()
+        if self.demo.called:
+            self.demo = Deferred()
         MultiService.startService(self)
-        self.payment.whenListening().addCallback(self._link)
+        d = gatherResults([self._openDemoAccounts(), self.payment.whenListening()], consumeErrors=True)
+        d.addCallback(lambda _: self._link())
+        d.addErrback(self._failed)
 
-    def _link(self, port):
+    def _failed(self, failure):
+        self.log.failure("sandbox could not start", failure, sandbox_event="failed")
+        if not self.demo.called:
+            self.demo.callback(None)
+
+    def _openDemoAccounts(self):
+        def already(failure):
+            # A kept ledger file from an earlier run.
+            failure.trap(DuplicateAccount)
+
+        steps = []
+        for pan, balance, status in DEMO_ACCOUNTS:
+            d = self.ledger.openAccount(pan, balance)
+            d.addErrback(already)
+            if status == "frozen":
+                d.addCallback(lambda _, pan=pan: self.ledger.freeze(pan))
+            steps.append(d)
+        d = gatherResults(steps, consumeErrors=True)
+
+        def done(_):
+            self.log.info(
+                "sandbox ledger {path}: demo cards {cards}",
+                sandbox_event="ledger",
+                path=self.ledger.path,
+                cards=", ".join(
+                    "%s (%s, %s)" % (maskPan(pan), formatFen(fen), status)
+                    for pan, fen, status in DEMO_ACCOUNTS
+                ),
+            )
+
+        return d.addCallback(done)
+
+    def _link(self):
         address = self.payment.address()
-        self.platform = PlatformService([address], sender=self.platformSender, **self.options)
+        options = dict(self.options)
+        if self.web is not None:
+            options["journal"] = "sqlite:" + os.path.splitext(self.ledger.path)[0] + "-journal.db"
+        self.platform = PlatformService([address], sender=self.platformSender, **options)
         self.platform.setServiceParent(self)
+        if self.web is not None:
+            self.web.attachPlatform(self.platform)
         self.platform.whenReady().addCallback(self._demo)
 
     def _demo(self, link):
@@ -52,9 +137,31 @@ class SandboxService(MultiService):
                 address=self.payment.address(),
                 resp=answer.get("resp"),
             )
+            if self.web is not None:
+                self.web.announce()
+            return answer
 
         def failed(failure):
             self.log.warn("sandbox demo purchase failed: {why}", why=failure.getErrorMessage())
 
+        def done(answer):
+            if not self.demo.called:
+                self.demo.callback(answer)
+
         d.addCallbacks(answered, failed)
+        d.addCallback(done)
         return d
+
+    def stopService(self):
+        d = MultiService.stopService(self)
+
+        def cleanUp(result):
+            if self.platform is not None:
+                self.removeService(self.platform)
+                self.platform = None
+            if self._tempDir is not None:
+                shutil.rmtree(self._tempDir, ignore_errors=True)
+                self._tempDir = None
+            return result
+
+        return d.addBoth(cleanUp)

@@ -15,9 +15,27 @@ from tvlink.pool import BALANCERS
 
 log = Logger(namespace="tvlink.tap")
 
+#: The platform's journal when --http is given without --journal.
+DEFAULT_API_JOURNAL = "tvlink-journal.db"
+
 
 def _seconds(name, default, doc):
     return [name, None, str(default), doc + " (seconds, may be fractional)"]
+
+
+def _httpOption(options):
+    """
+    The checked C{--http} endpoint description of C{options}, or C{None}.
+    """
+    value = options["http"]
+    if value is None:
+        return None
+    from tvlink.web import parseHTTPEndpoint
+
+    try:
+        return parseHTTPEndpoint(value)
+    except ValueError as e:
+        raise usage.UsageError("--http: %s" % (e,)) from None
 
 
 class _LinkOptions(usage.Options):
@@ -68,21 +86,117 @@ class _LinkOptions(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
-class PaymentOptions(_LinkOptions):
+class _TLSOptions(usage.Options):
+    """
+    The C{--tls-*} options of a role, checked (files readable, parsed, key
+    matching certificate) once the role's own options are; the keywords for
+    the service end up in C{tlsOptions}.
+    """
+
+    #: Whether a certificate is required as soon as any TLS option is given.
+    certificateRequired = False
+
+    def parseOptions(self, options=None):
+        usage.Options.parseOptions(self, options)
+        self.tlsOptions = self._checkTLS()
+
+    def _checkTLS(self):
+        from tvlink.tls import Identity, TLSConfigError, loadCertificates, loadPrivateKey
+
+        given = {name: self.get(name) for name in ("tls-cert", "tls-key", "tls-ca", "tls-hostname")}
+        if not any(value is not None for value in given.values()):
+            return {}
+        cert, key, ca = given["tls-cert"], given["tls-key"], given["tls-ca"]
+        if cert is None and (key is not None or self.certificateRequired):
+            raise usage.UsageError("--tls-cert FILE is required with the other --tls-* options")
+
+        def check(option, load, path, *args):
+            try:
+                return load(path, *args)
+            except TLSConfigError as e:
+                raise usage.UsageError("--%s: %s" % (option, e)) from None
+
+        if cert is not None:
+            check("tls-cert", loadCertificates, cert, "TLS certificate file")
+        if key is not None:
+            check("tls-key", loadPrivateKey, key, "TLS key file")
+        if ca is not None:
+            check("tls-ca", loadCertificates, ca, "TLS CA file")
+        if cert is not None:
+            # The key must be the certificate's (or sit in its file).
+            option = "tls-key" if key is not None else "tls-cert"
+            check(option, Identity, cert, key, "TLS certificate file", "TLS key file")
+        hostname = given["tls-hostname"]
+        if hostname is not None and (not hostname.strip() or any(c.isspace() for c in hostname)):
+            raise usage.UsageError("--tls-hostname must be a host name, not %r" % (hostname,))
+        try:
+            timeout = positive("--tls-handshake-timeout", self["tls-handshake-timeout"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        keywords = {"tls_" + name[4:]: value for name, value in given.items() if value is not None}
+        keywords["tls_handshake_timeout"] = timeout
+        return keywords
+
+
+class _PaymentTLSOptions(_TLSOptions):
+    certificateRequired = True
+    optParameters = [
+        ["tls-cert", None, None, "Serve TLS with this certificate (PEM; its chain may follow, and its key)"],
+        ["tls-key", None, None, "The certificate's private key (PEM, unencrypted)"],
+        ["tls-ca", None, None, "Mutual TLS: require a platform certificate signed by a CA in this PEM file"],
+        _seconds("tls-handshake-timeout", 10, "Time a TLS handshake may take"),
+    ]
+
+
+class _PlatformTLSOptions(_TLSOptions):
+    optParameters = [
+        ["tls-cert", None, None, "Link over TLS presenting this client certificate (PEM; chain and key may follow)"],
+        ["tls-key", None, None, "The client certificate's private key (PEM, unencrypted)"],
+        ["tls-ca", None, None, "Link over TLS, trusting the payment nodes' CA in this PEM file (else the system's)"],
+        ["tls-hostname", None, None, "Name the payment node's certificate must carry (default: the --connect host)"],
+        _seconds("tls-handshake-timeout", 10, "Time a TLS handshake may take"),
+    ]
+
+
+class PaymentOptions(_PaymentTLSOptions, _LinkOptions):
     synopsis = "--listen ENDPOINT [options]"
     longdesc = "Run the payment side: listen for platform links."
     optParameters = [
         ["listen", None, None, "Server endpoint to listen on, e.g. tcp:7000:interface=127.0.0.1"],
         ["sender", None, "PAYMENT", "This node's institution id"],
+        [
+            "ledger",
+            None,
+            "memory",
+            "Account ledger: sqlite:PATH (durable, created if missing; open accounts with "
+            "'tvlink ledger --db PATH open PAN AMOUNT'), or memory (the demo handler: "
+            "every card has 1000.00, nothing is kept)",
+        ],
+        _seconds("backend-timeout", 30, "Time to wait for the account back end before answering 91"),
+        [
+            "http",
+            None,
+            None,
+            "Serve the status page and /metrics on this endpoint, e.g. tcp:8081:interface=127.0.0.1 "
+            "(a bare port means 127.0.0.1 only; default: off)",
+        ],
     ]
 
     def postOptions(self):
         if not self["listen"]:
             raise usage.UsageError("--listen ENDPOINT is required")
         _LinkOptions.postOptions(self)
+        from tvlink.ledger import parseLedgerSpec
+
+        try:
+            self.ledger = parseLedgerSpec(self["ledger"])
+        except ValueError as e:
+            raise usage.UsageError("--ledger: %s" % (e,)) from None
+        self.backend_timeout = self._positive("backend-timeout")
+        self.http = _httpOption(self)
 
 
-class PlatformOptions(_LinkOptions):
+class PlatformOptions(_PlatformTLSOptions, _LinkOptions):
     synopsis = "--connect HOST:PORT[,HOST:PORT...] [--connect ...] [options]"
     longdesc = (
         "Run the platform side: keep links to each payment endpoint and spread "
@@ -107,6 +221,14 @@ class PlatformOptions(_LinkOptions):
         _seconds("ramp", 30, "Time over which a recovered link regains its full share"),
         _seconds("terminal-deadline", 60, "The TV terminal's deadline; --timeout must be below it"),
         ["journal", None, None, "Journal money-moving requests and reverse those in doubt: sqlite:PATH"],
+        [
+            "http",
+            None,
+            None,
+            "Serve the terminal API (/v1), the status page and /metrics on this endpoint, e.g. "
+            "tcp:8080:interface=127.0.0.1 (a bare port means 127.0.0.1 only; default: off). The API "
+            "needs a journal: without --journal it is sqlite:" + "tvlink-journal.db in the run directory",
+        ],
     ]
 
     #: option name -> (keyword, smallest value), for the count options.
@@ -161,6 +283,11 @@ class PlatformOptions(_LinkOptions):
             if not os.path.isdir(folder):
                 raise usage.UsageError("--journal: folder %r does not exist" % (folder,))
             self.linkOptions["journal"] = "sqlite:" + path
+        self.http = _httpOption(self)
+        if self.http is not None and "journal" not in self.linkOptions:
+            # The terminal API is idempotent by order id, across restarts too:
+            # that takes a durable journal.
+            self.linkOptions["journal"] = "sqlite:" + DEFAULT_API_JOURNAL
 
 
 class SandboxOptions(_LinkOptions):
@@ -172,10 +299,17 @@ class SandboxOptions(_LinkOptions):
     optParameters = [
         ["port", None, "0", "Loopback port the payment side listens on (0: any free port)"],
         ["sender", None, "PLATFORM", "The platform's institution id"],
+        [
+            "http",
+            None,
+            "tcp:8080:interface=127.0.0.1",
+            "Where the terminal API and both status pages are served (the payment side's under /payment/)",
+        ],
     ]
 
     def postOptions(self):
         _LinkOptions.postOptions(self)
+        self.http = _httpOption(self)
         if not self["port"].isdigit() or int(self["port"]) > 65535:
             raise usage.UsageError("--port must be 0-65535, not %r" % (self["port"],))
 
@@ -196,13 +330,91 @@ class Options(usage.Options):
 
 def makeService(config, reactor=None):
     """
-    Build the service twistd runs from parsed L{Options}.
+    Build the service twistd runs from parsed L{Options}: the role's
+    service, and with C{--http} its web side in front of it.
     """
+    service = _withWeb(config, _makeRoleService(config, reactor))
+    _exitZeroAfterStop(reactor)
+    return service
+
+
+def _exitZeroAfterStop(reactor=None):
+    """
+    twistd ends a run stopped by a signal by killing itself with that
+    signal again once the reactor has stopped (exit status 128+N). A tvlink
+    node stops on SIGTERM by draining (no new work, in-flight requests
+    finish, sign-off, close), and a stop that has run its course is a
+    success: once shutdown is over, forget the signal so twistd exits 0.
+    """
+    if reactor is None:
+        from tvlink.link import globalReactor
+
+        reactor = globalReactor()
+
+    def forget():
+        if getattr(reactor, "_exitSignal", None) is not None:
+            log.info("stopped on signal {signal} after a clean shutdown; exiting 0", signal=reactor._exitSignal)
+            reactor._exitSignal = None
+
+    reactor.addSystemEventTrigger("after", "shutdown", forget)
+
+
+def _withWeb(config, service):
+    """
+    C{service} alone, or with C{--http} a L{tvlink.web.ServiceStack} of
+    C{service} and its web side, which stops first (no new work comes in
+    while the service drains).
+    """
+    http = getattr(config.subOptions, "http", None)
+    if http is None or config.subCommand == "sandbox":
+        return service
+    from tvlink.web import HTTPService, ServiceStack, paymentResource, platformResource
+
+    if config.subCommand == "platform":
+        resource, api = platformResource(service)
+        web = HTTPService(
+            http, resource, reactor=service.reactor, api=api, grace=service.terminal_deadline,
+            what="terminal API at /v1, status page, metrics",
+        )
+        if config.subOptions["journal"] is None:
+            log.info(
+                "the terminal API journals to {path} (the default with --http; choose with --journal)",
+                path=os.path.abspath(DEFAULT_API_JOURNAL),
+            )
+    else:
+        web = HTTPService(http, paymentResource(service), reactor=service.reactor)
+    stack = ServiceStack()
+    stack.role, stack.service, stack.web = service.role, service, web
+    service.setServiceParent(stack)
+    web.setServiceParent(stack)
+    return stack
+
+
+def _makeRoleService(config, reactor=None):
+    """
+    The role's own service.
+    """
+    from tvlink.masking import installMasking
+
+    # Every log event of the run, whatever observer twistd or anyone adds
+    # later, passes through the card-number filter.
+    installMasking()
     sub = config.subOptions
     options = dict(sub.linkOptions, echo_interval=sub.echo_interval)
+    options.update(getattr(sub, "tlsOptions", {}))
     if reactor is not None:
         options["reactor"] = reactor
     if config.subCommand == "payment":
+        kind, path = sub.ledger
+        if kind == "sqlite":
+            from tvlink.ledger import LedgerPaymentService, PaymentLedger
+
+            return LedgerPaymentService(
+                sub["listen"],
+                PaymentLedger(path, reactor=reactor),
+                backend_timeout=sub.backend_timeout,
+                **options
+            )
         from tvlink.payment import PaymentService
 
         return PaymentService(sub["listen"], **options)
@@ -212,4 +424,4 @@ def makeService(config, reactor=None):
         return PlatformService(sub["connect"], **options)
     from tvlink.sandbox import SandboxService
 
-    return SandboxService(port=int(sub["port"]), **options)
+    return SandboxService(port=int(sub["port"]), http=sub.http, **options)

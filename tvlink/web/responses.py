@@ -1,0 +1,97 @@
+"""
+Writing JSON answers from twisted.web resources, and noticing clients that
+went away.
+"""
+
+import json
+
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+
+def watch(request):
+    """
+    Note on C{request} when its client goes away before the answer is
+    written (see L{gone}).
+    """
+    if not getattr(request, "_tvlinkWatched", False):
+        request._tvlinkWatched = True
+        request._tvlinkGone = False
+
+        def lost(failure):
+            request._tvlinkGone = True
+
+        request.notifyFinish().addErrback(lost)
+
+
+def gone(request):
+    """
+    Whether C{request} may no longer be written to.
+    """
+    return getattr(request, "_tvlinkGone", False) or bool(getattr(request, "finished", False))
+
+
+def encodeJSON(body):
+    return json.dumps(body, ensure_ascii=False, separators=(", ", ": ")).encode("utf-8") + b"\n"
+
+
+def writeJSON(request, code, body, headers=()):
+    """
+    Answer C{request} with status C{code} and the JSON of C{body}, unless
+    its client has gone.
+    """
+    if gone(request):
+        return
+    data = encodeJSON(body)
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json; charset=utf-8")
+    request.setHeader(b"content-length", b"%d" % (len(data),))
+    request.setHeader(b"cache-control", b"no-store")
+    for name, value in headers:
+        request.setHeader(name, value)
+    request.write(data)
+    request.finish()
+
+
+class JSONResource(Resource):
+    """
+    A resource whose errors (unknown child, method not allowed) are JSON
+    too.
+    """
+
+    def getChild(self, name, request):
+        return NotFound()
+
+    def render(self, request):
+        method = request.method.decode("ascii", "replace").upper()
+        handler = getattr(self, "render_" + method, None)
+        if handler is None and method == "HEAD":
+            handler = getattr(self, "render_GET", None)
+        if handler is None:
+            allowed = sorted(
+                name[len("render_"):] for name in dir(self) if name.startswith("render_") and name != "render_"
+            )
+            writeJSON(
+                request,
+                405,
+                {"error": "method-not-allowed", "message": "use %s here" % (" or ".join(allowed),)},
+                [(b"allow", ", ".join(allowed).encode("ascii"))],
+            )
+            return NOT_DONE_YET
+        return handler(request)
+
+
+class NotFound(JSONResource):
+    """
+    A JSON 404 for any path under it.
+    """
+
+    isLeaf = True
+
+    def __init__(self, message="no such resource"):
+        JSONResource.__init__(self)
+        self.message = message
+
+    def render(self, request):
+        writeJSON(request, 404, {"error": "not-found", "message": self.message})
+        return NOT_DONE_YET
