@@ -274,14 +274,6 @@ class SalvageKeyProperties(SynchronousTestCase):
             self.assertIsInstance(found["stan"], str)
 
 
-#: Why the deep-nesting tests are skipped while the bug is there.
-KNOWN_BUG = (
-    "known bug in tvlink.wire, found by fuzz/fuzz_decoder.py: RecursionError from json on "
-    "deeply nested JSON is not caught (catch it with ValueError in salvageKey and "
-    "JSONCodec.decode)"
-)
-
-
 class DeepNestingTests(SynchronousTestCase):
     """
     A body of deeply nested JSON (5000 bytes, well inside an ascii4 frame),
@@ -289,11 +281,7 @@ class DeepNestingTests(SynchronousTestCase):
     C{RecursionError}, which is neither L{CodecError} nor C{ValueError}.
     orjson refuses it properly, but C{salvageKey} (run on every body that
     did not decode) still uses C{json}, so the error escapes the link's
-    C{dataReceived}.
-
-    While the bug is there these tests skip, naming it (trial's C{todo}
-    and unittest's C{expectedFailure} do not both work under pytest and
-    trial); once L{tvlink.wire} catches the error they run and must pass.
+    C{dataReceived}. Each must end as a L{CodecError} or no key.
     """
 
     body = b"[" * 5000
@@ -305,21 +293,10 @@ class DeepNestingTests(SynchronousTestCase):
         self.assertRaises(CodecError, codec.decode, self.body)
 
     def test_stdlibDecode(self):
-        try:
-            wire.JSONCodec(fast=False).decode(self.body)
-        except CodecError:
-            pass
-        except RecursionError:
-            raise SkipTest(KNOWN_BUG)
-        else:
-            self.fail("decoded a 5000-deep nesting")
+        self.assertRaises(CodecError, wire.JSONCodec(fast=False).decode, self.body)
 
     def test_salvageKey(self):
-        try:
-            found = wire.salvageKey(self.body)
-        except RecursionError:
-            raise SkipTest(KNOWN_BUG)
-        self.assertIsNone(found)
+        self.assertIsNone(wire.salvageKey(self.body))
 
     def test_link(self):
         """
@@ -330,8 +307,6 @@ class DeepNestingTests(SynchronousTestCase):
 
         pair = Pair()
         pair.flush()
-        try:
-            pair.payment.dataReceived(b"%04d" % (len(self.body),) + self.body)
-        except RecursionError:
-            raise SkipTest(KNOWN_BUG)
+        pair.payment.dataReceived(b"%04d" % (len(self.body),) + self.body)
         self.assertEqual(pair.payment.state, "ready")
+        self.assertEqual(pair.payment.counters["formatErrors"], 1)

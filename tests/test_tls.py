@@ -10,6 +10,7 @@ sleeps.
 
 import os
 import re
+import shutil
 
 from twisted.internet import defer, protocol
 from twisted.internet.address import IPv4Address
@@ -57,7 +58,10 @@ def parse(*argv):
 
 class CertificatesMixin:
     def setUp(self):
-        self.certs = makeCertificates(os.path.abspath(self.mktemp()))
+        directory = os.path.abspath(self.mktemp())
+        self.certs = makeCertificates(directory)
+        # The keys are throwaway, but leave none lying about.
+        self.addCleanup(shutil.rmtree, directory, True)
 
     def write(self, name, data):
         path = self.certs.path(name)

@@ -433,7 +433,7 @@ class LinkProtocol(Protocol, IdleTimeout):
     def bodyReceived(self, body):
         try:
             message = self._decode(body)
-        except (ValueError, CodecError) as e:
+        except (ValueError, RecursionError, CodecError) as e:
             self.formatError(body, "body is not UTF-8 JSON: %s" % (e,))
             return
         if type(message) is not dict:

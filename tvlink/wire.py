@@ -270,7 +270,7 @@ class JSONCodec:
         """
         try:
             message = self._decoder.decode(bytes(body).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
+        except (ValueError, RecursionError) as e:
             raise CodecError("body is not UTF-8 JSON: %s" % (e,)) from None
         if type(message) is not dict:
             raise CodecError("body is JSON but not an object")
@@ -331,7 +331,7 @@ def salvageKey(body):
     else:
         try:
             candidate = json.loads(bytes(body).decode("utf-8", "replace"))
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if not isinstance(candidate, dict):
             return None
