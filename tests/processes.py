@@ -321,6 +321,10 @@ def startPayment(testCase, *args, port=0, name="payment", seconds=10.0):
 
     @return: a L{Deferred} firing with C{(process, port)}.
     """
+    if "--ledger" not in args:
+        # The in-memory demo ledger (every card good for 1000.00), unless
+        # the test names a ledger.
+        args = ("--ledger", "memory") + args
     child = spawnTwistd(
         testCase, "payment", "--listen", "tcp:%d:interface=127.0.0.1" % (port,), *args, name=name
     )

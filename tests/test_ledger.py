@@ -871,8 +871,13 @@ class OptionsTests(unittest.SynchronousTestCase):
         self.assertIs(service.handler.backend, service.ledger)
         self.assertFalse(os.path.exists(path), "building the service opened the ledger")
 
-    def test_memoryByDefault(self):
+    def test_sqliteByDefault(self):
         service = makeService(self.parse(), reactor=MemoryReactorClock())
+        self.assertIsInstance(service, LedgerPaymentService)
+        self.assertTrue(service.ledger.path.endswith("tvlink-ledger.db"))
+
+    def test_memoryOnRequest(self):
+        service = makeService(self.parse("--ledger", "memory"), reactor=MemoryReactorClock())
         self.assertNotIsInstance(service, LedgerPaymentService)
         self.assertIsInstance(service.handler, DemoHandler)
 

@@ -354,7 +354,8 @@ class TwistdRunTests(ReactorTestCase):
         the handler fail with the card number in the logged key.
         """
         child = spawnTwistd(
-            self, "payment", "--listen", "tcp:0:interface=127.0.0.1", "--heartbeat", "1", name="payment"
+            self, "payment", "--listen", "tcp:0:interface=127.0.0.1", "--heartbeat", "1",
+            "--ledger", "memory", name="payment",
         )
         match = yield child.waitFor(r"payment listening on 127\.0\.0\.1:(\d+)", 10)
         platform = PlatformService(

@@ -537,6 +537,7 @@ class TwistdTLSTests(CertificatesMixin, ReactorTestCase):
             "--tls-key", c.serverKey,
             "--tls-ca", c.ca,
             "--heartbeat", "1",
+            "--ledger", "memory",
             name="payment over TLS",
         )
         match = yield child.waitFor(r"payment listening on 127\.0\.0\.1:(\d+)", 10)

@@ -63,6 +63,13 @@ class LinkNotReady(RequestError):
     """
 
 
+class LinkBusy(RequestError):
+    """
+    The link already has as many requests in flight as its limit allows;
+    nothing was sent.
+    """
+
+
 class NoLinkAvailable(RequestError):
     """
     No payment link was ready to take the request; nothing was sent.

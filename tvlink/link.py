@@ -22,6 +22,7 @@ from tvlink import wire
 from tvlink.errors import (
     CodecError,
     DuplicateKey,
+    LinkBusy,
     LinkLost,
     LinkNotReady,
     ProtocolViolation,
@@ -86,6 +87,8 @@ class LinkSettings:
         sender="00000000",
         codec=None,
         localtime=time.localtime,
+        max_in_flight=1000,
+        max_handling=1000,
     ):
         self.reactor = reactor if reactor is not None else globalReactor()
         self.heartbeat = positive("heartbeat", heartbeat)
@@ -101,6 +104,8 @@ class LinkSettings:
             raise ValueError("sender must be a non-empty ASCII string, not %r" % (sender,))
         self.sender = sender
         self.codec = codec if codec is not None else wire.JSONCodec()
+        self.max_in_flight = atLeast("max_in_flight", max_in_flight, 1)
+        self.max_handling = atLeast("max_handling", max_handling, 1)
         # Start where the clock says, so a restarted node does not walk the
         # STANs it used earlier in the day again straight away.
         self.stans = wire.StanAllocator(start=int(self.reactor.seconds() * 10) % wire.StanAllocator.modulus + 1)
@@ -144,6 +149,58 @@ def globalReactor():
     import twisted.internet.reactor
 
     return twisted.internet.reactor
+
+
+def atLeast(name, value, least):
+    """
+    C{value} as an int of at least C{least}, or a L{ValueError} naming
+    C{name}.
+    """
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("%s must be a whole number, not %r" % (name, value)) from None
+    if number < least or number != value and not isinstance(value, str):
+        raise ValueError("%s must be a whole number of at least %d, not %r" % (name, least, value))
+    return number
+
+
+class LimitLog:
+    """
+    Logs that a limit was hit without letting a flood flood the log: the
+    first hit of each kind is logged at once, later ones as a count at
+    most every C{interval} seconds.
+    """
+
+    log = Logger()
+    interval = 10.0
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.hits = {}
+        self._last = {}
+        self._unlogged = {}
+
+    def hit(self, limit, peer, detail):
+        """
+        The limit named C{limit} refused something from C{peer}.
+        """
+        self.hits[limit] = self.hits.get(limit, 0) + 1
+        now = self.clock.seconds()
+        last = self._last.get(limit)
+        if last is not None and now - last < self.interval:
+            self._unlogged[limit] = self._unlogged.get(limit, 0) + 1
+            return
+        self._last[limit] = now
+        more = self._unlogged.pop(limit, 0)
+        self.log.warn(
+            "limit {limit} hit: refused {detail} from {peer}{more}",
+            link_event="limit",
+            limit=limit,
+            detail=detail,
+            peer=peer,
+            more=" (and %d more refusals since the last report)" % (more,) if more else "",
+        )
 
 
 def positive(name, value):
@@ -347,6 +404,7 @@ class LinkProtocol(Protocol, IdleTimeout):
     violation = None
     signedOff = False
     closeReason = None
+    handling = 0
     _outbox = None
     _now = 0.0
 
@@ -505,17 +563,31 @@ class LinkProtocol(Protocol, IdleTimeout):
                 )
                 self.answer(message, {"resp": wire.DESTINATION_UNAVAILABLE})
                 return
+        factory = self.factory
+        if self.handling >= self.settings.max_in_flight or factory.handling >= self.settings.max_handling:
+            factory.limits.hit(
+                "max-in-flight" if self.handling >= self.settings.max_in_flight else "max-handling",
+                self.peer,
+                "request %s %s (answered 91)" % (mti, _keyText(wire.messageKey(message))),
+            )
+            self.answer(message, {"resp": wire.DESTINATION_UNAVAILABLE})
+            return
         try:
-            answer = self.factory.handler.handle(message)
+            answer = factory.handler.handle(message)
         except BaseException:
             self._handlerFailed(Failure(), message)
             return
         if type(answer) is not dict and isinstance(answer, Deferred):
-            answer.addCallbacks(self._handled, self._handlerFailed, (message,), None, (message,))
+            self.handling += 1
+            factory.handling += 1
+            answer.addCallbacks(self._handled, self._handlerFailed, (message, True), None, (message, True))
         else:
             self._handled(answer, message)
 
-    def _handled(self, answer, request):
+    def _handled(self, answer, request, counted=False):
+        if counted:
+            self.handling -= 1
+            self.factory.handling -= 1
         if type(answer) is not dict or type(answer.get("resp")) is not str:
             self.log.error(
                 "handler gave no response code for {key} from {peer}; answering 96",
@@ -525,7 +597,10 @@ class LinkProtocol(Protocol, IdleTimeout):
             answer = {"resp": wire.SYSTEM_MALFUNCTION}
         self.answer(request, answer)
 
-    def _handlerFailed(self, failure, request):
+    def _handlerFailed(self, failure, request, counted=False):
+        if counted:
+            self.handling -= 1
+            self.factory.handling -= 1
         self.log.failure(
             "handler failed on {mti} {key} from {peer}; answering 96",
             failure,
@@ -682,6 +757,12 @@ class LinkProtocol(Protocol, IdleTimeout):
         key = (message["sender"], message["stan"], message["time"])
         now = self._outbox is not None and self._now or self._clock.seconds()
         pending = self.pending
+        if len(pending) >= self.settings.max_in_flight:
+            if own is not None:
+                self.settings.stans.release(own)
+            raise LinkBusy(
+                "link %s already has %d requests in flight (its limit)" % (self.peer, len(pending))
+            )
         try:
             d = pending.add(key, self.settings.timeout if timeout is None else timeout, now, stan)
             try:
@@ -820,6 +901,9 @@ class LinkFactory:
         )
         self.observers = []
         self._readyWaiters = []
+        #: Handler calls under way on every link of this factory.
+        self.handling = 0
+        self.limits = LimitLog(self.clock)
 
     def countersFor(self, link):
         """

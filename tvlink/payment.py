@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from tvlink import wire
 from tvlink.errors import LinkNotReady
-from tvlink.link import PAYMENT, IMessageHandler, LinkFactory, succeedWith
+from tvlink.link import PAYMENT, IMessageHandler, LinkFactory, atLeast, succeedWith
 from tvlink.service import LinkService, failNow
 
 
@@ -27,8 +27,32 @@ class PaymentFactory(LinkFactory, ServerFactory):
     requireSignOn = True
     log = Logger()
 
-    def __init__(self, settings, handler):
+    def __init__(self, settings, handler, max_links=1000, max_links_per_peer=100):
         self.setUp(settings, handler)
+        self.max_links = atLeast("max_links", max_links, 1)
+        self.max_links_per_peer = atLeast("max_links_per_peer", max_links_per_peer, 1)
+        #: Connections open, by peer host.
+        self.perPeer = {}
+
+    def buildProtocol(self, addr):
+        """
+        A link for a new connection, or C{None} (the connection is closed
+        at once) when C{max_links} or C{max_links_per_peer} is reached.
+        """
+        host = getattr(addr, "host", None)
+        if self.openConnections >= self.max_links:
+            self.limits.hit("max-links", "%s:%s" % (host, getattr(addr, "port", "")), "a connection")
+            return None
+        if self.perPeer.get(host, 0) >= self.max_links_per_peer:
+            self.limits.hit("max-links-per-peer", "%s:%s" % (host, getattr(addr, "port", "")), "a connection")
+            return None
+        link = ServerFactory.buildProtocol(self, addr)
+        link.peerHost = host
+        self.perPeer[host] = self.perPeer.get(host, 0) + 1
+        self.openConnections += 1
+        return link
+
+    openConnections = 0
 
     def signOnReceived(self, link, message):
         self.log.info(
@@ -42,6 +66,14 @@ class PaymentFactory(LinkFactory, ServerFactory):
 
     def linkLost(self, link, why):
         LinkFactory.linkLost(self, link, why)
+        host = getattr(link, "peerHost", None)
+        if host is not None:
+            self.openConnections -= 1
+            left = self.perPeer.get(host, 1) - 1
+            if left > 0:
+                self.perPeer[host] = left
+            else:
+                self.perPeer.pop(host, None)
 
 
 def _digits(value, length=None):
@@ -137,6 +169,8 @@ class PaymentService(LinkService):
         tls_key=None,
         tls_ca=None,
         tls_handshake_timeout=10.0,
+        max_links=1000,
+        max_links_per_peer=100,
         **options
     ):
         LinkService.__init__(
@@ -144,7 +178,7 @@ class PaymentService(LinkService):
         )
         self.listen = listen
         self.endpoint = serverFromString(self.reactor, listen)
-        self.factory = PaymentFactory(self.settings, self.handler)
+        self.factory = PaymentFactory(self.settings, self.handler, max_links, max_links_per_peer)
         self.factories.append(self.factory)
         #: TLS (L{tvlink.tls.ServerTLS}; mutual with C{tls_ca}), or C{None}.
         self.tls = None

@@ -118,6 +118,8 @@ class PlatformFactory(LinkFactory, ReconnectingClientFactory):
         self.slotRoundTrips = RoundTrips()
         self.breaker = breaker if breaker is not None else CircuitBreaker(settings.reactor)
         self.onLate = None
+        #: Called when a request on this slot ends and frees room on it.
+        self.capacityFreed = lambda: None
         #: Callables given C{(rtt, factory)} for every answered request.
         self.roundTripObservers = []
 
@@ -224,6 +226,7 @@ class PlatformFactory(LinkFactory, ReconnectingClientFactory):
     def requestAnswered(self, link, rtt):
         if self.breaker.consecutive:
             self.breaker.answered()
+        self.capacityFreed()
         for observer in self.roundTripObservers:
             observer(rtt, self)
 
@@ -234,6 +237,7 @@ class PlatformFactory(LinkFactory, ReconnectingClientFactory):
 
     def requestTimedOut(self, link, key):
         LinkFactory.requestTimedOut(self, link, key)
+        self.capacityFreed()
         breaker = self.breaker
         wasDegraded = breaker.degraded
         if breaker.timedOut():
@@ -435,6 +439,7 @@ class PlatformService(LinkService):
                     factory.host, factory.port = host, port
                     factory.observers.append(self._linkEvent)
                     factory.onLate = self._lateResponse
+                    factory.capacityFreed = self._capacityFreed
                     self.factories.append(factory)
         #: The links' TLS (L{tvlink.tls.ClientTLS}), or C{None} for plain TCP.
         self.tls = None
@@ -590,7 +595,9 @@ class PlatformService(LinkService):
             self._releaseStan(stan)
             return failNow(NoLinkAvailable("the platform service is stopping"))
         link = self.pickLink()
-        if link is None:
+        if link is None or len(link.pending) >= self.settings.max_in_flight:
+            # No link, or the one chosen is full: wait for a ready link or
+            # for room on one.
             try:
                 waiting = self.queue.wait(timeout)
             except NoLinkAvailable as e:
@@ -716,6 +723,10 @@ class PlatformService(LinkService):
         if self.journal is None:
             return failNow(RuntimeError("this platform service keeps no journal"))
         return self.journal.get(tuple(key))
+
+    def _capacityFreed(self):
+        if len(self.queue):
+            self.queue.release(1)
 
     def _releaseQueue(self):
         self.queue.release()

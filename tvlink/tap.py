@@ -50,7 +50,15 @@ class _LinkOptions(usage.Options):
         "frame-timeout": "frame_timeout",
     }
 
+    #: option name -> (keyword, smallest value), for the count options.
+    countOptions = {
+        "max-in-flight": ("max_in_flight", 1),
+        "max-handling": ("max_handling", 1),
+    }
+
     optParameters = [
+        ["max-in-flight", None, "1000", "Requests in flight on one link, each way (beyond: a local error / 91)"],
+        ["max-handling", None, "1000", "Requests being handled at once on all links (beyond: 91)"],
         _seconds("heartbeat", 60, "Write-idle time before sending an idle-query frame"),
         _seconds("idle-timeout", 180, "Read-idle time after which the link is declared dead"),
         _seconds("frame-timeout", 30, "Time a started frame may take to arrive whole"),
@@ -78,6 +86,13 @@ class _LinkOptions(usage.Options):
         if not sender or not sender.isascii() or not sender.isprintable():
             raise usage.UsageError("--sender must be a non-empty printable ASCII id, not %r" % (sender,))
         self.linkOptions["sender"] = sender
+        for option, (keyword, least) in self.countOptions.items():
+            value = self[option]
+            if not value.isdigit() or int(value) < least:
+                raise usage.UsageError(
+                    "--%s must be a whole number of at least %d, not %r" % (option, least, value)
+                )
+            self.linkOptions[keyword] = int(value)
 
     def _positive(self, option):
         try:
@@ -167,12 +182,14 @@ class PaymentOptions(_PaymentTLSOptions, _LinkOptions):
         [
             "ledger",
             None,
-            "memory",
+            "sqlite:tvlink-ledger.db",
             "Account ledger: sqlite:PATH (durable, created if missing; open accounts with "
             "'tvlink ledger --db PATH open PAN AMOUNT'), or memory (the demo handler: "
             "every card has 1000.00, nothing is kept)",
         ],
         _seconds("backend-timeout", 30, "Time to wait for the account back end before answering 91"),
+        ["max-links", None, "1000", "Platform connections accepted at once (beyond: refused)"],
+        ["max-links-per-peer", None, "100", "Connections accepted at once from one address"],
         [
             "http",
             None,
@@ -182,9 +199,21 @@ class PaymentOptions(_PaymentTLSOptions, _LinkOptions):
         ],
     ]
 
+    countOptions = dict(
+        _LinkOptions.countOptions,
+        **{"max-links": ("max_links", 1), "max-links-per-peer": ("max_links_per_peer", 1)}
+    )
+
     def postOptions(self):
         if not self["listen"]:
             raise usage.UsageError("--listen ENDPOINT is required")
+        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.testing import MemoryReactor
+
+        try:
+            serverFromString(MemoryReactor(), self["listen"])
+        except (ValueError, TypeError) as e:
+            raise usage.UsageError("--listen: %s" % (e,)) from None
         _LinkOptions.postOptions(self)
         from tvlink.ledger import parseLedgerSpec
 
@@ -231,13 +260,14 @@ class PlatformOptions(_PlatformTLSOptions, _LinkOptions):
         ],
     ]
 
-    #: option name -> (keyword, smallest value), for the count options.
-    countOptions = {
-        "links-per-endpoint": ("links_per_endpoint", 1),
-        "max-queued": ("max_queued", 0),
-        "eject-after": ("eject_after", 1),
-    }
-
+    countOptions = dict(
+        _LinkOptions.countOptions,
+        **{
+            "links-per-endpoint": ("links_per_endpoint", 1),
+            "max-queued": ("max_queued", 0),
+            "eject-after": ("eject_after", 1),
+        }
+    )
     def __init__(self):
         _LinkOptions.__init__(self)
         self["connect"] = []
@@ -257,13 +287,6 @@ class PlatformOptions(_PlatformTLSOptions, _LinkOptions):
         if not self["connect"]:
             raise usage.UsageError("--connect HOST:PORT is required (at least one)")
         _LinkOptions.postOptions(self)
-        for option, (keyword, least) in self.countOptions.items():
-            value = self[option]
-            if not value.isdigit() or int(value) < least:
-                raise usage.UsageError(
-                    "--%s must be a whole number of at least %d, not %r" % (option, least, value)
-                )
-            self.linkOptions[keyword] = int(value)
         if self["balance"] not in BALANCERS:
             raise usage.UsageError(
                 "--balance must be one of %s, not %r" % (", ".join(sorted(BALANCERS)), self["balance"])

@@ -379,7 +379,21 @@ class TLSServerEndpoint:
         self.contextFactory = contextFactory
 
     def listen(self, protocolFactory):
-        return self.wrapped.listen(TLSMemoryBIOFactory(self.contextFactory, False, protocolFactory))
+        return self.wrapped.listen(_RefusingTLSFactory(self.contextFactory, False, protocolFactory))
+
+
+class _RefusingTLSFactory(TLSMemoryBIOFactory):
+    """
+    TLS over a factory whose C{buildProtocol} may refuse a connection (by
+    returning C{None}, as the payment side does at its link limits): then
+    the connection is refused before any handshake.
+    """
+
+    def buildProtocol(self, addr):
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return self.protocol(self, wrapped)
 
 
 _ALERT = re.compile(r"^(?:sslv3|tlsv1|tlsv13) alert (.+)$")
