@@ -15,6 +15,7 @@ import json
 from twisted.logger import Logger
 
 from tvlink import wire
+from tvlink.masking import maskCard
 from tvlink.store import SQLiteStore
 
 #: Entry states. The first two are not final.
@@ -56,9 +57,12 @@ def isMoneyMoving(message):
 
 
 def maskedPan(pan):
+    """
+    The card number as the journal keeps it (masked), or C{None}.
+    """
     if not isinstance(pan, str) or len(pan) < 12:
         return None
-    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
+    return maskCard(pan)
 
 
 def parseJournalOption(value):

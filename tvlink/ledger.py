@@ -33,6 +33,7 @@ from tvlink import wire
 from tvlink.backend import DEFAULT_BACKEND_TIMEOUT, IAccountBackend, LedgerHandler
 from tvlink.errors import TVLinkError
 from tvlink.link import globalReactor
+from tvlink.masking import maskCard as maskPan
 from tvlink.payment import PaymentService
 
 __all__ = [
@@ -154,22 +155,6 @@ class BadCardNumber(LedgerError, ValueError):
     """
     A card number that is not 12 to 19 decimal digits.
     """
-
-
-def maskPan(pan):
-    """
-    A card number fit for a log: first 6 and last 4 digits, the rest
-    starred (C{622202*********0018}). Short or odd values are starred
-    all but their last 4 characters at most.
-    """
-    if pan is None:
-        return "-"
-    pan = str(pan)
-    if len(pan) >= 12:
-        return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
-    if len(pan) > 4:
-        return "*" * (len(pan) - 4) + pan[-4:]
-    return "*" * len(pan)
 
 
 def parseLedgerSpec(spec):

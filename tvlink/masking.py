@@ -71,6 +71,22 @@ def maskPan(text):
     return text
 
 
+def maskCard(pan):
+    """
+    One card number fit for a log or a screen: first 6 and last 4 digits,
+    the rest starred (C{622202*********0018}). Short or odd values keep at
+    most their last 4 characters; C{None} is C{"-"}.
+    """
+    if pan is None:
+        return "-"
+    pan = str(pan)
+    if len(pan) >= 12:
+        return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
+    if len(pan) > 4:
+        return "*" * (len(pan) - 4) + pan[-4:]
+    return "*" * len(pan)
+
+
 def hasPan(text):
     """
     Whether C{text} (str or bytes) holds an unmasked card number.
