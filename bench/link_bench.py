@@ -491,31 +491,24 @@ def fitRequest(size, settings):
     return message, body
 
 
-class Bench:
-    def __init__(self, reactor, args, floorPort, tvlinkPort, children):
+class BenchRunner:
+    """
+    What a benchmark run shares: its reactor, arguments and children, the
+    wall-clock cap, and stopping the reactor when C{run} is over.
+    """
+
+    def __init__(self, reactor, args, children):
         self.reactor = reactor
         self.args = args
-        self.floorPort = floorPort
-        self.tvlinkPort = tvlinkPort
         self.children = children
         self.results = []
         self.error = None
         self.capped = False
-        self.profileText = {}
-        self.counters = None
         self.load = None
         self.finished = False
 
     def out(self, text=""):
         print(text, flush=True)
-
-    def childCommand(self, name, line):
-        proc = self.children[name]
-        try:
-            proc.stdin.write((line + "\n").encode("ascii"))
-            proc.stdin.flush()
-        except OSError:
-            pass
 
     def wallCap(self):
         self.capped = True
@@ -533,6 +526,23 @@ class Bench:
     def _failed(self, failure):
         if self.error is None:
             self.error = failure.getTraceback()
+
+
+class Bench(BenchRunner):
+    def __init__(self, reactor, args, floorPort, tvlinkPort, children):
+        BenchRunner.__init__(self, reactor, args, children)
+        self.floorPort = floorPort
+        self.tvlinkPort = tvlinkPort
+        self.profileText = {}
+        self.counters = None
+
+    def childCommand(self, name, line):
+        proc = self.children[name]
+        try:
+            proc.stdin.write((line + "\n").encode("ascii"))
+            proc.stdin.flush()
+        except OSError:
+            pass
 
     def phase(self, mode, side, total, depth):
         if self.capped:

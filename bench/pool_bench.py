@@ -48,6 +48,7 @@ from tvlink import wire
 # so the two benchmarks measure the same way.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from link_bench import (  # noqa: E402
+    BenchRunner,
     FloorClient,
     FloorEchoServer,
     Load,
@@ -208,7 +209,7 @@ def spawnPayment(name, args, tmpdir):
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
     argv = TWISTD + [
         "-n", "--pidfile=", "tvlink", "payment", "--listen", "tcp:0:interface=%s" % (HOST,),
-        "--heartbeat", repr(args.heartbeat), "--idle-timeout", repr(args.idle_timeout),
+        "--ledger", "memory", "--heartbeat", repr(args.heartbeat), "--idle-timeout", repr(args.idle_timeout),
     ]
     log = os.path.join(tmpdir, "payment-%s.log" % (name,))
     with open(log, "wb") as out:
@@ -289,39 +290,12 @@ class Result:
         )
 
 
-class Bench:
+class Bench(BenchRunner):
     def __init__(self, reactor, args, floorPort, paymentPorts, children):
-        self.reactor = reactor
-        self.args = args
+        BenchRunner.__init__(self, reactor, args, children)
         self.floorPort = floorPort
         self.paymentPorts = paymentPorts
-        self.children = children
-        self.results = []
         self.services = {}
-        self.error = None
-        self.capped = False
-        self.finished = False
-        self.load = None
-
-    def out(self, text=""):
-        print(text, flush=True)
-
-    def wallCap(self):
-        self.capped = True
-        if self.load is not None:
-            self.load.stopped = True
-        self.error = "wall-clock cap of %gs reached" % (self.args.wall,)
-        if self.reactor.running:
-            self.reactor.stop()
-
-    def start(self):
-        d = self.run()
-        d.addErrback(self._failed)
-        d.addBoth(lambda _: self.reactor.running and not self.capped and self.reactor.stop())
-
-    def _failed(self, failure):
-        if self.error is None:
-            self.error = failure.getTraceback()
 
     def servers(self, target):
         """

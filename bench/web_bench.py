@@ -319,7 +319,7 @@ def main(reactor, args):
     children = []
     wall = reactor.callLater(args.wall, lambda: [c.transport.signalProcess("KILL") for c in children if c.running])
     try:
-        payment = spawn(reactor, "payment", TWISTD + ["-n", "--pidfile=", "tvlink", "payment", "--listen", "tcp:0:interface=%s" % HOST], work)
+        payment = spawn(reactor, "payment", TWISTD + ["-n", "--pidfile=", "tvlink", "payment", "--listen", "tcp:0:interface=%s" % HOST, "--ledger", "memory"], work)
         children.append(payment)
         floor = spawn(reactor, "floor", [sys.executable, os.path.abspath(__file__), "--serve-floor"], work)
         children.append(floor)

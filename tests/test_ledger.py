@@ -11,7 +11,6 @@ Clock.
 
 import os
 import sqlite3
-import sys
 import threading
 
 from twisted.internet import defer
@@ -41,6 +40,7 @@ from tvlink.ledger import (
     maskPan,
     parseLedgerSpec,
 )
+from tests.processes import ReactorTestCase
 from tvlink.payment import DemoHandler
 from tvlink.tap import Options, makeService
 
@@ -55,31 +55,13 @@ def getReactor():
     return reactor
 
 
-class RealReactorTestCase(unittest.TestCase):
+class RealReactorTestCase(ReactorTestCase):
     """
-    A trial TestCase on the real reactor, under trial and under pytest.
-
-    Under pytest, once a pytest-twisted test has started the reactor in
-    its greenlet, trial can no longer start and crash it for each test;
-    wait through pytest-twisted instead.
+    A test on the real reactor (the ledger's writer thread answers
+    through it), under trial and under pytest.
     """
 
     timeout = 20
-
-    def _wait(self, d, running=[]):
-        plugin = sys.modules.get("pytest_twisted")
-        if plugin is not None and getReactor().running:
-            twistedGreenlet = getattr(plugin._instances, "gr_twisted", None)
-            if twistedGreenlet is not None:
-                import greenlet
-
-                if greenlet.getcurrent() is not twistedGreenlet:
-                    done = []
-                    d.addBoth(done.append)
-                    if not done:
-                        plugin.blockon_default(d)
-                    return
-        return unittest.TestCase._wait(self, d)
 
     def newLedger(self, path=None, opening=((PAN, 10000),), **kwargs):
         """

@@ -102,12 +102,20 @@ class DemoHandler:
         self.answers = {}
         self.applied = {}
 
+    #: Answers remembered for repeats (oldest forgotten first).
+    remember = 100000
+
     def handle(self, message):
         key = wire.messageKey(message)
-        if key in self.answers:
-            return self.answers[key]
+        answers = self.answers
+        if key in answers:
+            return answers[key]
         answer = self._decide(message, key)
-        self.answers[key] = answer
+        answers[key] = answer
+        if len(answers) > self.remember:
+            del answers[next(iter(answers))]
+            if len(self.applied) > self.remember:
+                del self.applied[next(iter(self.applied))]
         return answer
 
     def _decide(self, message, key):
