@@ -109,7 +109,8 @@ def readJournal(path, sender, cards):
             (sender,),
         ):
             if pan in byMask:
-                purchases[(sender, stan, when)] = {"pan": byMask[pan], "amount": int(amount), "left": int(amount)}
+                amount = int(amount)
+                purchases[(sender, stan, when)] = {"pan": byMask[pan], "amount": amount, "left": amount}
         # Refunds that moved money, or may have: approved, or not final yet
         # (an in-doubt refund is reversed, but count it until then).
         for orig, amount in conn.execute(
@@ -260,8 +261,8 @@ def summarise(journal):
         out["lateAnswers"] = conn.execute(
             "SELECT COUNT(*) FROM entries WHERE late_resp IS NOT NULL"
         ).fetchone()[0]
-        out["unsent91"] = conn.execute(
-            "SELECT COUNT(*) FROM entries WHERE state = 'declined' AND resp = '91'"
+        out["unsent"] = conn.execute(
+            "SELECT COUNT(*) FROM entries WHERE state = 'declined' AND resp = '91' AND reason IS NOT NULL"
         ).fetchone()[0]
         return out
 
@@ -334,11 +335,17 @@ def main(argv=None):
     @defer.inlineCallbacks
     def run():
         service.startService()
-        say("READY base=%d quota=%d toissue=%d purchases=%d" % (base, args.quota, driver.toIssue, len(purchases)))
+        say(
+            "READY base=%d quota=%d toissue=%d purchases=%d"
+            % (base, args.quota, driver.toIssue, len(purchases))
+        )
         ticker.start(args.progress_interval, now=True)
         workers = [driver.worker() for _ in range(args.in_flight)]
         yield defer.DeferredList(workers, consumeErrors=True)
-        say("QUOTA-DONE journalled=%d issued=%d elapsed=%.1f" % (base + driver.issued, driver.issued, reactor.seconds() - driver.started))
+        say(
+            "QUOTA-DONE journalled=%d issued=%d elapsed=%.1f"
+            % (base + driver.issued, driver.issued, reactor.seconds() - driver.started)
+        )
         deadline = reactor.seconds() + args.settle_timeout
         unfinished = None
         while True:

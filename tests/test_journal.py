@@ -6,7 +6,7 @@ the journal's SQLite work done synchronously.
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from tvlink.errors import DuplicateKey, InDoubt, InDoubtLinkLost, InDoubtTimeout, NoLinkAvailable, RequestTimeout
+from tvlink.errors import DuplicateKey, InDoubt, InDoubtAnswer, InDoubtLinkLost, InDoubtTimeout, NoLinkAvailable, RequestTimeout
 from tvlink.journal import PlatformJournal, isMoneyMoving
 from tvlink.payment import DemoHandler
 from tvlink.platform import PlatformService
@@ -169,6 +169,57 @@ class JournalTests(SynchronousTestCase):
         rig.flush()
         self.assertEqual(self.outcome(rig, f.value.key)["state"], "reversed")
         self.assertEqual(self.handler.spent[PAN], 0)
+
+    def test_uncertain_answer_is_reversed(self):
+        handler = SilentThenDemo()
+        rig = self.rig(handler=handler)
+        original = handler.handle
+        handler.handle = lambda m: {"resp": "91"} if m["mti"] == "0200" and original(m) else original(m)
+        d = rig.service.request(purchase(300))
+        rig.flush()
+        f = self.failureResultOf(d, InDoubtAnswer)
+        self.assertIn("answered 91", str(f.value))
+        self.assertEqual(self.outcome(rig, f.value.key)["state"], "reversed")
+        # The back end had applied it; the reversal gave the money back.
+        self.assertEqual(handler.spent[PAN], 0)
+
+    def test_reversal_key_collision_gets_a_new_key(self):
+        handler = SilentThenDemo()
+        rig = self.rig(handler=handler)
+        original = handler.handle
+        collided = []
+
+        def handle(m):
+            if m["mti"] == "0420" and not collided:
+                collided.append(m["stan"])
+                return {"resp": "94"}
+            return original(m)
+
+        handler.handle = handle
+        handler.silent = True
+        d = rig.service.request(purchase(300))
+        rig.flush()
+        rig.advance(5)
+        key = self.failureResultOf(d, InDoubt).value.key
+        handler.silent = False
+        for held, answer in handler.held:
+            held.callback(answer)
+        rig.advance(1)
+        entry = self.outcome(rig, key)
+        self.assertEqual(entry["state"], "reversed")
+        self.assertNotEqual(entry["reversal_stan"], collided[0])
+        self.assertEqual(rig.service.settings.stans.inFlight(), 0)
+
+    def test_no_send_without_budget(self):
+        rig = self.rig(timeout=5)
+        rig.kill(7001)
+        d = rig.service.request(purchase(10))
+        rig.reactor.advance(4.97)
+        # The link comes back with 30 ms of the request's 5 s left.
+        rig.connectPending()
+        f = self.failureResultOf(d, NoLinkAvailable)
+        self.assertIn("in time", str(f.value))
+        self.assertEqual(self.successResultOf(rig.service.journal.counts()), {"declined": 1})
 
     def test_never_sent_is_declined_not_reversed(self):
         rig = self.rig()

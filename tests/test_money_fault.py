@@ -14,8 +14,11 @@ what the platform saw approved, and no key may stand twice in the ledger.
 Environment: C{TVLINK_FAULT_TRANSACTIONS} (default 2000),
 C{TVLINK_FAULT_SECONDS} (how long the issuing should take, default 45),
 C{TVLINK_FAULT_SEED} (default: a fresh one, printed),
-C{TVLINK_FAULT_KEEP=1} keeps the files (ledger, journal, logs) and prints
-where. Run with C{python -m pytest -s tests/test_money_fault.py} or
+C{TVLINK_FAULT_BACKEND_TIMEOUT} (the payment side's C{--backend-timeout},
+default its own 30 s; a few milliseconds exercises its 91-and-void path),
+C{TVLINK_FAULT_KEEP=1} keeps the files (ledger, journal, every child's
+output) and prints where; they are kept anyway when the test fails. The
+seed fixes the fault schedule and the traffic, not the timing. Run with C{python -m pytest -s tests/test_money_fault.py} or
 C{python -m twisted.trial tests.test_money_fault}.
 """
 
@@ -26,7 +29,6 @@ import shutil
 import sqlite3
 import sys
 import tempfile
-import time
 
 from twisted.internet import defer
 
@@ -58,6 +60,9 @@ PLATFORM_TIMEOUT = 1.0
 HEARTBEAT = 0.5
 IDLE_TIMEOUT = 3.0
 PAYMENT_ARGS = ("--heartbeat", str(HEARTBEAT), "--idle-timeout", str(IDLE_TIMEOUT))
+if os.environ.get("TVLINK_FAULT_BACKEND_TIMEOUT"):
+    # Exercise the payment side's own timeout (answer 91, void if applied).
+    PAYMENT_ARGS += ("--backend-timeout", os.environ["TVLINK_FAULT_BACKEND_TIMEOUT"])
 IN_FLIGHT = 12
 SETTLE_SECONDS = 60.0
 
@@ -132,6 +137,10 @@ class Chaos:
             name, params["seconds"] = "delay", round(rnd.uniform(0.05, PLATFORM_TIMEOUT * 0.6), 2)
         if name == "pass":
             hold = rnd.uniform(0.3, 1.2)
+        elif name == "delay" and params["seconds"] > PLATFORM_TIMEOUT:
+            # Held past the timeout: switching to pass flushes what is
+            # queued, so a shorter spell would only slow answers down.
+            hold = rnd.uniform(PLATFORM_TIMEOUT * 1.1, params["seconds"] + 0.5)
         else:
             hold = rnd.uniform(0.15, 0.6)
         self.set(name, direction, **params)
@@ -212,7 +221,7 @@ def verify(journalPath, ledgerPath):
     try:
         entries = jconn.execute(
             "SELECT sender, stan, time, mti, proc, pan, amount, orig, state, resp, late_resp,"
-            " reversal_stan, reversal_time, reversal_attempts FROM entries"
+            " reversal_stan, reversal_time, reversal_attempts, reason FROM entries"
         ).fetchall()
     finally:
         jconn.close()
@@ -225,7 +234,8 @@ def verify(journalPath, ledgerPath):
             " resp, state FROM journal"
         ).fetchall()
         duplicates = lconn.execute(
-            "SELECT sender, stan, time, COUNT(*) FROM journal GROUP BY sender, stan, time HAVING COUNT(*) > 1"
+            "SELECT sender, stan, time, COUNT(*) FROM journal"
+            " GROUP BY sender, stan, time HAVING COUNT(*) > 1"
         ).fetchall()
     finally:
         lconn.close()
@@ -237,6 +247,7 @@ def verify(journalPath, ledgerPath):
         "states": {},
         "declinedBy": {},
         "inDoubt": 0,
+        "unsent": 0,
         "reversalsSent": 0,
         "lateAnswers": 0,
         "ledgerEntries": len(ledgerRows),
@@ -244,13 +255,24 @@ def verify(journalPath, ledgerPath):
         "ledgerTombstones": 0,
         "ledgerReversedOriginals": 0,
         "ledgerOvertaken": 0,
+        "ledgerVoided": 0,
         "ledgerStates": {},
     }
     perCard = {pan: {"purchased": 0, "refunded": 0} for pan in CARDS}
     platform = {}
-    for (sender, stan, when, mti, proc, pan, amount, orig, state, resp, late, rstan, rtime, attempts) in entries:
+    for row in entries:
+        sender, stan, when, mti, proc, pan, amount, orig, state, resp, late = row[:11]
+        rstan, rtime, attempts, reason = row[11:]
         key = (sender, stan, when)
-        platform[key] = {"mti": mti, "state": state, "resp": resp, "reversal": (sender, rstan, rtime) if rstan else None}
+        # Declined 91 with a reason: the platform never wrote it to a link
+        # (no link in time); without one, the payment side answered 91.
+        unsent = state == "declined" and resp == "91" and reason is not None
+        platform[key] = {
+            "mti": mti, "state": state, "resp": resp, "unsent": unsent,
+            "reversal": (sender, rstan, rtime) if rstan else None,
+        }
+        if unsent:
+            report["unsent"] += 1
         report["states"][state] = report["states"].get(state, 0) + 1
         report["purchases" if mti == "0200" else "refunds"] += 1
         if state not in FINAL:
@@ -277,26 +299,37 @@ def verify(journalPath, ledgerPath):
     for pan in CARDS:
         opening = openings.get(pan)
         balance = accounts.get(pan)
-        expected = None if opening is None else opening - perCard[pan]["purchased"] + perCard[pan]["refunded"]
-        cards.append(dict(perCard[pan], pan=pan, opening=opening, expected=expected, balance=balance))
+        moved = perCard[pan]
+        expected = None if opening is None else opening - moved["purchased"] + moved["refunded"]
+        cards.append(dict(moved, pan=pan, opening=opening, expected=expected, balance=balance))
         if opening != OPENING[pan]:
             problems.append("card %s opened with %r, not %d" % (maskPan(pan), opening, OPENING[pan]))
         if expected != balance:
             problems.append(
                 "card %s: expected %s fen (opening %s - purchases %d + refunds %d), ledger has %s"
-                % (maskPan(pan), expected, opening, perCard[pan]["purchased"], perCard[pan]["refunded"], balance)
+                % (maskPan(pan), expected, opening, moved["purchased"], moved["refunded"], balance)
             )
     report["cards"] = cards
 
     # No key twice; every key's ledger outcome matches the platform's.
     for sender, stan, when, count in duplicates:
         problems.append("ledger holds key %s/%s/%s %d times" % (sender, stan, when, count))
-    reversalKeys = {e["reversal"]: k for k, e in platform.items() if e["reversal"]}
+    reversalKeys = {}
+    for key, entry in platform.items():
+        reversal = entry["reversal"]
+        if reversal is None:
+            continue
+        if reversal in reversalKeys or reversal in platform:
+            problems.append("reversal key %s of %s is used twice" % ("/".join(reversal), "/".join(key)))
+        reversalKeys[reversal] = key
     ledger = {}
     for (sender, stan, when, mti, proc, pan, amount, osender, ostan, otime, resp, state) in ledgerRows:
         key = (sender, stan, when)
         ledger[key] = {"mti": mti, "proc": proc, "state": state, "resp": resp}
         report["ledgerStates"][state] = report["ledgerStates"].get(state, 0) + 1
+        if state == "reversed" and resp == "91":
+            # Applied after the payment side had answered 91, then voided.
+            report["ledgerVoided"] += 1
         if mti == "0420":
             report["ledgerReversals"] += 1
             orig = (osender, ostan, otime)
@@ -316,20 +349,26 @@ def verify(journalPath, ledgerPath):
             continue
         mine = platform.get(key)
         if mine is None:
-            problems.append("ledger applied %s %s, which the platform never journalled" % (entry["mti"], "/".join(key)))
+            problems.append(
+                "ledger applied %s %s, which the platform never journalled" % (entry["mti"], "/".join(key))
+            )
             continue
         standing = entry["state"] in STANDING
         if mine["state"] == "approved" and not standing:
             problems.append(
-                "platform holds %s approved; the ledger has it %s (%s)" % ("/".join(key), entry["state"], entry["resp"])
+                "platform holds %s approved; the ledger has it %s (%s)"
+                % ("/".join(key), entry["state"], entry["resp"])
             )
         elif mine["state"] != "approved" and standing:
             problems.append(
                 "platform holds %s %s (resp %s); the ledger has it standing as %s"
                 % ("/".join(key), mine["state"], mine["resp"], entry["state"])
             )
-        if mine["state"] == "declined" and mine["resp"] == "91" and entry["state"] != "declined":
-            problems.append("%s was declined 91 by the platform but the ledger saw it (%s)" % ("/".join(key), entry["state"]))
+        if mine["unsent"]:
+            problems.append(
+                "%s was never sent, says the platform (declined 91), but the ledger has it %s"
+                % ("/".join(key), entry["state"])
+            )
     for key, mine in platform.items():
         if mine["state"] == "approved" and key not in ledger:
             problems.append("platform holds %s approved; the ledger never saw it" % ("/".join(key),))
@@ -338,7 +377,7 @@ def verify(journalPath, ledgerPath):
         if mine["reversal"] is not None and ledger.get(key, {}).get("state") == "reversed":
             if ledger[key]["resp"] == "00":
                 report["ledgerReversedOriginals"] += 1
-            else:
+            elif ledger[key]["resp"] == "12":
                 # Declined on arrival: its reversal had overtaken it.
                 report["ledgerOvertaken"] += 1
 
@@ -365,9 +404,12 @@ def table(report):
             s.get("declined", 0), s.get("reversed", 0),
             sum(v for k, v in s.items() if k not in FINAL),
         ),
-        "declined by response code: %s" % (
-            ", ".join("%s: %d" % kv for kv in sorted(report["declinedBy"].items(), key=lambda kv: str(kv[0]))) or "none",),
-        "in-doubt episodes %d, reversals sent %d, late answers %d"
+        "declined by response code: %s; of the 91s, %d were never sent (no link in time)"
+        % (
+            ", ".join("%s: %d" % (k, v) for k, v in sorted(report["declinedBy"].items(), key=str)) or "none",
+            report["unsent"],
+        ),
+        "in-doubt episodes %d, reversal attempts %d, late answers %d"
         % (report["inDoubt"], report["reversalsSent"], report["lateAnswers"]),
         "ledger: %d journal entries (%s); %d reversals (0420): %d undid an applied original,"
         " %d found none (tombstone), %d overtook an original that came later"
@@ -377,19 +419,24 @@ def table(report):
             report["ledgerReversals"], report["ledgerReversedOriginals"], report["ledgerTombstones"],
             report["ledgerOvertaken"],
         ),
-        "%-21s %9s %10s %9s %10s %10s  %s" % ("card", "opening", "purchases", "refunds", "expected", "ledger", ""),
+        "ledger: %d applied after the payment side had answered 91, and voided" % (report["ledgerVoided"],),
+        "%-21s %9s %10s %9s %10s %10s" % ("card", "opening", "purchases", "refunds", "expected", "ledger"),
     ]
     for c in report["cards"]:
         lines.append(
             "%-21s %9s %10d %9d %10s %10s  %s"
-            % (maskPan(c["pan"]), c["opening"], c["purchased"], c["refunded"], c["expected"], c["balance"],
-               "ok" if c["expected"] == c["balance"] else "MISMATCH")
+            % (
+                maskPan(c["pan"]), c["opening"], c["purchased"], c["refunded"], c["expected"], c["balance"],
+                "ok" if c["expected"] == c["balance"] else "MISMATCH",
+            )
         )
     t = report["totals"]
     lines.append(
         "%-21s %9d %10d %9d %10d %10d  %s"
-        % ("total", t["opening"], t["purchased"], t["refunded"], t["expected"], t["balance"],
-           "ok" if t["expected"] == t["balance"] else "MISMATCH")
+        % (
+            "total", t["opening"], t["purchased"], t["refunded"], t["expected"], t["balance"],
+            "ok" if t["expected"] == t["balance"] else "MISMATCH",
+        )
     )
     return lines
 
@@ -406,6 +453,15 @@ class MoneyFaultTests(ReactorTestCase):
         self.output.append(text)
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
+
+    def saveOutput(self, children):
+        """
+        Write what each child printed next to the ledger and journal.
+        """
+        for n, child in enumerate(children):
+            name = "%d-%s.out" % (n, child.name.replace(" ", "-").replace("(", "").replace(")", ""))
+            with open(os.path.join(self.dir, name), "w", encoding="utf-8") as out:
+                out.write("\n".join(child.lines) + "\n")
 
     @defer.inlineCallbacks
     def openAccounts(self, ledgerPath, cwd):
@@ -438,6 +494,7 @@ class MoneyFaultTests(ReactorTestCase):
             "--in-flight", IN_FLIGHT,
             "--rate", "%.3f" % (TRANSACTIONS / SECONDS,),
             "--seed", self.seed,
+            "--sender", SENDER,
             "--timeout", PLATFORM_TIMEOUT,
             "--terminal-deadline", 2 * PLATFORM_TIMEOUT,
             "--heartbeat", HEARTBEAT,
@@ -462,10 +519,12 @@ class MoneyFaultTests(ReactorTestCase):
         self.seed = int(SEED) if SEED else random.SystemRandom().randrange(1, 10**9)
         rnd = random.Random(self.seed)
         self.dir = tempfile.mkdtemp(prefix="tvlink-money-")
+        passed = []
         if KEEP:
             self.say("files kept in %s" % (self.dir,))
         else:
-            self.addCleanup(shutil.rmtree, self.dir, True)
+            # Kept when the test fails, for the post-mortem.
+            self.addCleanup(lambda: passed and shutil.rmtree(self.dir, True))
         self.ledgerPath = os.path.join(self.dir, "ledger.db")
         self.journalPath = os.path.join(self.dir, "journal.db")
         self.say(
@@ -479,6 +538,8 @@ class MoneyFaultTests(ReactorTestCase):
         payment, port = yield startPayment(
             self, "--ledger", "sqlite:" + self.ledgerPath, *PAYMENT_ARGS, name="payment"
         )
+        children = [payment]
+        self.addCleanup(self.saveOutput, children)
         self.proxy = FaultProxy("127.0.0.1", port, reactor=reactor)
         yield self.proxy.start()
         self.addCleanup(self.proxy.stop)
@@ -486,6 +547,7 @@ class MoneyFaultTests(ReactorTestCase):
         self.addCleanup(lambda: chaos.call is not None and chaos.call.active() and chaos.call.cancel())
 
         platform = self.startDriver("platform")
+        children.append(platform)
         yield platform.waitFor(r"^MONEYDRIVER READY", 30)
         runStarted = reactor.seconds()
         chaos.start()
@@ -494,7 +556,9 @@ class MoneyFaultTests(ReactorTestCase):
         try:
             # kill -9 the payment process part-way, restart it on the same port.
             killPaymentAt = int(TRANSACTIONS * rnd.uniform(0.25, 0.4))
-            yield waitUntil(reachedQuota(platform, killPaymentAt), SECONDS * 2 + 60, "journalled %d" % (killPaymentAt,))
+            yield waitUntil(
+                reachedQuota(platform, killPaymentAt), SECONDS * 2 + 60, "journalled %d" % (killPaymentAt,)
+            )
             at = journalled(platform)
             payment.signal("KILL")
             status = yield payment.whenEnded(10)
@@ -505,6 +569,7 @@ class MoneyFaultTests(ReactorTestCase):
                 self, "--ledger", "sqlite:" + self.ledgerPath, *PAYMENT_ARGS, port=port,
                 name="payment (restarted)", seconds=20,
             )
+            children.append(payment)
             self.assertEqual(samePort, port)
             events.append(
                 "kill -9 payment at journalled=%d (%.1fs into the run), restarted on port %d after %.1fs"
@@ -513,12 +578,15 @@ class MoneyFaultTests(ReactorTestCase):
 
             # kill -9 the platform process later, restart it on the same journal.
             killPlatformAt = int(TRANSACTIONS * rnd.uniform(0.55, 0.7))
-            yield waitUntil(reachedQuota(platform, killPlatformAt), SECONDS * 2 + 60, "journalled %d" % (killPlatformAt,))
+            yield waitUntil(
+                reachedQuota(platform, killPlatformAt), SECONDS * 2 + 60, "journalled %d" % (killPlatformAt,)
+            )
             at = journalled(platform)
             platform.signal("KILL")
             status = yield platform.whenEnded(10)
             self.assertEqual(status, -9, platform.tail())
             platform = self.startDriver("platform (restarted)")
+            children.append(platform)
             ready = yield platform.waitFor(r"^MONEYDRIVER READY .*", 30)
             events.append(
                 "kill -9 platform at journalled=%d (%.1fs into the run), restarted: %s"
@@ -529,7 +597,9 @@ class MoneyFaultTests(ReactorTestCase):
             done = yield platform.waitFor(r"^MONEYDRIVER QUOTA-DONE", SECONDS * 3 + 60)
             quotaDone = reactor.seconds()
             chaos.stop()
-            events.append("%s; proxy set to pass at %.1fs" % (done.line[len("MONEYDRIVER "):], quotaDone - runStarted))
+            events.append(
+                "%s; proxy set to pass at %.1fs" % (done.line[len("MONEYDRIVER "):], quotaDone - runStarted)
+            )
             status = yield platform.whenEnded(SETTLE_SECONDS + 30)
         finally:
             if chaos.call is not None:
@@ -549,9 +619,11 @@ class MoneyFaultTests(ReactorTestCase):
         status = yield payment.stop()
         self.assertIn(status, (0, -15), payment.tail())
 
-        check = spawnPython(self, ["-m", "tvlink", "ledger", "--db", self.ledgerPath, "check"], "tvlink ledger check", self.dir)
+        cli = ["-m", "tvlink", "ledger", "--db", self.ledgerPath, "check"]
+        check = spawnPython(self, cli, "tvlink ledger check", self.dir)
         checkStatus = yield check.whenEnded(30)
-        self.say("tvlink ledger check: %s (exit %s)" % (" / ".join(check.stdout[:1] + check.stdout[-1:]), checkStatus))
+        said = " / ".join(check.stdout[:1] + check.stdout[-1:])
+        self.say("tvlink ledger check (exit %s): %s" % (checkStatus, said))
 
         report, problems = verify(self.journalPath, self.ledgerPath)
         for line in table(report):
@@ -560,6 +632,15 @@ class MoneyFaultTests(ReactorTestCase):
             "timings: setup %.1fs, issuing %.1fs, settling %.1fs, whole test %.1fs"
             % (setupDone - began, quotaDone - runStarted, settled - quotaDone, reactor.seconds() - began)
         )
+        # Neither side may have hit an error it did not handle.
+        for child in children:
+            for line in child.lines:
+                if "Unhandled Error" in line or "Traceback" in line or "#critical]" in line:
+                    problems.append("%s wrote: %s" % (child.name, line))
+        with open(os.path.join(self.dir, "platform.log"), encoding="utf-8", errors="replace") as log:
+            for line in log:
+                if "Unhandled Error" in line or "Traceback" in line or "#critical]" in line:
+                    problems.append("platform.log: " + line.rstrip())
         for problem in problems[:50]:
             self.say("PROBLEM: " + problem)
         if problems:
@@ -571,3 +652,4 @@ class MoneyFaultTests(ReactorTestCase):
         # The faults did bite: something went in doubt and was reversed.
         self.assertGreater(report["inDoubt"], 0)
         self.assertGreater(report["states"].get("approved", 0), TRANSACTIONS // 4)
+        passed.append(True)

@@ -122,3 +122,13 @@ class InDoubtLinkLost(InDoubt, LinkLost):
             self,
             "%s; transaction %s is in doubt and is being reversed" % (why, "/".join(map(str, key))),
         )
+
+
+class InDoubtAnswer(InDoubt):
+    """
+    The payment node answered a money-moving request with a code that does
+    not say whether money moved (C{91}, C{96}); it is in doubt and being
+    reversed.
+
+    @ivar answer: the answer C{dict}.
+    """

@@ -148,6 +148,12 @@ class PlatformJournal:
             (IN_DOUBT, reason, reversalStan, reversalTime),
         )
 
+    def rekeyReversal(self, key, reversalStan, reversalTime):
+        """
+        The reversal of C{key} goes on under a new key.
+        """
+        return self._update(key, "reversal_stan=?, reversal_time=?", (reversalStan, reversalTime))
+
     def markReversed(self, key, resp):
         return self._update(key, "state=?, reason=COALESCE(reason, '') || ?", (REVERSED, "; reversal answered " + str(resp)))
 
@@ -220,13 +226,18 @@ class Reversals:
     @param send: C{send(message, timeout) -> Deferred} of the answer; the
         platform service's own dispatch (balanced, queued while no link is
         ready).
+    @param newKey: C{newKey(key, message) -> message}: the reversal
+        C{message} of C{key} under a fresh key of its own, for when the
+        payment side answers C{94} (its key collides with another
+        transaction).
     """
 
     log = Logger(namespace="tvlink.journal")
     initialDelay = 1.0
     maxDelay = 60.0
 
-    def __init__(self, journal, send, clock, timeout, onFinal=None):
+    def __init__(self, journal, send, clock, timeout, onFinal=None, newKey=None):
+        self.newKey = newKey
         self.journal = journal
         self.send = send
         self.clock = clock
@@ -288,8 +299,14 @@ class Reversals:
             # 25: the payment side never saw the original; nothing moved.
             self.finished(key, resp)
             return
-        self.log.warn(
-            "reversal of {key} answered {resp}; will repeat",
+        if resp == wire.DUPLICATE and self.newKey is not None:
+            # Our reversal's key collides with another transaction the
+            # payment side knows: repeat under a fresh key.
+            state = self.active.get(key)
+            if state is not None:
+                state["message"] = self.newKey(key, state["message"])
+        self.log.error(
+            "reversal of {key} answered {resp}; will repeat until acknowledged",
             link_event="reversal-refused",
             key="/".join(key),
             resp=resp,

@@ -17,6 +17,7 @@ from tvlink import wire
 from tvlink.errors import (
     DuplicateKey,
     InDoubt,
+    InDoubtAnswer,
     InDoubtLinkLost,
     InDoubtTimeout,
     LinkLost,
@@ -338,6 +339,10 @@ class PlatformHandler:
         return {"resp": wire.INVALID_TRANSACTION}
 
 
+#: Answers to a purchase or refund that do not say whether money moved.
+UNCERTAIN_ANSWERS = frozenset((wire.DESTINATION_UNAVAILABLE, wire.SYSTEM_MALFUNCTION))
+
+
 class _Unsent(Exception):
     """
     Carries an error raised before a request was sent past the
@@ -457,7 +462,12 @@ class PlatformService(LinkService):
             if self.journal is None:
                 self.journal = PlatformJournal(self._journalOption, reactor=self.reactor)
             self.reversals = Reversals(
-                self.journal, self._dispatch, self.reactor, self.settings.timeout, onFinal=self._reversed
+                self.journal,
+                self._dispatch,
+                self.reactor,
+                self.settings.timeout,
+                onFinal=self._reversed,
+                newKey=self._rekeyReversal,
             )
             self.reversals.running = True
             self.journal.unfinished().addCallback(self._resumeReversals)
@@ -615,8 +625,13 @@ class PlatformService(LinkService):
             flight[0] = True
         return d
 
+    #: A request that waited for a link until less than this is left of
+    #: its timeout is not sent: it could only time out (and, for money,
+    #: cost a reversal).
+    minimumBudget = 0.05
+
     def _unqueued(self, remaining, message, stan, flight):
-        if remaining <= 0:
+        if remaining < self.minimumBudget:
             self._releaseStan(stan)
             raise NoLinkAvailable("no payment link available in time")
         return self._dispatch(message, remaining, stan, flight)
@@ -648,8 +663,23 @@ class PlatformService(LinkService):
         return failure
 
     def _settled(self, answer, key):
-        state = APPROVED if answer.get("resp") == wire.APPROVED else DECLINED
-        d = self.journal.settle(key, state, answer.get("resp"))
+        resp = answer.get("resp")
+        if resp in UNCERTAIN_ANSWERS:
+            # 91 or 96: the payment node could not finish, but its account
+            # back end may have applied the request all the same (a
+            # back-end timeout). Reversing what was never applied is
+            # harmless; leaving applied money unreversed is not.
+            error = InDoubtAnswer(
+                "transaction %s was answered %s by the payment node; its outcome at the "
+                "account back end is unknown, so it is in doubt and is being reversed"
+                % ("/".join(key), resp)
+            )
+            error.key = key
+            error.answer = answer
+            d = self._markInDoubt(key, "answered %s" % (resp,))
+            return d.addCallback(lambda _: Failure(error))
+        state = APPROVED if resp == wire.APPROVED else DECLINED
+        d = self.journal.settle(key, state, resp)
         return d.addCallback(lambda _: answer)
 
     def _unsettled(self, failure, key, flight):
@@ -693,6 +723,13 @@ class PlatformService(LinkService):
             # Already in doubt before (a restart): keep its first reversal key.
             self.settings.stans.release(allocated)
         self.reversals.begin(entry)
+
+    def _rekeyReversal(self, key, message):
+        if message["sender"] == self.settings.sender:
+            self.settings.stans.release(message["stan"])
+        message = dict(message, stan=self.settings.stans.allocate(), time=self.settings.transmissionTime())
+        self.journal.rekeyReversal(key, message["stan"], message["time"])
+        return message
 
     def _reversed(self, key, state, message):
         if message["sender"] == self.settings.sender:
