@@ -10,7 +10,9 @@ Clock.
 """
 
 import os
+import signal
 import sqlite3
+import sys
 import threading
 
 from twisted.internet import defer
@@ -24,7 +26,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tvlink import PaymentService
-from tvlink.backend import IAccountBackend, LedgerHandler
+from tvlink.backend import IAbandonableBackend, IAccountBackend, LedgerHandler
 from tvlink.link import IMessageHandler
 from tvlink.ledger import (
     BadAmount,
@@ -34,6 +36,7 @@ from tvlink.ledger import (
     LedgerPaymentService,
     Outcome,
     PaymentLedger,
+    StillApplying,
     UnknownAccount,
     _Work,
     checkBalance,
@@ -74,6 +77,40 @@ class RealReactorTestCase(ReactorTestCase):
         return defer.gatherResults(
             [ledger.openAccount(pan, fen) for pan, fen in opening]
         ).addCallback(lambda _: ledger)
+
+    def holdWriter(self, ledger):
+        """
+        Hold C{ledger}'s writer inside its next transaction, after every
+        piece of its batch has been applied and before C{COMMIT}.
+
+        @return: C{(reached, release)}: a L{Deferred} firing (on the
+            reactor) with the batch once the writer is held there, and a
+            callable letting it commit.
+        """
+        reactor = getReactor()
+        gate = threading.Event()
+        reached = Deferred()
+
+        def hook(batch):
+            ledger._beforeCommit = None
+            reactor.callFromThread(reached.callback, batch)
+            gate.wait(10)
+
+        ledger._beforeCommit = hook
+        self.addCleanup(gate.set)
+        return reached, gate.set
+
+    def blockWriter(self, ledger):
+        """
+        Keep C{ledger}'s writer busy with a piece of work of its own until
+        released, so that what is submitted next waits, not started.
+
+        @return: C{(busy, release)}: the L{Deferred} of that work, and a
+            callable ending it.
+        """
+        gate = threading.Event()
+        self.addCleanup(gate.set)
+        return ledger._submit(lambda conn, now, work: gate.wait(10)), gate.set
 
     def captureLog(self):
         """
@@ -144,6 +181,7 @@ class HelperTests(unittest.SynchronousTestCase):
     def test_ledgerProvidesInterfaces(self):
         ledger = PaymentLedger("unused.db", reactor=Clock())
         verifyObject(IAccountBackend, ledger)
+        verifyObject(IAbandonableBackend, ledger)
         verifyObject(IMessageHandler, LedgerHandler(ledger, reactor=Clock()))
         self.assertFalse(os.path.exists("unused.db"), "the ledger opened its file before open()")
 
@@ -600,37 +638,25 @@ class WriterTests(RealReactorTestCase):
     @inlineCallbacks
     def test_cancelledWhileBeingApplied(self):
         """
-        A purchase cancelled after the writer applied it but before its
-        commit is voided: its money goes back and a repeat is answered 91,
-        as its caller was.
+        Cancelling a purchase the writer is already applying cannot stop
+        it: the Deferred fails with StillApplying (not CancelledError, from
+        which a caller would answer 91), the purchase is committed as it
+        is, and nothing is voided afterwards.
         """
         ledger = yield self.newLedger()
-        lines = self.captureLog()
-        reactor = getReactor()
-        first, second = threading.Event(), threading.Event()
-        reached = Deferred()
-
-        def block(conn, now, work):
-            reactor.callFromThread(reached.callback, None)
-            second.wait(10)
-
-        busy = ledger._submit(lambda conn, now, work: first.wait(10))
+        reached, release = self.holdWriter(ledger)
         buy = purchase("000001", 100)
         d = ledger.apply(buy)
-        blocking = ledger._submit(block)
-        first.set()
         yield reached  # the purchase is applied, its commit not yet done
         d.cancel()
-        self.failureResultOf(d, CancelledError)
-        second.set()
-        yield busy
-        yield blocking
+        self.failureResultOf(d, StillApplying)
+        release()
         entry = yield ledger.entry(("PLATFORM", "000001", WHEN))
-        self.assertEqual((entry["resp"], entry["state"]), ("91", "reversed"))
-        self.assertEqual((yield ledger.account(PAN))["balance"], 10000)
-        self.assertEqual((yield ledger.apply(buy)), {"resp": "91"})
-        self.assertEqual(ledger.stats()["voids"], 1)
-        self.assertTrue(any("voided" in line for line in lines), lines)
+        self.assertEqual((entry["resp"], entry["state"]), ("00", "approved"))
+        self.assertEqual((yield ledger.account(PAN))["balance"], 9900)
+        self.assertEqual((yield ledger.apply(buy)), {"resp": "00"})
+        self.assertEqual((ledger.stats()["voids"], ledger.stats()["abandonedLate"]), (0, 1))
+        self.assertEqual((yield ledger.reconcile())["mismatches"], [])
 
     def test_cancelledAfterCommit(self):
         """
@@ -672,6 +698,217 @@ class WriterTests(RealReactorTestCase):
         with open(junk, "wb") as f:
             f.write(b"this is not a database" * 100)
         self.assertRaises(NotALedger, PaymentLedger(junk).open)
+
+
+_CRASH_CHILD = r"""
+import os, signal, sys, threading
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from tvlink.backend import LedgerHandler
+from tvlink.ledger import PaymentLedger
+
+path, pan = sys.argv[1], sys.argv[2]
+ledger = PaymentLedger(path, reactor=reactor)
+clock = Clock()
+handler = LedgerHandler(ledger, backend_timeout=30, reactor=clock)
+held = threading.Event()
+pending = []
+
+def timeout():
+    # On the reactor, while the writer holds the applied purchase: the
+    # handler's back-end timeout runs out now.
+    clock.advance(30)
+    print("timed out; answered: %s" % (pending[0].called,), flush=True)
+    held.set()
+
+def beforeCommit(batch):
+    reactor.callFromThread(timeout)
+    held.wait(10)
+
+def afterCommit(batch):
+    print("committed", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def start(account):
+    ledger._beforeCommit = beforeCommit
+    ledger._afterCommit = afterCommit
+    d = handler.handle({"mti": "0200", "proc": "000000", "sender": "PLATFORM", "stan": "000001",
+                        "time": "1125120000", "pan": pan, "amount": "%012d" % 2500, "currency": "156"})
+    pending.append(d)
+    d.addCallback(lambda answer: print("answer sent:", answer["resp"], flush=True))
+
+reactor.callWhenRunning(lambda: ledger.openAccount(pan, 10000).addCallback(start))
+reactor.callLater(20, reactor.stop)
+reactor.run()
+"""
+
+
+class AbandonTests(RealReactorTestCase):
+    """
+    The back-end timeout of L{LedgerHandler} in front of a real ledger:
+    the handler asks the ledger to abandon the request, and answers 91
+    only once the ledger has durably recorded it as not applied; a request
+    already being applied is answered, late, with its real answer.
+    """
+
+    def handlerFor(self, ledger):
+        clock = Clock()
+        return LedgerHandler(ledger, backend_timeout=30, reactor=clock), clock
+
+    def onDisk(self, ledger, stan):
+        """
+        What another connection sees now of the entry C{stan} and the
+        balance of C{PAN}.
+        """
+        conn = sqlite3.connect(ledger.path)
+        try:
+            entry = conn.execute("SELECT resp, state FROM journal WHERE stan = ?", (stan,)).fetchall()
+            balance = conn.execute("SELECT balance FROM accounts WHERE pan = ?", (PAN,)).fetchone()[0]
+        finally:
+            conn.close()
+        return entry, balance
+
+    @inlineCallbacks
+    def test_abandonedBeforeStarted(self):
+        """
+        A purchase the writer has not started when the timeout runs out is
+        journalled as not applied, and only then answered 91; the balance
+        does not move, and a repeat of its key is answered 91 too.
+        """
+        ledger = yield self.newLedger()
+        handler, clock = self.handlerFor(ledger)
+        busy, release = self.blockWriter(ledger)
+        buy = purchase("000001", 100)
+        d = handler.handle(buy)
+        clock.advance(30)
+        # Not durable yet, so not answered yet.
+        self.assertNoResult(d)
+        seen = []
+        d.addCallback(lambda answer: (seen.append(self.onDisk(ledger, "000001")), answer)[1])
+        release()
+        self.assertEqual((yield d), {"resp": "91"})
+        self.assertEqual(seen, [([("91", "declined")], 10000)])
+        yield busy
+        self.assertEqual(handler.counters["timedOut"], 1)
+        self.assertEqual(handler.counters["late"], 0)
+        self.assertEqual((yield ledger.account(PAN))["balance"], 10000)
+        entry = yield ledger.entry(("PLATFORM", "000001", WHEN))
+        self.assertEqual((entry["resp"], entry["state"]), ("91", "declined"))
+        self.assertEqual((yield handler.handle(buy)), {"resp": "91"})
+        self.assertEqual((yield ledger.apply(buy)), {"resp": "91"})
+        self.assertEqual((yield ledger.stateOf(("PLATFORM", "000001", WHEN))), "declined")
+        self.assertEqual(ledger.stats()["voids"], 1)
+        self.assertEqual((yield ledger.reconcile())["mismatches"], [])
+
+    @inlineCallbacks
+    def test_abandonedReversalIsAppliedAndAnsweredTruly(self):
+        """
+        Abandoning only keeps money from moving: a reversal the writer had
+        not started is applied all the same, and answered 00, not 91.
+        """
+        ledger = yield self.newLedger()
+        buy = purchase("000001", 700)
+        self.assertEqual((yield ledger.apply(buy)), {"resp": "00"})
+        handler, clock = self.handlerFor(ledger)
+        busy, release = self.blockWriter(ledger)
+        d = handler.handle(reversal("000002", buy))
+        clock.advance(30)
+        self.assertNoResult(d)
+        release()
+        self.assertEqual((yield d), {"resp": "00"})
+        yield busy
+        self.assertEqual((handler.counters["late"], handler.counters["timedOut"]), (1, 0))
+        self.assertEqual((yield ledger.account(PAN))["balance"], 10000)
+        self.assertEqual((yield ledger.reconcile())["mismatches"], [])
+
+    @inlineCallbacks
+    def test_abandonedWhileBeingApplied(self):
+        """
+        A purchase the writer is applying when the timeout runs out is not
+        answered 91: it is committed, and answered with its real 00 once
+        that is durable, however long the writer takes. Nothing is voided.
+        """
+        ledger = yield self.newLedger()
+        lines = self.captureLog()
+        handler, clock = self.handlerFor(ledger)
+        reached, release = self.holdWriter(ledger)
+        buy = purchase("000001", 100)
+        d = handler.handle(buy)
+        yield reached  # applied, its commit not yet done
+        clock.advance(30)
+        self.assertNoResult(d)
+        # A writer stuck for far longer still gets no 91 sent for it.
+        clock.advance(3600)
+        self.assertNoResult(d)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        seen = []
+        d.addCallback(lambda answer: (seen.append(self.onDisk(ledger, "000001")), answer)[1])
+        release()
+        self.assertEqual((yield d), {"resp": "00"})
+        self.assertEqual(seen, [([("00", "approved")], 9900)])
+        self.assertEqual(handler.counters, {"forwarded": 1, "answered": 1, "late": 1, "timedOut": 0, "failed": 0})
+        entry = yield ledger.entry(("PLATFORM", "000001", WHEN))
+        self.assertEqual((entry["resp"], entry["state"]), ("00", "approved"))
+        self.assertEqual((yield ledger.account(PAN))["balance"], 9900)
+        self.assertEqual((yield ledger.apply(buy)), {"resp": "00"})
+        stats = ledger.stats()
+        self.assertEqual((stats["voids"], stats["abandonedLate"]), (0, 1))
+        self.assertEqual((yield ledger.reconcile())["mismatches"], [])
+        text = "\n".join(lines)
+        self.assertIn("asked it to abandon", text)
+        self.assertIn("after the 30.0s timeout", text)
+        self.assertNotIn("answering 91", text)
+        self.assertNotIn("void", text)
+
+    @inlineCallbacks
+    def test_abandonWhatIsNotPending(self):
+        """
+        Abandoning a Deferred that is not the ledger's, or is answered
+        already, does nothing.
+        """
+        ledger = yield self.newLedger()
+        self.assertIsNone(ledger.abandon(Deferred()))
+        d = ledger.apply(purchase("000001", 100))
+        self.assertEqual((yield d), {"resp": "00"})
+        self.assertIsNone(ledger.abandon(d))
+        self.assertEqual(ledger._works, {})
+
+    @inlineCallbacks
+    def test_crashBetweenCommitAndAnswer(self):
+        """
+        The process dies after the batch holding a purchase abandoned
+        mid-apply was committed, before its answer went out: no 91 was
+        sent for it, the reopened ledger is consistent, and it tells the
+        platform the truth (a repeat gets 00; its reversal gives the money
+        back).
+        """
+        from tests.processes import ROOT, TwistdProcess
+
+        path = os.path.abspath(self.mktemp() + ".db")
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+        child = TwistdProcess("ledger-crash")
+        getReactor().spawnProcess(
+            child, sys.executable, [sys.executable, "-c", _CRASH_CHILD, path, PAN], env=env, path=ROOT
+        )
+        self.addCleanup(child.stop)
+        status = yield child.whenEnded(15)
+        self.assertEqual(status, -signal.SIGKILL, child.tail())
+        self.assertEqual(child.stdout, ["timed out; answered: False", "committed"], child.tail())
+        ledger = PaymentLedger(path)
+        self.addCleanup(ledger.close)
+        report = yield ledger.reconcile()
+        self.assertEqual(report["mismatches"], [])
+        self.assertEqual((yield ledger.account(PAN))["balance"], 7500)
+        entry = yield ledger.entry(("PLATFORM", "000001", WHEN))
+        self.assertEqual((entry["resp"], entry["state"]), ("00", "approved"))
+        buy = purchase("000001", 2500)
+        self.assertEqual((yield ledger.apply(buy)), {"resp": "00"})
+        # The platform, never answered, reverses.
+        self.assertEqual((yield ledger.apply(reversal("000002", buy))), {"resp": "00"})
+        self.assertEqual((yield ledger.account(PAN))["balance"], 10000)
+        self.assertEqual((yield ledger.reconcile())["mismatches"], [])
 
 
 class SlowBackend:
@@ -766,6 +1003,77 @@ class HandlerTests(unittest.SynchronousTestCase):
         self.backend.pending[0].callback({"balance": "1"})
         self.assertEqual(self.successResultOf(d), {"resp": "96"})
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_abandonableBackendIsNotCancelled(self):
+        """
+        A back end that can abandon is asked to, not cancelled; the
+        handler waits (with no further deadline) and passes on what it
+        fires with: 91 as a timeout, anything else as a late answer.
+        """
+
+        @implementer(IAbandonableBackend)
+        class Abandonable(SlowBackend):
+            def __init__(self):
+                SlowBackend.__init__(self)
+                self.abandoned = []
+
+            def abandon(self, d):
+                self.abandoned.append(d)
+
+        backend = Abandonable()
+        handler = LedgerHandler(None, backend, backend_timeout=30, reactor=self.clock)
+        first = handler.handle(purchase("000001", 1))
+        second = handler.handle(purchase("000002", 1))
+        self.clock.advance(30)
+        self.assertEqual(backend.abandoned, backend.pending)
+        self.assertEqual(backend.cancelled, [])
+        self.clock.advance(10000)
+        self.assertNoResult(first)
+        self.assertNoResult(second)
+        backend.pending[0].callback({"resp": "00"})
+        backend.pending[1].callback({"resp": "91"})
+        self.assertEqual(self.successResultOf(first), {"resp": "00"})
+        self.assertEqual(self.successResultOf(second), {"resp": "91"})
+        self.assertEqual(
+            handler.counters, {"forwarded": 2, "answered": 1, "late": 1, "timedOut": 1, "failed": 0}
+        )
+        texts = [formatEvent(e) for e in self.events]
+        self.assertTrue(any("asked it to abandon" in t for t in texts), texts)
+        self.assertTrue(any("recorded it as not applied; answering 91" in t for t in texts), texts)
+
+    def test_abandonFailingKeepsWaiting(self):
+        """
+        If asking to abandon fails, the handler does not guess: it keeps
+        waiting for the back end's answer.
+        """
+
+        @implementer(IAbandonableBackend)
+        class Broken(SlowBackend):
+            def abandon(self, d):
+                raise RuntimeError("cannot abandon")
+
+        backend = Broken()
+        d = LedgerHandler(None, backend, reactor=self.clock).handle(purchase("000001", 1))
+        self.clock.advance(30)
+        self.assertNoResult(d)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        backend.pending[0].callback({"resp": "51"})
+        self.assertEqual(self.successResultOf(d), {"resp": "51"})
+
+    def test_cancelInDoubtAnswers96(self):
+        """
+        A back end whose canceller fails with anything but CancelledError
+        cannot say whether money moved: the handler answers 96, not 91.
+        """
+
+        class InDoubt:
+            def apply(self, message):
+                return Deferred(lambda d: d.errback(StillApplying("busy applying it")))
+
+        d = LedgerHandler(None, InDoubt(), reactor=self.clock).handle(purchase("000001", 1))
+        self.clock.advance(30)
+        self.assertEqual(self.successResultOf(d), {"resp": "96"})
+        self.assertEqual(len(self.flushLoggedErrors(StillApplying)), 1)
 
     def test_notificationAnsweredHere(self):
         d = self.handler.handle(message("0820", None, "000001"))

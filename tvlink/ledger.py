@@ -12,6 +12,14 @@ C{synchronous=FULL}).
 The rules, per WIRE.md, are those of L{applyMessage}. Every request of
 type C{0200}, C{0220} or C{0420} is journalled under its key (sender,
 stan, time) with its answer, so a repeat gets exactly the first answer.
+
+A caller that stops waiting (the L{LedgerHandler}'s back-end timeout)
+calls L{PaymentLedger.abandon}: work the writer has not started is
+journalled as not applied (C{91}) and answered C{91} once that is durable;
+work the writer has started is committed as it is and answered with its
+real result. Nothing is ever applied and then undone behind its caller's
+back, so no answer can say "not applied" of money that moved.
+
 The synchronous functions below (L{connect}, L{openAccount}, ...) are the
 one body of SQL, shared by the writer thread and by the admin command.
 """
@@ -30,13 +38,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tvlink import wire
-from tvlink.backend import DEFAULT_BACKEND_TIMEOUT, IAccountBackend, LedgerHandler
+from tvlink.backend import DEFAULT_BACKEND_TIMEOUT, IAbandonableBackend, IAccountBackend, LedgerHandler
 from tvlink.errors import TVLinkError
 from tvlink.link import globalReactor
 from tvlink.masking import maskCard as maskPan
 from tvlink.payment import PaymentService
 
 __all__ = [
+    "IAbandonableBackend",
     "IAccountBackend",
     "LedgerHandler",
     "LedgerPaymentService",
@@ -118,6 +127,14 @@ class LedgerError(TVLinkError):
 class LedgerClosed(LedgerError):
     """
     The ledger is closed or closing; nothing was applied.
+    """
+
+
+class StillApplying(LedgerError):
+    """
+    A cancelled request that the writer had already started: it will be
+    committed as it is (its outcome is then in the journal, see
+    L{PaymentLedger.stateOf}); whether money moved is not known yet.
     """
 
 
@@ -500,9 +517,10 @@ def applyMessage(conn, message, now, cancelled=False):
     Apply request C{message} inside the caller's transaction.
 
     @param now: the wall-clock timestamp text to record.
-    @param cancelled: the caller already gave up on it and answered
-        C{91}: a purchase or refund is then journalled as C{91} and not
-        applied, so a repeat is answered C{91} too.
+    @param cancelled: the caller abandoned it before the writer started
+        it: a purchase or refund is then journalled as C{91} and not
+        applied, so a repeat is answered C{91} too (other requests are
+        applied as usual).
     @return: an L{Outcome}.
     """
     mti = message.get("mti")
@@ -541,7 +559,7 @@ def applyMessage(conn, message, now, cancelled=False):
     if mti == "0420":
         entry.reversal()
     elif cancelled and ((mti == "0200" and proc == PURCHASE) or (mti == "0220" and proc == REFUND)):
-        entry.decline(wire.DESTINATION_UNAVAILABLE, "cancelled by the caller before it was applied")
+        entry.decline(wire.DESTINATION_UNAVAILABLE, "abandoned by the caller before it was applied")
     elif mti == "0220":
         if proc == REFUND:
             entry.refund()
@@ -852,36 +870,6 @@ def stateOf(conn, key):
     return REVERSED if _reversedBefore(conn, key) else UNKNOWN
 
 
-def voidApplied(conn, key):
-    """
-    The caller answered C{91} to the request C{key}, but it was applied
-    before the cancellation reached the ledger: undo it, and make its
-    journalled answer C{91} so a repeat is told what the caller was.
-
-    @return: log events.
-    """
-    row = conn.execute(
-        "SELECT id, mti, proc, pan, amount, state, refunded, orig_sender, orig_stan, orig_time"
-        " FROM journal WHERE sender = ? AND stan = ? AND time = ?",
-        key,
-    ).fetchone()
-    if row is None:
-        return []
-    events = undo(conn, row, key)
-    conn.execute(
-        "UPDATE journal SET resp = ?, answer = ?, state = ? WHERE id = ?",
-        (wire.DESTINATION_UNAVAILABLE, json.dumps({"resp": wire.DESTINATION_UNAVAILABLE}), REVERSED, row[0]),
-    )
-    events.append(
-        _event(
-            "error",
-            "ledger: {key} was applied after its caller gave up and answered 91; voided",
-            key="/".join(key),
-        )
-    )
-    return events
-
-
 # -- the writer ------------------------------------------------------------
 
 
@@ -889,23 +877,31 @@ class _Work:
     """
     One piece of work for the writer: C{run(conn, now, work)}, and the
     L{Deferred} of its result.
+
+    The flags are set under the ledger's lock. C{started}: the writer has
+    begun applying it (from then on it is committed as it is).
+    C{abandoned}: its caller stopped waiting (L{PaymentLedger.abandon} or
+    a cancellation). C{cancelled}: abandoned before it was started, so a
+    purchase or refund is journalled C{91} and not applied; never set once
+    C{started}. C{done}: its transaction has ended and C{result} is final.
     """
 
-    __slots__ = ("run", "deferred", "cancelled", "done", "result", "voidable")
+    __slots__ = ("run", "deferred", "cancelled", "abandoned", "started", "done", "result")
 
-    def __init__(self, run, voidable=False):
+    def __init__(self, run):
         self.run = run
         self.deferred = None
         self.cancelled = False
+        self.abandoned = False
+        self.started = False
         self.done = False
         self.result = None
-        self.voidable = voidable
 
 
 _STOP = object()
 
 
-@implementer(IAccountBackend)
+@implementer(IAbandonableBackend)
 class PaymentLedger:
     """
     Accounts and the journal of applied requests in one SQLite file, with
@@ -926,6 +922,10 @@ class PaymentLedger:
     @ivar requests: pieces of work committed.
     @ivar largestBatch: the most pieces one commit held.
     @ivar failedCommits: transactions that failed (their work failed).
+    @ivar voids: abandoned requests the writer had not started, journalled
+        as not applied.
+    @ivar abandonedLate: abandoned requests the writer had already
+        started, committed and answered with their real result.
     """
 
     log = Logger(namespace="tvlink.ledger")
@@ -948,10 +948,19 @@ class PaymentLedger:
         self.failedCommits = 0
         self.commitSeconds = 0.0
         self.voids = 0
+        self.abandonedLate = 0
         self._queue = None
         self._thread = None
         self._lock = threading.Lock()
         self._closing = None
+        # The work of each Deferred handed out and not yet delivered, for
+        # abandon() (reactor thread only).
+        self._works = {}
+        # Test hooks, called on the writer thread with the batch: once
+        # every piece of it has been applied, before COMMIT; and after
+        # COMMIT, before any answer is delivered.
+        self._beforeCommit = None
+        self._afterCommit = None
 
     @property
     def reactor(self):
@@ -1022,6 +1031,7 @@ class PaymentLedger:
                 break
             if work is not _STOP and not work.deferred.called:
                 work.deferred.errback(LedgerClosed("ledger %s closed before applying this" % (self.path,)))
+        self._works.clear()
         waiters, self._closing = self._closing or [], None
         self.log.info("ledger {path} closed", ledger_event="closed", path=self.path)
         for d in waiters:
@@ -1030,8 +1040,10 @@ class PaymentLedger:
     def stats(self):
         """
         Counters for metrics: C{commits}, C{requests}, C{largestBatch},
-        C{meanBatch}, C{failedCommits}, C{commitSeconds}, C{voids} and
-        C{queued} (waiting for the writer now).
+        C{meanBatch}, C{failedCommits}, C{commitSeconds}, C{voids}
+        (abandoned before they were applied, journalled C{91}),
+        C{abandonedLate} (abandoned while being applied, answered with
+        their real result) and C{queued} (waiting for the writer now).
         """
         return {
             "commits": self.commits,
@@ -1041,12 +1053,13 @@ class PaymentLedger:
             "failedCommits": self.failedCommits,
             "commitSeconds": self.commitSeconds,
             "voids": self.voids,
+            "abandonedLate": self.abandonedLate,
             "queued": self._queue.qsize() if self._queue is not None else 0,
         }
 
     # -- submitting --------------------------------------------------------
 
-    def _submit(self, run, voidable=False):
+    def _submit(self, run):
         if self.state == "new":
             try:
                 self.open()
@@ -1054,19 +1067,68 @@ class PaymentLedger:
                 return fail(e)
         if self.state != "open":
             return fail(LedgerClosed("ledger %s is %s" % (self.path, self.state)))
-        work = _Work(run, voidable)
+        work = _Work(run)
         work.deferred = Deferred(lambda d: self._cancel(work))
+        self._works[work.deferred] = work
         self._queue.put(work)
         return work.deferred
 
-    def _cancel(self, work):
-        # On the reactor thread. Before the commit the writer will see the
-        # flag (and not apply a purchase or refund, or void it if it was
-        # too late); after it, the result is known and fires at once.
+    def _abandon(self, work):
+        """
+        Mark C{work} abandoned (on the reactor thread).
+
+        @return: C{"not-applied"} if the writer had not started it (it
+            never will apply it), C{"applying"} if it had (it commits as
+            it is), C{"done"} if its transaction already ended.
+        """
         with self._lock:
-            if not work.done:
-                work.cancelled = True
-                return
+            if work.done:
+                return "done"
+            work.abandoned = True
+            if work.started:
+                return "applying"
+            work.cancelled = True
+            return "not-applied"
+
+    def abandon(self, d):
+        """
+        The caller of L{apply} stops waiting for C{d}; see
+        L{IAbandonableBackend.abandon}.
+
+        If the writer has not started that request, it is journalled as
+        not applied (a purchase or refund is answered C{91}, and so is any
+        repeat of its key) and C{d} fires with C{{"resp": "91"}} once that
+        is durable. If the writer has started it, it is committed as it is
+        and C{d} fires with its real answer once durable. C{d} never fires
+        from here (except when its answer is already durable), nor with an
+        answer that is not durable.
+
+        @return: C{"not-applied"}, C{"applying"}, C{"done"}, or C{None}
+            if C{d} is not pending work of this ledger.
+        """
+        work = self._works.get(d)
+        if work is None or d.called:
+            return None
+        return self._abandon(work)
+
+    def _cancel(self, work):
+        # On the reactor thread, from work.deferred.cancel(): the caller
+        # stops waiting and wants an answer now. Not started: it will not
+        # be applied (it is journalled 91 in the next transaction), and the
+        # Deferred fails with CancelledError. Started: it will be
+        # committed as it is, and nothing can be said yet: StillApplying
+        # (a caller must not answer 91 from that). Done: the real result.
+        state = self._abandon(work)
+        if state == "not-applied":
+            return
+        if state == "applying":
+            work.deferred.errback(
+                StillApplying(
+                    "ledger %s: the request was already being applied when cancelled; its outcome"
+                    " will be in the journal" % (self.path,)
+                )
+            )
+            return
         result = work.result
         if isinstance(result, Failure):
             work.deferred.errback(result)
@@ -1076,11 +1138,15 @@ class PaymentLedger:
     def apply(self, message):
         """
         Apply request C{message}; see L{IAccountBackend.apply}.
+
+        Cancelling the L{Deferred} only stops waiting: it fails with
+        L{CancelledError} if the request had not been started (it is then
+        journalled as not applied), with L{StillApplying} if it had (it is
+        then committed as it is). A caller that answers from the outcome
+        uses L{abandon} instead, which waits for the durable truth.
         """
         message = dict(message)
-        return self._submit(
-            lambda conn, now, work: applyMessage(conn, message, now, work.cancelled), voidable=True
-        )
+        return self._submit(lambda conn, now, work: applyMessage(conn, message, now, work.cancelled))
 
     def openAccount(self, pan, balance):
         """
@@ -1175,6 +1241,11 @@ class PaymentLedger:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for work in batch:
+                # From here on an abandon() cannot stop this work: it is
+                # applied (or not, if abandoned already) and committed as
+                # it is, and its caller gets the real answer.
+                with self._lock:
+                    work.started = True
                 conn.execute("SAVEPOINT work")
                 try:
                     result = work.run(conn, now, work)
@@ -1183,6 +1254,8 @@ class PaymentLedger:
                     conn.execute("ROLLBACK TO work")
                 conn.execute("RELEASE work")
                 results.append(result)
+            if self._beforeCommit is not None:
+                self._beforeCommit(batch)
             conn.execute("COMMIT")
         except Exception as e:
             try:
@@ -1196,43 +1269,19 @@ class PaymentLedger:
             self.commits += 1
             self.requests += len(batch)
             self.largestBatch = max(self.largestBatch, len(batch))
+            if self._afterCommit is not None:
+                self._afterCommit(batch)
         self.commitSeconds += time.perf_counter() - started
-        voids = []
         with self._lock:
             for work, result in zip(batch, results):
                 work.result = result
                 work.done = True
-                if work.cancelled and work.voidable and isinstance(result, Outcome) and result.moved:
-                    voids.append(result.key)
+                if work.abandoned and not isinstance(result, Failure):
+                    if work.cancelled:
+                        self.voids += 1
+                    else:
+                        self.abandonedLate += 1
         self.reactor.callFromThread(self._deliver, batch)
-        if voids:
-            self._void(conn, voids)
-
-    def _void(self, conn, keys):
-        events = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for key in keys:
-                events.extend(voidApplied(conn, key))
-            conn.execute("COMMIT")
-        except Exception as e:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            self.failedCommits += 1
-            events.append(
-                _event(
-                    "critical",
-                    "ledger: could not void {keys} (answered 91 but applied): {why}",
-                    keys=", ".join("/".join(k) for k in keys),
-                    why=str(e),
-                )
-            )
-        else:
-            self.commits += 1
-            self.voids += len(keys)
-        self.reactor.callFromThread(self._emit, events)
 
     # -- back on the reactor thread --------------------------------------
 
@@ -1243,10 +1292,19 @@ class PaymentLedger:
     def _deliver(self, batch):
         for work in batch:
             result = work.result
+            self._works.pop(work.deferred, None)
             if isinstance(result, Outcome):
                 self._emit(result.events)
+                if work.abandoned and not work.cancelled and result.key is not None:
+                    self.log.info(
+                        "ledger: {key} was already being applied when its caller gave up waiting;"
+                        " committed and answered {resp}",
+                        ledger_event="abandoned-late",
+                        key="/".join(result.key),
+                        resp=result.answer.get("resp"),
+                    )
             if work.deferred.called:
-                # Cancelled before the commit: the caller answered 91.
+                # Its caller cancelled it and stopped waiting.
                 if isinstance(result, Failure):
                     self.log.failure("ledger: cancelled work failed too", result, ledger_event="failed")
                 continue
