@@ -61,10 +61,32 @@ class LinkCountTests(SynchronousTestCase):
             self.connect(f, "10.0.0.1", 2 + i)
         self.assertEqual(len(events.named("limit")), 1)
         self.clock.advance(10)
+        # The tail of the flood is reported when the interval is over.
+        [first, tail] = events.named("limit")
+        self.assertEqual(tail["count"], 999)
         self.connect(f, "10.0.0.1", 5000)
-        [first, second] = events.named("limit")
-        self.assertIn("999 more", second["more"])
+        self.clock.advance(10)
+        self.assertEqual(events.named("limit")[-1]["count"], 1)
         self.assertEqual(f.limits.hits["max-links"], 1001)
+        self.assertEqual(f.limits._flushes, {})
+
+
+class SignOnDeadlineTests(SynchronousTestCase):
+    def test_link_that_never_signs_on_is_closed(self):
+        s = SingleLink(sign_on_timeout=30)
+        events = Events(self)
+        s.clock.advance(29)
+        s.link.dataReceived(b"0000")  # heartbeats do not count
+        self.assertFalse(s.transport.disconnecting)
+        s.clock.advance(1)
+        self.assertTrue(s.transport.disconnecting)
+        self.assertEqual(len(events.named("no-sign-on")), 1)
+
+    def test_signed_on_link_stays(self):
+        s = SingleLink(sign_on_timeout=30)
+        s.signOn()
+        s.clock.advance(31)
+        self.assertFalse(s.transport.disconnecting)
 
 
 class InFlightTests(SynchronousTestCase):
@@ -137,13 +159,15 @@ class OptionTests(SynchronousTestCase):
         config = Options()
         config.parseOptions(
             ["payment", "--listen", "tcp:0", "--ledger", "memory", "--max-links", "7",
-             "--max-links-per-peer", "2", "--max-in-flight", "9", "--max-handling", "11"]
+             "--max-links-per-peer", "2", "--max-in-flight", "9", "--max-handling", "11",
+             "--sign-on-timeout", "4.5"]
         )
         from tvlink.tap import makeService
         from twisted.internet.testing import MemoryReactorClock
 
         service = makeService(config, reactor=MemoryReactorClock())
         self.assertEqual((service.factory.max_links, service.factory.max_links_per_peer), (7, 2))
+        self.assertEqual(service.factory.sign_on_timeout, 4.5)
         self.assertEqual((service.settings.max_in_flight, service.settings.max_handling), (9, 11))
 
     def test_bad(self):

@@ -64,12 +64,12 @@ class SingleLink:
     A payment-side link on a StringTransport, driven by hand.
     """
 
-    def __init__(self, handler=None, **options):
+    def __init__(self, handler=None, sign_on_timeout=1e9, **options):
         self.clock = Clock()
         options.setdefault("reactor", self.clock)
         self.settings = LinkSettings(**options)
         self.handler = handler or RecordingHandler()
-        self.factory = PaymentFactory(self.settings, self.handler)
+        self.factory = PaymentFactory(self.settings, self.handler, sign_on_timeout=sign_on_timeout)
         self.link = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 7000))
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 40000))
         self.link.makeConnection(self.transport)

@@ -15,7 +15,7 @@ Environment: C{TVLINK_FAULT_TRANSACTIONS} (default 2000),
 C{TVLINK_FAULT_SECONDS} (how long the issuing should take, default 45),
 C{TVLINK_FAULT_SEED} (default: a fresh one, printed),
 C{TVLINK_FAULT_BACKEND_TIMEOUT} (the payment side's C{--backend-timeout},
-default its own 30 s; a few milliseconds exercises its 91-and-void path),
+default its own 30 s; a few milliseconds exercises its abandon-and-answer-91 path),
 C{TVLINK_FAULT_KEEP=1} keeps the files (ledger, journal, every child's
 output) and prints where; they are kept anyway when the test fails. The
 seed fixes the fault schedule and the traffic, not the timing. Run with C{python -m pytest -s tests/test_money_fault.py} or
@@ -61,7 +61,7 @@ HEARTBEAT = 0.5
 IDLE_TIMEOUT = 3.0
 PAYMENT_ARGS = ("--heartbeat", str(HEARTBEAT), "--idle-timeout", str(IDLE_TIMEOUT))
 if os.environ.get("TVLINK_FAULT_BACKEND_TIMEOUT"):
-    # Exercise the payment side's own timeout (answer 91, void if applied).
+    # Exercise the payment side's own timeout (abandon: 91 only if not applied).
     PAYMENT_ARGS += ("--backend-timeout", os.environ["TVLINK_FAULT_BACKEND_TIMEOUT"])
 IN_FLIGHT = 12
 SETTLE_SECONDS = 60.0
@@ -328,8 +328,10 @@ def verify(journalPath, ledgerPath):
         ledger[key] = {"mti": mti, "proc": proc, "state": state, "resp": resp}
         report["ledgerStates"][state] = report["ledgerStates"].get(state, 0) + 1
         if state == "reversed" and resp == "91":
-            # Applied after the payment side had answered 91, then voided.
+            # Applied after the payment side had answered 91: the payment
+            # side must answer 91 only for what it durably did not apply.
             report["ledgerVoided"] += 1
+            problems.append("ledger entry %s applied after answering 91" % ("/".join(key),))
         if mti == "0420":
             report["ledgerReversals"] += 1
             orig = (osender, ostan, otime)
@@ -419,7 +421,7 @@ def table(report):
             report["ledgerReversals"], report["ledgerReversedOriginals"], report["ledgerTombstones"],
             report["ledgerOvertaken"],
         ),
-        "ledger: %d applied after the payment side had answered 91, and voided" % (report["ledgerVoided"],),
+        "ledger: %d applied after the payment side had answered 91 (must be 0)" % (report["ledgerVoided"],),
         "%-21s %9s %10s %9s %10s %10s" % ("card", "opening", "purchases", "refunds", "expected", "ledger"),
     ]
     for c in report["cards"]:

@@ -180,6 +180,7 @@ class LimitLog:
         self.hits = {}
         self._last = {}
         self._unlogged = {}
+        self._flushes = {}
 
     def hit(self, limit, peer, detail):
         """
@@ -190,8 +191,20 @@ class LimitLog:
         last = self._last.get(limit)
         if last is not None and now - last < self.interval:
             self._unlogged[limit] = self._unlogged.get(limit, 0) + 1
+            if limit not in self._flushes:
+                # Whatever comes after this is reported when the interval
+                # is over, even if nothing else is refused.
+                self._flushes[limit] = self.clock.callLater(
+                    last + self.interval - now, self._flush, limit, peer, detail
+                )
             return
+        self._report(limit, peer, detail, now)
+
+    def _report(self, limit, peer, detail, now):
         self._last[limit] = now
+        call = self._flushes.pop(limit, None)
+        if call is not None and call.active():
+            call.cancel()
         more = self._unlogged.pop(limit, 0)
         self.log.warn(
             "limit {limit} hit: refused {detail} from {peer}{more}",
@@ -201,6 +214,30 @@ class LimitLog:
             peer=peer,
             more=" (and %d more refusals since the last report)" % (more,) if more else "",
         )
+
+    def _flush(self, limit, peer, detail):
+        self._flushes.pop(limit, None)
+        more = self._unlogged.pop(limit, 0)
+        if more:
+            self._last[limit] = self.clock.seconds()
+            self.log.warn(
+                "limit {limit} hit: refused {count} more (the last: {detail} from {peer}) in {interval:g}s",
+                link_event="limit",
+                limit=limit,
+                count=more,
+                detail=detail,
+                peer=peer,
+                interval=self.interval,
+            )
+
+    def stop(self):
+        """
+        Cancel the pending reports.
+        """
+        flushes, self._flushes = self._flushes, {}
+        for call in flushes.values():
+            if call.active():
+                call.cancel()
 
 
 def positive(name, value):
@@ -432,6 +469,8 @@ class LinkProtocol(Protocol, IdleTimeout):
         peer = self.transport.getPeer()
         self.peer = "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", ""))
         self.state = "up"
+        if self.backpressureAtConnect:
+            self.watchBackpressure()
         self.startIdle()
         self.log.info(
             "link {peer} up ({role})", link_event="up", peer=self.peer, role=self.factory.role
@@ -824,7 +863,54 @@ class LinkProtocol(Protocol, IdleTimeout):
         self.closeReason = why
         if wasReady:
             self.factory.linkNotReady(self)
+        if self._watching:
+            # A TLS transport will not shut down while a producer is
+            # registered.
+            self._watching = False
+            self.transport.unregisterProducer()
+            self.resumeProducing()
         self.closeLink()
+
+    _pausedCall = None
+
+    #: Whether to watch the transport's buffer from the start (under TLS
+    #: only once the handshake is done: TLS pauses its producer while the
+    #: handshake runs, and we must not stop reading then).
+    backpressureAtConnect = True
+
+    def watchBackpressure(self):
+        """
+        Answers to a peer that does not read them back up in the
+        transport: it then pauses us, and we stop reading its requests.
+        """
+        self.transport.registerProducer(self, True)
+        self._watching = True
+
+    _watching = False
+
+    def pauseProducing(self):
+        """
+        The transport's buffer toward the peer is full: read nothing more
+        from it until it drains; a peer that reads nothing for
+        C{idle_timeout} is dropped.
+        """
+        self.transport.pauseProducing()
+        if self._pausedCall is None and self.state not in ("closing", "lost"):
+            self._pausedCall = self._clock.callLater(self.idleTimeout, self._notReading)
+
+    def resumeProducing(self):
+        call, self._pausedCall = self._pausedCall, None
+        if call is not None and call.active():
+            call.cancel()
+        if self.state not in ("closing", "lost"):
+            self.transport.resumeProducing()
+
+    def stopProducing(self):
+        pass
+
+    def _notReading(self):
+        self._pausedCall = None
+        self.protocolViolation("peer read nothing of our answers for %gs" % (self.idleTimeout,))
 
     def whenLost(self):
         """
@@ -839,6 +925,9 @@ class LinkProtocol(Protocol, IdleTimeout):
 
     def connectionLost(self, reason):
         self.stopIdle()
+        if self._pausedCall is not None and self._pausedCall.active():
+            self._pausedCall.cancel()
+        self._pausedCall = None
         wasReady = self.state == "ready"
         self.state = "lost"
         why = self.closeReason = self.closeReason or reason.getErrorMessage()
@@ -1012,6 +1101,7 @@ class LinkFactory:
         """
         Close every link; return a L{Deferred} that fires when all are gone.
         """
+        self.limits.stop()
         waits = []
         for link in list(self.links):
             waits.append(link.whenLost())

@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from tvlink import wire
 from tvlink.errors import LinkNotReady
-from tvlink.link import PAYMENT, IMessageHandler, LinkFactory, atLeast, succeedWith
+from tvlink.link import PAYMENT, IMessageHandler, LinkFactory, atLeast, positive, succeedWith
 from tvlink.service import LinkService, failNow
 
 
@@ -27,8 +27,9 @@ class PaymentFactory(LinkFactory, ServerFactory):
     requireSignOn = True
     log = Logger()
 
-    def __init__(self, settings, handler, max_links=1000, max_links_per_peer=100):
+    def __init__(self, settings, handler, max_links=1000, max_links_per_peer=100, sign_on_timeout=30.0):
         self.setUp(settings, handler)
+        self.sign_on_timeout = positive("sign_on_timeout", sign_on_timeout)
         self.max_links = atLeast("max_links", max_links, 1)
         self.max_links_per_peer = atLeast("max_links_per_peer", max_links_per_peer, 1)
         #: Connections open, by peer host.
@@ -64,7 +65,24 @@ class PaymentFactory(LinkFactory, ServerFactory):
         link.platform = message["sender"]
         return wire.APPROVED
 
+    def linkUp(self, link):
+        LinkFactory.linkUp(self, link)
+        link.signOnDeadline = self.clock.callLater(self.sign_on_timeout, self._signOnDue, link)
+
+    def _signOnDue(self, link):
+        if link.state == "up" and not link.signedOff:
+            self.log.warn(
+                "link {peer} did not sign on within {seconds:g}s; closing it",
+                link_event="no-sign-on",
+                peer=link.peer,
+                seconds=self.sign_on_timeout,
+            )
+            link.close("no sign-on within %gs" % (self.sign_on_timeout,))
+
     def linkLost(self, link, why):
+        deadline = getattr(link, "signOnDeadline", None)
+        if deadline is not None and deadline.active():
+            deadline.cancel()
         LinkFactory.linkLost(self, link, why)
         host = getattr(link, "peerHost", None)
         if host is not None:
@@ -179,6 +197,7 @@ class PaymentService(LinkService):
         tls_handshake_timeout=10.0,
         max_links=1000,
         max_links_per_peer=100,
+        sign_on_timeout=30.0,
         **options
     ):
         LinkService.__init__(
@@ -186,7 +205,9 @@ class PaymentService(LinkService):
         )
         self.listen = listen
         self.endpoint = serverFromString(self.reactor, listen)
-        self.factory = PaymentFactory(self.settings, self.handler, max_links, max_links_per_peer)
+        self.factory = PaymentFactory(
+            self.settings, self.handler, max_links, max_links_per_peer, sign_on_timeout
+        )
         self.factories.append(self.factory)
         #: TLS (L{tvlink.tls.ServerTLS}; mutual with C{tls_ca}), or C{None}.
         self.tls = None

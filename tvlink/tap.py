@@ -190,6 +190,7 @@ class PaymentOptions(_PaymentTLSOptions, _LinkOptions):
         _seconds("backend-timeout", 30, "Time to wait for the account back end before answering 91"),
         ["max-links", None, "1000", "Platform connections accepted at once (beyond: refused)"],
         ["max-links-per-peer", None, "100", "Connections accepted at once from one address"],
+        _seconds("sign-on-timeout", 30, "Time a new link has to sign on before it is closed"),
         [
             "http",
             None,
@@ -222,6 +223,7 @@ class PaymentOptions(_PaymentTLSOptions, _LinkOptions):
         except ValueError as e:
             raise usage.UsageError("--ledger: %s" % (e,)) from None
         self.backend_timeout = self._positive("backend-timeout")
+        self.linkOptions["sign_on_timeout"] = self._positive("sign-on-timeout")
         self.http = _httpOption(self)
 
 

@@ -444,6 +444,7 @@ class TLSLink:
     """
 
     tlsLog = Logger(namespace="tvlink.tls")
+    backpressureAtConnect = False
     tlsDone = False
     tlsFailure = None
     _tlsCall = None
@@ -457,6 +458,8 @@ class TLSLink:
     def handshakeCompleted(self):
         self._stopTLSTimer()
         self.tlsDone = True
+        if self.state not in ("closing", "lost"):
+            self.watchBackpressure()
         version, cipher, subject = tlsDetails(self.transport)
         self.tlsLog.info(
             "TLS with {peer} up: {version} {cipher}; peer certificate {subject}",
