@@ -221,6 +221,17 @@ class JournalTests(SynchronousTestCase):
         self.assertIn("in time", str(f.value))
         self.assertEqual(self.successResultOf(rig.service.journal.counts()), {"declined": 1})
 
+    def test_no_send_when_journalling_took_the_budget(self):
+        rig = self.rig(timeout=5)
+        rig.service.minimumBudget = 6  # more than the request's whole budget
+        d = rig.service.request(purchase(10))
+        rig.flush()
+        f = self.failureResultOf(d, NoLinkAvailable)
+        self.assertIn("after journalling", str(f.value))
+        self.assertEqual(self.successResultOf(rig.service.journal.counts()), {"declined": 1})
+        self.assertNotIn(PAN, self.handler.spent)
+        self.assertEqual(rig.service.settings.stans.inFlight(), 0)
+
     def test_never_sent_is_declined_not_reversed(self):
         rig = self.rig()
         rig.kill(7001)

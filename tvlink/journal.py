@@ -26,6 +26,10 @@ DECLINED = "declined"
 REVERSED = "reversed"
 FINAL = (APPROVED, DECLINED, REVERSED)
 
+#: Answers that finish a reversal: done, or (25) the payment side never
+#: saw the original, so nothing moved.
+REVERSAL_DONE = frozenset((wire.APPROVED, wire.ORIGINAL_NOT_FOUND))
+
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS entries (
         sender TEXT NOT NULL, stan TEXT NOT NULL, time TEXT NOT NULL,
@@ -295,8 +299,7 @@ class Reversals:
 
     def _answered(self, answer, key):
         resp = answer.get("resp")
-        if resp in (wire.APPROVED, wire.ORIGINAL_NOT_FOUND):
-            # 25: the payment side never saw the original; nothing moved.
+        if resp in REVERSAL_DONE:
             self.finished(key, resp)
             return
         if resp == wire.DUPLICATE and self.newKey is not None:

@@ -25,7 +25,15 @@ from tvlink.errors import (
     RequestError,
     RequestTimeout,
 )
-from tvlink.journal import APPROVED, DECLINED, PENDING, PlatformJournal, Reversals, isMoneyMoving
+from tvlink.journal import (
+    APPROVED,
+    DECLINED,
+    PENDING,
+    REVERSAL_DONE,
+    PlatformJournal,
+    Reversals,
+    isMoneyMoving,
+)
 from tvlink.link import (
     LINK_COUNTERS,
     PLATFORM,
@@ -647,14 +655,19 @@ class PlatformService(LinkService):
         flight = [False]
         d = self.journal.record(message)
         d.addCallbacks(
-            lambda _: self._dispatch(
-                message, max(0.001, timeout - (self.reactor.seconds() - started)), stan, flight
-            ),
-            self._notRecorded,
-            errbackArgs=(key, stan),
+            self._recorded, self._notRecorded, (message, timeout, started, stan, flight), None, (key, stan)
         )
         d.addCallbacks(self._settled, self._unsettled, (key,), None, (key, flight))
         return d
+
+    def _recorded(self, _, message, timeout, started, stan, flight):
+        left = timeout - (self.reactor.seconds() - started)
+        if left < self.minimumBudget:
+            # The journal write took the budget: sending now could only
+            # time out and cost a reversal.
+            self._releaseStan(stan)
+            raise NoLinkAvailable("no time left to send after journalling")
+        return self._dispatch(message, left, stan, flight)
 
     def _notRecorded(self, failure, key, stan):
         self._releaseStan(stan)
@@ -747,7 +760,7 @@ class PlatformService(LinkService):
         d.addErrback(lambda f: self.log.failure("recording a late answer failed", f))
 
     def _lateReversalAnswer(self, entry, resp):
-        if entry is not None and entry["state"] not in (APPROVED, DECLINED) and resp == wire.APPROVED:
+        if entry is not None and entry["state"] not in (APPROVED, DECLINED) and resp in REVERSAL_DONE:
             if self.reversals is not None:
                 return self.reversals.finished(entry["key"], resp)
 

@@ -318,8 +318,9 @@ class PlatformOptions(_PlatformTLSOptions, _LinkOptions):
 class SandboxOptions(_LinkOptions):
     synopsis = "[options]"
     longdesc = (
-        "Run both roles in one process, linked over loopback TCP, with the demo "
-        "account handler, and make one demo purchase."
+        "Run both roles in one process, linked over loopback TCP, on a SQLite ledger "
+        "with demo accounts, with the terminal API and both status pages; make one "
+        "demo purchase and print the curl command that makes another."
     )
     optParameters = [
         ["port", None, "0", "Loopback port the payment side listens on (0: any free port)"],

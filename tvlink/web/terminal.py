@@ -633,8 +633,8 @@ def _neverSent(entry):
     """
     Whether a journal entry was declined by the platform itself before it
     was written to any link (no link: nothing can have moved), so its
-    order may be tried again. The payment side's own C{91} has no reason
-    recorded, and is final.
+    order may be tried again. (A C{91} from the payment side puts the
+    transaction in doubt instead; it ends reversed.)
     """
     return entry["state"] == DECLINED and entry["resp"] == wire.DESTINATION_UNAVAILABLE and bool(entry["reason"])
 
