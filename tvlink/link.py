@@ -273,6 +273,7 @@ class PendingRequests:
         self._heap = []
         self._seq = 0
         self._timer = None
+        self._timerAt = None
         self._onTimeout = onTimeout
         self._release = release
         self._emptyWaiters = []
@@ -303,9 +304,11 @@ class PendingRequests:
         heappush(heap, (deadline, seq, key))
         timer = self._timer
         if timer is None:
-            self._timer = self._clock.callLater(timeout, self._expireDue)
-        elif deadline < timer.getTime():
+            timer = self._timer = self._clock.callLater(timeout, self._expireDue)
+            self._timerAt = timer.getTime()
+        elif deadline < self._timerAt:
             timer.reset(timeout)
+            self._timerAt = timer.getTime()
         elif len(heap) > 2 * len(entries) + 64:
             self._compact()
         return d
@@ -379,6 +382,7 @@ class PendingRequests:
             entry = entries.get(key)
             if entry is not None and entry[1] == seq:
                 self._timer = self._clock.callLater(deadline - now, self._expireDue)
+                self._timerAt = self._timer.getTime()
                 break
             heappop(heap)
         for key, entry in expired:

@@ -775,7 +775,7 @@ class PlatformService(LinkService):
         return self.journal.get(tuple(key))
 
     def _capacityFreed(self):
-        if len(self.queue):
+        if self.queue.waiting:
             self.queue.release(1)
 
     def _releaseQueue(self):

@@ -212,10 +212,11 @@ class RequestQueue:
     def __init__(self, clock, limit=1000):
         self.clock = clock
         self.limit = limit
-        self._waiting = []
+        #: The requests waiting, oldest first (true while any waits).
+        self.waiting = []
 
     def __len__(self):
-        return len(self._waiting)
+        return len(self.waiting)
 
     def wait(self, timeout):
         """
@@ -225,7 +226,7 @@ class RequestQueue:
 
         @raise NoLinkAvailable: at once, if the queue is full.
         """
-        if len(self._waiting) >= self.limit:
+        if len(self.waiting) >= self.limit:
             raise NoLinkAvailable(
                 "no payment link available and %d requests already waiting" % (self.limit,)
             )
@@ -233,16 +234,16 @@ class RequestQueue:
         d = Deferred(lambda d: self._remove(entry))
         call = self.clock.callLater(timeout, self._expire, entry, timeout)
         entry.extend((d, call, self.clock.seconds() + timeout))
-        self._waiting.append(entry)
+        self.waiting.append(entry)
         return d
 
     def _remove(self, entry):
-        if entry in self._waiting:
-            self._waiting.remove(entry)
+        if entry in self.waiting:
+            self.waiting.remove(entry)
             entry[1].cancel()
 
     def _expire(self, entry, timeout):
-        self._waiting.remove(entry)
+        self.waiting.remove(entry)
         entry[0].errback(NoLinkAvailable("no payment link available within %gs" % (timeout,)))
 
     def release(self, count=None):
@@ -250,14 +251,14 @@ class RequestQueue:
         Fire up to C{count} (default: all) waiting requests, oldest first.
         """
         now = self.clock.seconds()
-        n = len(self._waiting) if count is None else min(count, len(self._waiting))
-        released, self._waiting = self._waiting[:n], self._waiting[n:]
+        n = len(self.waiting) if count is None else min(count, len(self.waiting))
+        released, self.waiting = self.waiting[:n], self.waiting[n:]
         for d, call, deadline in released:
             call.cancel()
             d.callback(deadline - now)
 
     def failAll(self, reason):
-        waiting, self._waiting = self._waiting, []
+        waiting, self.waiting = self.waiting, []
         for d, call, deadline in waiting:
             call.cancel()
             d.errback(reason)
