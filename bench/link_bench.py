@@ -767,14 +767,7 @@ def main(argv=None):
     tmpdir = tempfile.mkdtemp(prefix="link_bench.")
     children = {}
 
-    def hardStop(signum, frame):
-        # The reactor did not come back within the cap: give up hard.
-        killChildren(list(children.values()))
-        sys.stderr.write("link_bench: hard wall-clock cap reached, children killed\n")
-        os._exit(3)
-
-    signal.signal(signal.SIGALRM, hardStop)
-    signal.alarm(int(args.wall) + 20)
+    armHardStop("link_bench", children, args.wall)
     try:
         children["floor"] = spawnChild("floor", args, tmpdir)
         children["tvlink"] = spawnChild("tvlink", args, tmpdir)
@@ -788,28 +781,10 @@ def main(argv=None):
             "heartbeat %gs, idle-timeout %gs, request timeout %gs"
             % (HOST, args.body, args.pipeline, args.heartbeat, args.idle_timeout, args.timeout)
         )
-        print(
-            "  %d pipelined, %d sequential requests per phase (cap %gs each), %d round(s); "
-            "%s, Python %s, Twisted %s, %d CPUs"
-            % (
-                args.requests, args.sequential, args.seconds, args.rounds,
-                type(reactor).__name__, platform.python_version(), twistedVersion(),
-                os.cpu_count() or 0,
-            ),
-            flush=True,
-        )
+        printSetting(reactor, args)
         bench = Bench(reactor, args, floorPort, tvlinkPort, children)
         bench.tmpdir = tmpdir
-        reactor.callWhenRunning(bench.start)
-        reactor.callLater(args.wall, bench.wallCap)
-        reactor.run()
-        signal.alarm(0)
-
-        if bench.error is None and not bench.finished:
-            bench.error = "interrupted"
-        if bench.error:
-            sys.stdout.flush()
-            print("link_bench: run failed: %s" % (bench.error,), file=sys.stderr)
+        if not runBench("link_bench", reactor, bench):
             return 2
         ok = summarize(bench, print)
         print(
@@ -835,6 +810,52 @@ def main(argv=None):
     finally:
         killChildren(list(children.values()))
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def armHardStop(name, children, wall):
+    """
+    If the reactor has not come back within C{wall} seconds (and a grace
+    of 20), kill the children and exit hard.
+    """
+
+    def hardStop(signum, frame):
+        killChildren(list(children.values()))
+        sys.stderr.write("%s: hard wall-clock cap reached, children killed\n" % (name,))
+        os._exit(3)
+
+    signal.signal(signal.SIGALRM, hardStop)
+    signal.alarm(int(wall) + 20)
+
+
+def printSetting(reactor, args):
+    print(
+        "  %d pipelined, %d sequential requests per phase (cap %gs each), %d round(s); "
+        "%s, Python %s, Twisted %s, %d CPUs"
+        % (
+            args.requests, args.sequential, args.seconds, args.rounds,
+            type(reactor).__name__, platform.python_version(), twistedVersion(),
+            os.cpu_count() or 0,
+        ),
+        flush=True,
+    )
+
+
+def runBench(name, reactor, bench):
+    """
+    Run C{bench} on C{reactor} under its wall-clock cap; C{False} (the
+    reason printed) if it failed.
+    """
+    reactor.callWhenRunning(bench.start)
+    reactor.callLater(bench.args.wall, bench.wallCap)
+    reactor.run()
+    signal.alarm(0)
+    if bench.error is None and not bench.finished:
+        bench.error = "interrupted"
+    if bench.error:
+        sys.stdout.flush()
+        print("%s: run failed: %s" % (name, bench.error), file=sys.stderr)
+        return False
+    return True
 
 
 def twistedVersion():

@@ -26,7 +26,6 @@ measurement only; the library keeps to C{reactor.seconds()}.
 
 import argparse
 import os
-import platform
 import re
 import shutil
 import signal
@@ -49,6 +48,9 @@ from tvlink import wire
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from link_bench import (  # noqa: E402
     BenchRunner,
+    armHardStop,
+    printSetting,
+    runBench,
     FloorClient,
     FloorEchoServer,
     Load,
@@ -458,13 +460,7 @@ def main(argv=None):
     tmpdir = tempfile.mkdtemp(prefix="pool_bench.")
     children = {}
 
-    def hardStop(signum, frame):
-        killChildren(list(children.values()))
-        sys.stderr.write("pool_bench: hard wall-clock cap reached, children killed\n")
-        os._exit(3)
-
-    signal.signal(signal.SIGALRM, hardStop)
-    signal.alarm(int(args.wall) + 20)
+    armHardStop("pool_bench", children, args.wall)
     try:
         children["floor"] = spawnFloor(args, tmpdir)
         children["A"] = spawnPayment("A", args, tmpdir)
@@ -479,36 +475,14 @@ def main(argv=None):
             "processes on %s; pipeline %d; heartbeat %gs, idle-timeout %gs, request timeout %gs"
             % (HOST, args.pipeline, args.heartbeat, args.idle_timeout, args.timeout)
         )
-        print(
-            "  %d pipelined, %d sequential requests per phase (cap %gs each), %d round(s); "
-            "%s, Python %s, Twisted %s, %d CPUs"
-            % (
-                args.requests, args.sequential, args.seconds, args.rounds, type(reactor).__name__,
-                platform.python_version(), twistedVersion(), os.cpu_count() or 0,
-            ),
-            flush=True,
-        )
+        printSetting(reactor, args)
         bench = Bench(reactor, args, floorPort, ports, children)
-        reactor.callWhenRunning(bench.start)
-        reactor.callLater(args.wall, bench.wallCap)
-        reactor.run()
-        signal.alarm(0)
-        if bench.error is None and not bench.finished:
-            bench.error = "interrupted"
-        if bench.error:
-            sys.stdout.flush()
-            print("pool_bench: run failed: %s" % (bench.error,), file=sys.stderr)
+        if not runBench("pool_bench", reactor, bench):
             return 2
         return 0 if summarize(bench, print) else 1
     finally:
         killChildren(list(children.values()))
         shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-def twistedVersion():
-    import twisted
-
-    return twisted.__version__
 
 
 if __name__ == "__main__":

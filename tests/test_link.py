@@ -397,7 +397,6 @@ class BadInputTests(SynchronousTestCase):
 
     def test_each_frame_has_its_own_timeout(self):
         s = SingleLink(frame_timeout=30, heartbeat=1000, idle_timeout=1000)
-        hb = b"0000"
         # Every chunk completes a frame and begins the next: each frame
         # takes 10 s, well within its 30 s, for two minutes.
         s.link.dataReceived(b"00")

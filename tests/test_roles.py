@@ -14,7 +14,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from tvlink import PaymentService, PlatformService
-from tvlink.errors import LinkLost, NoLinkAvailable
+from tvlink.errors import NoLinkAvailable
 from tvlink.link import LinkSettings
 from tvlink.platform import PlatformFactory, PlatformHandler, parseEndpoint
 

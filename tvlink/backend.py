@@ -193,16 +193,7 @@ class LedgerHandler:
             return {"resp": wire.SYSTEM_MALFUNCTION}
         if expired:
             if answer["resp"] == wire.DESTINATION_UNAVAILABLE:
-                self.counters["timedOut"] += 1
-                self.log.warn(
-                    "back end gave no answer to {mti} {key} within {timeout}s and has recorded it"
-                    " as not applied; answering 91",
-                    backend_event="timeout",
-                    mti=message.get("mti"),
-                    key=_keyText(message),
-                    timeout=self.backend_timeout,
-                )
-                return answer
+                return self._notApplied(message, "has recorded it as not applied")
             self.counters["late"] += 1
             self.log.warn(
                 "back end answered {mti} {key} {resp} after the {timeout}s timeout (it was already"
@@ -216,20 +207,27 @@ class LedgerHandler:
         self.counters["answered"] += 1
         return answer
 
+    def _notApplied(self, message, how):
+        """
+        The back end timed out on C{message} and C{how} it made sure it did
+        not apply it: answer 91.
+        """
+        self.counters["timedOut"] += 1
+        self.log.warn(
+            "back end gave no answer to {mti} {key} within {timeout}s and {how}; answering 91",
+            backend_event="timeout",
+            mti=message.get("mti"),
+            key=_keyText(message),
+            timeout=self.backend_timeout,
+            how=how,
+        )
+        return {"resp": wire.DESTINATION_UNAVAILABLE}
+
     def _failed(self, failure, message, expired):
         if expired and failure.check(CancelledError):
             # The back end let the cancellation stand: by the contract of
             # IAccountBackend.apply it confirms nothing moved.
-            self.counters["timedOut"] += 1
-            self.log.warn(
-                "back end gave no answer to {mti} {key} within {timeout}s and confirmed it was not"
-                " applied; answering 91",
-                backend_event="timeout",
-                mti=message.get("mti"),
-                key=_keyText(message),
-                timeout=self.backend_timeout,
-            )
-            return {"resp": wire.DESTINATION_UNAVAILABLE}
+            return self._notApplied(message, "confirmed it was not applied")
         self.counters["failed"] += 1
         self.log.failure(
             "back end failed on {mti} {key}; answering 96",

@@ -952,14 +952,6 @@ _ODD = frozenset("13579")
 _RESPONSE_MTI = {m: wire.responseMTI(m) for m in ("0200", "0220", "0420", "0800", "0820")}
 
 
-def releaseStan(result, stans, stan):
-    """
-    A callback that gives C{stan} back to C{stans} and passes C{result} on.
-    """
-    stans.release(stan)
-    return result
-
-
 def _keyText(key):
     return "/".join(str(part) for part in key)
 

@@ -39,7 +39,6 @@ from tvlink.link import (
     PLATFORM,
     IMessageHandler,
     LinkFactory,
-    releaseStan,
     succeedWith,
 )
 from tvlink.pool import CircuitBreaker, RequestQueue, RoundTrips, getBalancer
