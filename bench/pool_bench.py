@@ -46,6 +46,7 @@ from tvlink import wire
 # The floor, the load generator and the process helpers are link_bench's,
 # so the two benchmarks measure the same way.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from link_bench import Result as LinkResult  # noqa: E402
 from link_bench import (  # noqa: E402
     BenchRunner,
     armHardStop,
@@ -60,7 +61,6 @@ from link_bench import (  # noqa: E402
     killChildren,
     median,
     ownCPU,
-    percentile,
 )
 
 HOST = "127.0.0.1"
@@ -261,22 +261,11 @@ def waitForPayment(proc, seconds=30.0):
 # -- measuring -----------------------------------------------------------------
 
 
-class Result:
+class Result(LinkResult):
     def __init__(self, mode, target, load, cpuClient, cpuServer, share=None):
-        self.mode = mode
+        LinkResult.__init__(self, mode, target, load, cpuClient, cpuServer)
         self.target = target
-        self.done = load.done
-        self.errors = load.errors
         self.lastError = load.lastError
-        self.elapsed = load.finished - load.started
-        self.tps = load.done / self.elapsed if self.elapsed > 0 else 0.0
-        lat = sorted(load.latencies)
-        self.p50 = percentile(lat, 0.50) * 1000
-        self.p99 = percentile(lat, 0.99) * 1000
-        self.max = (lat[-1] if lat else float("nan")) * 1000
-        per = 1e6 / load.done if load.done else float("nan")
-        self.cpuClient = cpuClient * per
-        self.cpuServer = cpuServer * per if cpuServer is not None else float("nan")
         self.share = share
 
     header = "%-10s %-10s %8s %6s %7s %8s %7s %7s %7s %9s %9s  %s" % (

@@ -673,25 +673,22 @@ class ProxiedConnection:
         """
         Close both sides cleanly.
         """
-        self.closing = True
-        self.up.shutdown()
-        self.down.shutdown()
-        self._stopConnecting()
-        for side in (self.client, self.target):
-            if side is not None:
-                side.close()
+        self._end("close")
 
     def abort(self):
         """
         Reset both sides.
         """
+        self._end("abort")
+
+    def _end(self, how):
         self.closing = True
         self.up.shutdown()
         self.down.shutdown()
         self._stopConnecting()
         for side in (self.client, self.target):
             if side is not None:
-                side.abort()
+                getattr(side, how)()
 
     def _checkDone(self):
         targetGone = self.target is None or self.target.lost

@@ -180,9 +180,9 @@ class StatusSource:
         return d
 
 
-class StatusJSON(Resource):
+class _SnapshotResource(Resource):
     """
-    C{/status.json}.
+    A leaf that renders the status C{source}'s snapshot.
     """
 
     isLeaf = True
@@ -191,6 +191,12 @@ class StatusJSON(Resource):
     def __init__(self, source):
         Resource.__init__(self)
         self.source = source
+
+
+class StatusJSON(_SnapshotResource):
+    """
+    C{/status.json}.
+    """
 
     def render_GET(self, request):
         watch(request)
@@ -207,17 +213,10 @@ class StatusJSON(Resource):
         return NOT_DONE_YET
 
 
-class StatusPage(Resource):
+class StatusPage(_SnapshotResource):
     """
     C{/}: the status as an HTML page that refreshes itself.
     """
-
-    isLeaf = True
-    log = Logger(namespace="tvlink.web")
-
-    def __init__(self, source):
-        Resource.__init__(self)
-        self.source = source
 
     def render_GET(self, request):
         watch(request)
