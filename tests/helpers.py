@@ -55,7 +55,14 @@ class Pair:
         )
 
     def flush(self):
+        """
+        Move bytes both ways until none are left, giving the links the
+        reactor turns they need for frames waiting their turn.
+        """
         self.pump.flush(advanceClock=False)
+        while self.payment.backlog or self.platform.backlog:
+            self.clock.advance(0)
+            self.pump.flush(advanceClock=False)
 
     def advance(self, seconds, step=None):
         """
@@ -121,9 +128,22 @@ class PoolRig:
         self.flush()
 
     def flush(self):
-        for pumps in self.pumps.values():
-            for pump in pumps:
-                pump.flush(advanceClock=False)
+        """
+        Move bytes both ways on every connection until none are left,
+        giving the links the reactor turns they need for frames waiting
+        their turn.
+        """
+        while True:
+            for pumps in self.pumps.values():
+                for pump in pumps:
+                    pump.flush(advanceClock=False)
+            if not any(
+                pump.clientIO.protocol.backlog or pump.serverIO.protocol.backlog
+                for pumps in self.pumps.values()
+                for pump in pumps
+            ):
+                return
+            self.reactor.advance(0)
 
     def kill(self, port):
         """

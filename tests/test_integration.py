@@ -214,6 +214,29 @@ class PaymentProcessTests(_PlatformMixin, ReactorTestCase):
         self.assertNotIn(PAN, "\n".join(payment.lines), "unmasked PAN in the payment log")
 
     @defer.inlineCallbacks
+    def test_burstOverOneLink(self):
+        """
+        A burst of requests on one link, more than a batch at each end, is
+        answered whole, each answer to its own request; the link writes
+        without waiting for acknowledgements (TCP_NODELAY).
+        """
+        payment, port = yield startPayment(self, "--max-batch", "4", *FAST)
+        service, link = yield self.platformTo(port, max_batch=3)
+        sock = link.transport.getHandle()
+        self.assertTrue(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        inquiries = [
+            {"mti": "0200", "proc": "300000", "pan": PAN, "order": "BURST-%03d" % (n,)}
+            for n in range(200)
+        ]
+        answers = yield withDeadline(
+            defer.gatherResults([service.request(m) for m in inquiries]), 20, "the burst's answers"
+        )
+        self.assertEqual([a["resp"] for a in answers], ["00"] * 200)
+        self.assertEqual(len({a["stan"] for a in answers}), 200)
+        self.assertEqual(link.backlog, 0)
+        self.assertEqual(link.counters["timedOut"] + link.counters["late"], 0)
+
+    @defer.inlineCallbacks
     def test_paymentSendsEchoTests(self):
         """
         With C{--echo-interval} the payment process sends echo tests over

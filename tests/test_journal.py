@@ -261,7 +261,7 @@ class JournalTests(SynchronousTestCase):
         first.flush()
         # The platform process dies here: no timeout, no reversal yet.
         d.addErrback(lambda f: None)
-        key = list(first.service.factories[0].link.pending._entries)[0]
+        key = list(first.service.factories[0].link.pending.entries)[0]
         first.service.journal.close()
         handler.silent = False
         second = PoolRig(ports=(7001,), handlers=[handler], journalPath=path, timeout=5)

@@ -159,7 +159,7 @@ class OptionTests(SynchronousTestCase):
         config.parseOptions(
             ["payment", "--listen", "tcp:0", "--ledger", "memory", "--max-links", "7",
              "--max-links-per-peer", "2", "--max-in-flight", "9", "--max-handling", "11",
-             "--sign-on-timeout", "4.5"]
+             "--sign-on-timeout", "4.5", "--max-batch", "5"]
         )
         from tvlink.tap import makeService
         from twisted.internet.testing import MemoryReactorClock
@@ -168,12 +168,14 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual((service.factory.max_links, service.factory.max_links_per_peer), (7, 2))
         self.assertEqual(service.factory.sign_on_timeout, 4.5)
         self.assertEqual((service.settings.max_in_flight, service.settings.max_handling), (9, 11))
+        self.assertEqual(service.settings.max_batch, 5)
 
     def test_bad(self):
         for argv, name in [
             (["payment", "--listen", "tcp:0", "--max-links", "0"], "--max-links"),
             (["payment", "--listen", "tcp:0", "--max-links-per-peer", "x"], "--max-links-per-peer"),
             (["platform", "--connect", "h:1", "--max-in-flight", "-3"], "--max-in-flight"),
+            (["platform", "--connect", "h:1", "--max-batch", "0"], "--max-batch"),
             (["payment", "--listen", "bogus:1"], "--listen"),
         ]:
             e = self.assertRaises(UsageError, Options().parseOptions, argv)

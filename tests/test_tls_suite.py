@@ -416,6 +416,27 @@ class _LinkBehaviours:
         self.assertEqual(platform.factories[0].reconnects, 0)
 
     @defer.inlineCallbacks
+    def test_burstInBatches(self):
+        """
+        A burst of 300 requests, many batches at each end (reading paused
+        and resumed each time), is answered whole, each answer to its own
+        request.
+        """
+        payment, port, platform, link, serverLink = yield self.linked(
+            paymentOptions={"max_batch": 3}, platformOptions={"max_batch": 2}
+        )
+        answers = yield withDeadline(
+            defer.gatherResults([platform.request(dict(BALANCE)) for _ in range(300)]),
+            20,
+            "a burst of 300",
+        )
+        self.assertEqual([a["resp"] for a in answers], ["00"] * 300)
+        self.assertEqual(len({a["stan"] for a in answers}), 300)
+        self.assertEqual(len(payment.handler.seen), 300)
+        self.assertEqual((link.backlog, serverLink.backlog), (0, 0))
+        self.assertEqual(link.state, "ready")
+
+    @defer.inlineCallbacks
     def test_poolLeastPending(self):
         """
         A platform linked to two payment services spreads a burst evenly,

@@ -71,7 +71,13 @@ class LinkSettings:
     sender id and its STAN allocator, and the clock.
 
     Option names follow the command line (C{heartbeat}, C{idle_timeout},
-    C{timeout}, C{header}, C{max_frame}, C{frame_timeout}, C{sender}).
+    C{timeout}, C{header}, C{max_frame}, C{frame_timeout}, C{sender},
+    C{max_in_flight}, C{max_handling}, C{max_batch}).
+
+    C{max_batch} is how many frames a link handles in one turn of the
+    reactor: what that batch writes leaves in one write before the next
+    batch of the same read is handled, so the peer works on it meanwhile,
+    and one busy link cannot hold the reactor from the others.
     """
 
     def __init__(
@@ -89,6 +95,7 @@ class LinkSettings:
         localtime=time.localtime,
         max_in_flight=1000,
         max_handling=1000,
+        max_batch=12,
     ):
         self.reactor = reactor if reactor is not None else globalReactor()
         self.heartbeat = positive("heartbeat", heartbeat)
@@ -106,6 +113,7 @@ class LinkSettings:
         self.codec = codec if codec is not None else wire.JSONCodec()
         self.max_in_flight = atLeast("max_in_flight", max_in_flight, 1)
         self.max_handling = atLeast("max_handling", max_handling, 1)
+        self.max_batch = atLeast("max_batch", max_batch, 1)
         # Start where the clock says, so a restarted node does not walk the
         # STANs it used earlier in the day again straight away.
         self.stans = wire.StanAllocator(start=int(self.reactor.seconds() * 10) % wire.StanAllocator.modulus + 1)
@@ -138,7 +146,10 @@ class LinkSettings:
         if "stan" not in message:
             allocated = message["stan"] = self.stans.allocate()
         if "time" not in message:
-            message["time"] = self.transmissionTime()
+            second, text = self._timeCache
+            if second != int(self.reactor.seconds()):
+                text = self.transmissionTime()
+            message["time"] = text
         return message, allocated
 
 
@@ -269,7 +280,10 @@ class PendingRequests:
 
     def __init__(self, clock, onTimeout=None, release=None):
         self._clock = clock
-        self._entries = {}
+        #: key -> (deferred, seq, sentAt, timeout, stan). The link's answer
+        #: path takes entries out of it directly and calls L{settle} once
+        #: per batch of frames.
+        self.entries = {}
         self._heap = []
         self._seq = 0
         self._timer = None
@@ -279,10 +293,10 @@ class PendingRequests:
         self._emptyWaiters = []
 
     def __len__(self):
-        return len(self._entries)
+        return len(self.entries)
 
     def __contains__(self, key):
-        return key in self._entries
+        return key in self.entries
 
     def add(self, key, timeout, now=None, stan=None):
         """
@@ -291,7 +305,7 @@ class PendingRequests:
 
         @raise DuplicateKey: if C{key} is already pending.
         """
-        entries = self._entries
+        entries = self.entries
         if key in entries:
             raise DuplicateKey("request %s is already in flight" % ("/".join(map(str, key)),))
         if now is None:
@@ -320,14 +334,21 @@ class PendingRequests:
         @return: C{(deferred, sentAt)}, or C{None} if nothing was pending
             under C{key}.
         """
-        entry = self._entries.pop(key, None)
+        entry = self.entries.pop(key, None)
         if entry is None:
             return None
         if entry[4] is not None:
             self._release(entry[4])
-        if not self._entries:
-            self._emptied()
+        self.settle()
         return entry[0], entry[2]
+
+    def settle(self):
+        """
+        Entries were taken out of L{entries} directly: if none is left,
+        stop the timer and tell the L{whenEmpty} waiters.
+        """
+        if not self.entries and (self._timer is not None or self._emptyWaiters):
+            self._emptied()
 
     def resolve(self, key, answer):
         """
@@ -347,19 +368,19 @@ class PendingRequests:
         Forget C{key} without firing or releasing anything (it was never
         sent).
         """
-        if self._entries.pop(key, None) is not None and not self._entries:
+        if self.entries.pop(key, None) is not None and not self.entries:
             self._emptied()
 
     def _cancel(self, key):
-        entry = self._entries.pop(key, None)
+        entry = self.entries.pop(key, None)
         if entry is not None:
             if entry[4] is not None:
                 self._release(entry[4])
-            if not self._entries:
+            if not self.entries:
                 self._emptied()
 
     def _compact(self):
-        entries = self._entries
+        entries = self.entries
         self._heap = [(e[2] + e[3], e[1], k) for k, e in entries.items()]
         heapify(self._heap)
 
@@ -367,7 +388,7 @@ class PendingRequests:
         self._timer = None
         now = self._clock.seconds()
         heap = self._heap
-        entries = self._entries
+        entries = self.entries
         expired = []
         while heap and heap[0][0] <= now:
             deadline, seq, key = heappop(heap)
@@ -396,7 +417,7 @@ class PendingRequests:
         """
         Fail every pending request with exception C{reason}.
         """
-        entries, self._entries = self._entries, {}
+        entries, self.entries = self.entries, {}
         self._heap = []
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -412,7 +433,7 @@ class PendingRequests:
         """
         A L{Deferred} that fires once nothing is pending.
         """
-        if not self._entries:
+        if not self.entries:
             return succeedWith(None)
         d = Deferred(lambda d: self._emptyWaiters.remove(d))
         self._emptyWaiters.append(d)
@@ -447,6 +468,7 @@ class LinkProtocol(Protocol, IdleTimeout):
     closeReason = None
     handling = 0
     _outbox = None
+    _roundTrips = None
     _now = 0.0
 
     def connectionMade(self):
@@ -457,6 +479,7 @@ class LinkProtocol(Protocol, IdleTimeout):
         self.frameTimeout = settings.frame_timeout
         self.closeTimeout = settings.close_timeout
         self._header = settings.header
+        self._ascii4 = type(settings.header) is wire.Ascii4Header
         self._codec = settings.codec
         self._encode, self._decode = getattr(
             settings.codec, "raw", (settings.codec.encode, settings.codec.decode)
@@ -464,6 +487,9 @@ class LinkProtocol(Protocol, IdleTimeout):
         self._clock = self.clock
         self._decoder = wire.FrameDecoder(settings.header, settings.max_frame)
         self._maxFrame = self._decoder.maxFrame
+        self._maxBatch = settings.max_batch
+        self._releaseStan = settings.stans.release
+        self._maxInFlight = settings.max_in_flight
         self.pending = PendingRequests(self._clock, self._requestTimedOut, settings.stans.release)
         self.proven = False
         self.connectedAt = self.clock.seconds()
@@ -472,6 +498,14 @@ class LinkProtocol(Protocol, IdleTimeout):
         self._now = self.connectedAt
         peer = self.transport.getPeer()
         self.peer = "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", ""))
+        # Frames leave as soon as they are written: a request or answer is
+        # never held back waiting for the peer to acknowledge the last one.
+        noDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if noDelay is not None:
+            try:
+                noDelay(True)
+            except OSError:
+                pass
         self.state = "up"
         if self.backpressureAtConnect:
             self.watchBackpressure()
@@ -496,42 +530,110 @@ class LinkProtocol(Protocol, IdleTimeout):
     def inFlight(self):
         return len(self.pending)
 
+    @property
+    def backlog(self):
+        """
+        The number of frames read and waiting for their turn.
+        """
+        return len(self._backlog) if self._backlog else 0
+
     # -- inbound --------------------------------------------------------
 
     def dataReceived(self, data):
         try:
             bodies = self._decoder.feed(data)
         except ProtocolViolation as violation:
-            self.protocolViolation(str(violation))
+            if self._backlog:
+                # Frames before the bad header are handled first.
+                self._broken = violation
+            else:
+                self.protocolViolation(str(violation))
             return
         now = self._now = self._clock.seconds()
         if bodies:
             self._lastRead = now
-            counters = self.counters
-            counters["framesIn"] += len(bodies)
+            self.counters["framesIn"] += len(bodies)
             if not self.proven:
                 self.proven = True
                 self.factory.linkProven(self)
-            # Answers written while this batch is handled leave in one write.
-            self._outbox = outbox = []
+            if self._backlog:
+                self._backlog.extend(bodies)
+            else:
+                self._handleFrames(bodies)
+            if self._decoder.broken is not None:
+                if self._backlog:
+                    self._broken = self._decoder.broken
+                else:
+                    self.protocolViolation(str(self._decoder.broken))
+                    return
+        self.notePartial(self._decoder.partial, now, bool(bodies))
+
+    _backlog = None
+    _backlogCall = None
+    _broken = None
+
+    def _handleFrames(self, bodies):
+        """
+        Handle at most C{max_batch} of C{bodies} now and the rest on later
+        reactor turns, reading nothing more from the peer meanwhile. What a
+        batch writes leaves in one write at its end, so the peer starts on
+        it while the rest is handled; and one busy link cannot hold the
+        reactor from the others.
+        """
+        limit = self._maxBatch
+        if len(bodies) > limit:
+            self._handleBatch(bodies[:limit])
+            if self.state != "lost":
+                self._backlog = bodies[limit:]
+                self._pauseReading(_BACKLOG)
+                self._backlogCall = self._clock.callLater(0, self._handleBacklog)
+        else:
+            self._handleBatch(bodies)
+
+    def _handleBatch(self, bodies):
+        """
+        Handle C{bodies}; answers written meanwhile leave in one write, and
+        the requests they answer are accounted for once.
+        """
+        counters = self.counters
+        self._outbox = outbox = []
+        self._roundTrips = rtts = []
+        try:
+            for body in bodies:
+                if body:
+                    self.bodyReceived(body)
+                else:
+                    counters["heartbeatsIn"] += 1
+                if self.state == "lost":
+                    return
+        finally:
+            self._roundTrips = None
             try:
-                for body in bodies:
-                    if body:
-                        self.bodyReceived(body)
-                    else:
-                        counters["heartbeatsIn"] += 1
-                    if self.state == "lost":
-                        return
+                if rtts:
+                    # Requests this lets go (room freed) join the write.
+                    self._answered(rtts)
             finally:
                 self._outbox = None
                 if outbox and self.state != "lost":
                     self.transport.write(b"".join(outbox))
-            if self._decoder.broken is not None:
-                self.protocolViolation(str(self._decoder.broken))
-                return
-        self.notePartial(self._decoder.partial, now, bool(bodies))
+
+    def _handleBacklog(self):
+        self._backlogCall = None
+        backlog, self._backlog = self._backlog, None
+        if backlog and self.state != "lost":
+            self._now = self._clock.seconds()
+            self._handleFrames(backlog)
+        if self._backlog is None and self.state != "lost":
+            self._resumeReading(_BACKLOG)
+            if self._broken is not None:
+                broken, self._broken = self._broken, None
+                self.protocolViolation(str(broken))
 
     def bodyReceived(self, body):
+        """
+        One frame body: a response goes to the request it answers, a
+        request to L{requestReceived}.
+        """
         try:
             message = self._decode(body)
         except (ValueError, RecursionError, CodecError) as e:
@@ -541,29 +643,41 @@ class LinkProtocol(Protocol, IdleTimeout):
             self.formatError(body, "body is JSON but not an object")
             return
         mti = message.get("mti")
-        if type(mti) is str and len(mti) == 4 and mti[2] in _ODD and mti.isdigit():
-            self.responseReceived(message)
-        else:
+        if type(mti) is not str or (
+            mti not in _RESPONSES and not (len(mti) == 4 and mti[2] in _ODD and mti.isdigit())
+        ):
             self.requestReceived(message)
-
-    def responseReceived(self, message):
-        sender = message.get("sender")
-        stan = message.get("stan")
-        if type(sender) is not str or type(stan) is not str:
-            self.formatError(message, "response lacks a sender or stan")
             return
-        key = (sender, stan, message.get("time"))
-        entry = self.pending.pop(key)
+        key = (message.get("sender"), message.get("stan"), message.get("time"))
+        try:
+            entry = self.pending.entries.pop(key, None)
+        except TypeError:
+            # Part of the key is a JSON array or object.
+            entry = None
         if entry is None:
+            if type(key[0]) is not str or type(key[1]) is not str:
+                self.formatError(message, "response lacks a sender or stan")
+                return
             self.counters["late"] += 1
             self.factory.lateResponse(self, key, message)
             return
-        d, sentAt = entry
+        if entry[4] is not None:
+            self._releaseStan(entry[4])
         self.counters["answered"] += 1
-        rtt = self._now - sentAt
-        self.roundTrips.add(rtt)
-        self.factory.requestAnswered(self, rtt)
-        d.callback(message)
+        rtts = self._roundTrips
+        if rtts is not None:
+            rtts.append(self._now - entry[2])
+        else:
+            self._answered([self._now - entry[2]])
+        entry[0].callback(message)
+
+    def _answered(self, rtts):
+        """
+        A batch of frames answered requests taking C{rtts} seconds each.
+        """
+        self.pending.settle()
+        self.roundTrips.extend(rtts)
+        self.factory.requestsAnswered(self, rtts)
 
     def requestReceived(self, message):
         mti = message.get("mti")
@@ -620,7 +734,9 @@ class LinkProtocol(Protocol, IdleTimeout):
         except BaseException:
             self._handlerFailed(Failure(), message)
             return
-        if type(answer) is not dict and isinstance(answer, Deferred):
+        if type(answer) is dict and type(answer.get("resp")) is str:
+            self.answer(message, answer)
+        elif isinstance(answer, Deferred):
             self.handling += 1
             factory.handling += 1
             answer.addCallbacks(self._handled, self._handlerFailed, (message, True), None, (message, True))
@@ -749,10 +865,9 @@ class LinkProtocol(Protocol, IdleTimeout):
 
     # -- outbound -------------------------------------------------------
 
-    def sendMessage(self, message, now=None):
+    def _frame(self, message):
         """
-        Encode and write C{message}; written with the rest of the batch
-        when called while a batch of frames is being handled.
+        C{message} encoded and framed.
 
         @raise CodecError: if it cannot be encoded or is too big.
         """
@@ -765,14 +880,25 @@ class LinkProtocol(Protocol, IdleTimeout):
             raise CodecError(
                 "message of %d bytes exceeds the maximum frame of %d" % (length, self._maxFrame)
             )
-        frame = self._header.encode(length) + body
+        if self._ascii4:
+            return b"%04d" % (length,) + body
+        return self._header.encode(length) + body
+
+    def sendMessage(self, message):
+        """
+        Encode and write C{message}; written with the rest of the batch
+        when called while a batch of frames is being handled.
+
+        @raise CodecError: if it cannot be encoded or is too big.
+        """
+        frame = self._frame(message)
         outbox = self._outbox
         if outbox is not None:
             outbox.append(frame)
             self._lastWrite = self._now
         else:
             self.transport.write(frame)
-            self._lastWrite = now if now is not None else self._clock.seconds()
+            self._lastWrite = self._clock.seconds()
         self.counters["framesOut"] += 1
 
     def request(self, message, timeout=None, stan=None):
@@ -788,38 +914,55 @@ class LinkProtocol(Protocol, IdleTimeout):
 
         @raise LinkNotReady: if the link is not signed on (sign-on and
             echo requests excepted).
+        @raise LinkBusy: if C{max_in_flight} requests are in flight on it.
         @raise DuplicateKey: if the same key is already in flight.
+        @raise CodecError: if the message cannot be encoded or is too big.
         """
-        state = self.state
-        if state != "ready" and not (state == "up" and message.get("mti") == "0800"):
-            raise LinkNotReady("link %s is %s, not ready" % (self.peer, state))
         own = None
         if stan is None and ("stan" not in message or "time" not in message or "sender" not in message):
             message, own = self.settings.stamp(message)
             stan = own
-        key = (message["sender"], message["stan"], message["time"])
-        now = self._outbox is not None and self._now or self._clock.seconds()
-        pending = self.pending
-        if len(pending) >= self.settings.max_in_flight:
-            if own is not None:
-                self.settings.stans.release(own)
-            raise LinkBusy(
-                "link %s already has %d requests in flight (its limit)" % (self.peer, len(pending))
-            )
         try:
-            d = pending.add(key, self.settings.timeout if timeout is None else timeout, now, stan)
-            try:
-                self.sendMessage(message, now)
-            except BaseException:
-                # Not sent: the entry goes, the Deferred is never fired, and
-                # a caller's STAN stays the caller's.
-                pending.discard(key)
-                raise
+            return self.sendRequest(
+                message, (message["sender"], message["stan"], message["time"]), timeout, stan
+            )
         except BaseException:
+            # Not sent: a caller's STAN stays the caller's.
             if own is not None:
-                self.settings.stans.release(own)
+                self._releaseStan(own)
             raise
-        self.counters["requestsOut"] += 1
+
+    def sendRequest(self, message, key, timeout=None, stan=None):
+        """
+        L{request} for a C{message} that already has its C{sender}, C{stan}
+        and C{time}, making up C{key}. Nothing is left behind when it
+        raises: C{stan} is then still the caller's.
+        """
+        state = self.state
+        if state != "ready" and not (state == "up" and message.get("mti") == "0800"):
+            raise LinkNotReady("link %s is %s, not ready" % (self.peer, state))
+        pending = self.pending
+        if len(pending.entries) >= self._maxInFlight:
+            raise LinkBusy(
+                "link %s already has %d requests in flight (its limit)"
+                % (self.peer, len(pending.entries))
+            )
+        # Encoded before it is registered: a message that cannot be sent
+        # leaves nothing behind.
+        frame = self._frame(message)
+        outbox = self._outbox
+        if outbox is not None:
+            d = pending.add(key, self.settings.timeout if timeout is None else timeout, self._now, stan)
+            outbox.append(frame)
+            self._lastWrite = self._now
+        else:
+            now = self._clock.seconds()
+            d = pending.add(key, self.settings.timeout if timeout is None else timeout, now, stan)
+            self.transport.write(frame)
+            self._lastWrite = now
+        counters = self.counters
+        counters["framesOut"] += 1
+        counters["requestsOut"] += 1
         return d
 
     def _requestTimedOut(self, key):
@@ -898,7 +1041,7 @@ class LinkProtocol(Protocol, IdleTimeout):
         from it until it drains; a peer that reads nothing for
         C{idle_timeout} is dropped.
         """
-        self.transport.pauseProducing()
+        self._pauseReading(_UNREAD)
         if self._pausedCall is None and self.state not in ("closing", "lost"):
             self._pausedCall = self._clock.callLater(self.idleTimeout, self._notReading)
 
@@ -906,8 +1049,23 @@ class LinkProtocol(Protocol, IdleTimeout):
         call, self._pausedCall = self._pausedCall, None
         if call is not None and call.active():
             call.cancel()
-        if self.state not in ("closing", "lost"):
-            self.transport.resumeProducing()
+        self._resumeReading(_UNREAD)
+
+    #: Why reading from the peer is paused: a bit mask of L{_UNREAD} (the
+    #: peer does not read our frames) and L{_BACKLOG} (frames already read
+    #: wait for their turn).
+    _pausedFor = 0
+
+    def _pauseReading(self, why):
+        if not self._pausedFor:
+            self.transport.pauseProducing()
+        self._pausedFor |= why
+
+    def _resumeReading(self, why):
+        if self._pausedFor & why:
+            self._pausedFor &= ~why
+            if not self._pausedFor and self.state not in ("closing", "lost"):
+                self.transport.resumeProducing()
 
     def stopProducing(self):
         pass
@@ -933,13 +1091,22 @@ class LinkProtocol(Protocol, IdleTimeout):
             self._pausedCall.cancel()
         self._pausedCall = None
         wasReady = self.state == "ready"
+        self.state = "closing"
+        if wasReady:
+            self.factory.linkNotReady(self)
+        backlog, self._backlog = self._backlog, None
+        if backlog:
+            # Answers that came before the link went still count; requests
+            # are not handled (the link is closing).
+            if self._backlogCall is not None and self._backlogCall.active():
+                self._backlogCall.cancel()
+            self._backlogCall = None
+            self._handleBatch(backlog)
         self.state = "lost"
         why = self.closeReason = self.closeReason or reason.getErrorMessage()
         self.log.info(
             "link {peer} lost: {why}", link_event="lost", peer=self.peer, why=why
         )
-        if wasReady:
-            self.factory.linkNotReady(self)
         self.pending.failAll(LinkLost("link %s lost before the answer came: %s" % (self.peer, why)))
         self.factory.linkLost(self, why)
         for d in self.__dict__.pop("_lostWaiters", ()):
@@ -948,8 +1115,13 @@ class LinkProtocol(Protocol, IdleTimeout):
 
 _ODD = frozenset("13579")
 
+# Why a link stopped reading (see LinkProtocol._pausedFor).
+_UNREAD = 1
+_BACKLOG = 2
+
 #: Response MTIs of the requests WIRE.md names.
 _RESPONSE_MTI = {m: wire.responseMTI(m) for m in ("0200", "0220", "0420", "0800", "0820")}
+_RESPONSES = frozenset(_RESPONSE_MTI.values())
 
 
 def _keyText(key):
@@ -1012,9 +1184,10 @@ class LinkFactory:
         for observer in self.observers:
             observer(event, link, self)
 
-    def requestAnswered(self, link, rtt):
+    def requestsAnswered(self, link, rtts):
         """
-        A request sent on C{link} got its answer after C{rtt} seconds.
+        Requests sent on C{link} got their answers, after C{rtts} seconds
+        each (a list: the answers that came in one read).
         """
 
     def whenReady(self):

@@ -126,8 +126,9 @@ class PlatformFactory(LinkFactory, ReconnectingClientFactory):
         self.slotRoundTrips = RoundTrips()
         self.breaker = breaker if breaker is not None else CircuitBreaker(settings.reactor)
         self.onLate = None
-        #: Called when a request on this slot ends and frees room on it.
-        self.capacityFreed = lambda: None
+        #: Called with a count when that many requests on this slot end and
+        #: free room on it.
+        self.capacityFreed = lambda count=1: None
         #: Callables given C{(rtt, factory)} for every answered request.
         self.roundTripObservers = []
 
@@ -231,12 +232,13 @@ class PlatformFactory(LinkFactory, ReconnectingClientFactory):
     def signOnReceived(self, link, message):
         return wire.INVALID_TRANSACTION
 
-    def requestAnswered(self, link, rtt):
+    def requestsAnswered(self, link, rtts):
         if self.breaker.consecutive:
             self.breaker.answered()
-        self.capacityFreed()
+        self.capacityFreed(len(rtts))
         for observer in self.roundTripObservers:
-            observer(rtt, self)
+            for rtt in rtts:
+                observer(rtt, self)
 
     def lateResponse(self, link, key, message):
         LinkFactory.lateResponse(self, link, key, message)
@@ -433,6 +435,7 @@ class PlatformService(LinkService):
         self.journal = journal if isinstance(journal, PlatformJournal) else None
         self.reversals = None
         self.queue = RequestQueue(self.reactor, int(max_queued))
+        self._maxInFlight = self.settings.max_in_flight
         self.stopping = False
         for group, members in enumerate(self.groups):
             for host, port in members:
@@ -595,26 +598,36 @@ class PlatformService(LinkService):
             return failNow(DuplicateKey("request %s is already in flight" % ("/".join(key),)))
         if self.reversals is not None and isMoneyMoving(message):
             return self._journalled(message, key, timeout, stan)
-        return self._dispatch(message, timeout, stan)
+        return self._dispatch(message, timeout, stan, None, False, key)
 
     def _releaseStan(self, stan):
         if stan is not None:
             self.settings.stans.release(stan)
 
-    def _dispatch(self, message, timeout, stan=None, flight=None):
+    def _dispatch(self, message, timeout, stan=None, flight=None, queued=False, key=None):
         """
         Send C{message} on a link the balancer picks, or wait for one.
         C{stan}, if given, is released when the request ends; C{flight}, if
         given, is a one-item list set to C{True} once the request is
-        written.
+        written. Requests wait in turn: while any waits, a new one waits
+        behind it (C{queued} marks one the queue has just let go). C{key}
+        is the message's key, if the caller has it to hand.
         """
         if self.stopping:
             self._releaseStan(stan)
             return failNow(NoLinkAvailable("the platform service is stopping"))
-        link = self.pickLink()
-        if link is None or len(link.pending) >= self.settings.max_in_flight:
-            # No link, or the one chosen is full: wait for a ready link or
-            # for room on one.
+        healthy = self._healthy
+        if healthy is not None and len(healthy) == 1:
+            link = healthy[0]
+        else:
+            link = self.pickLink()
+        if (
+            link is None
+            or len(link.pending.entries) >= self._maxInFlight
+            or (self.queue.waiting and not queued)
+        ):
+            # No link, the one chosen is full, or others are waiting: wait
+            # for a ready link or for room on one.
             try:
                 waiting = self.queue.wait(timeout)
             except NoLinkAvailable as e:
@@ -623,8 +636,10 @@ class PlatformService(LinkService):
             return waiting.addCallbacks(
                 self._unqueued, self._queueFailed, (message, stan, flight), None, (stan,)
             )
+        if key is None:
+            key = (message["sender"], message["stan"], message["time"])
         try:
-            d = link.request(message, timeout, stan)
+            d = link.sendRequest(message, key, timeout, stan)
         except Exception as e:
             self._releaseStan(stan)
             return failNow(e)
@@ -641,7 +656,7 @@ class PlatformService(LinkService):
         if remaining < self.minimumBudget:
             self._releaseStan(stan)
             raise NoLinkAvailable("no payment link available in time")
-        return self._dispatch(message, remaining, stan, flight)
+        return self._dispatch(message, remaining, stan, flight, True)
 
     def _queueFailed(self, failure, stan):
         self._releaseStan(stan)
@@ -773,9 +788,9 @@ class PlatformService(LinkService):
             return failNow(RuntimeError("this platform service keeps no journal"))
         return self.journal.get(tuple(key))
 
-    def _capacityFreed(self):
+    def _capacityFreed(self, count=1):
         if self.queue.waiting:
-            self.queue.release(1)
+            self.queue.release(count)
 
     def _releaseQueue(self):
         self.queue.release()

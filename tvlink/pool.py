@@ -24,6 +24,8 @@ class RoundTrips:
         self._samples = deque(maxlen=size)
         #: Record one round trip, in seconds.
         self.add = self._samples.append
+        #: Record several round trips, in seconds.
+        self.extend = self._samples.extend
 
     def __len__(self):
         return len(self._samples)

@@ -54,11 +54,13 @@ class _LinkOptions(usage.Options):
     countOptions = {
         "max-in-flight": ("max_in_flight", 1),
         "max-handling": ("max_handling", 1),
+        "max-batch": ("max_batch", 1),
     }
 
     optParameters = [
         ["max-in-flight", None, "1000", "Requests in flight on one link, each way (beyond: a local error / 91)"],
         ["max-handling", None, "1000", "Requests being handled at once on all links (beyond: 91)"],
+        ["max-batch", None, "12", "Frames a link handles per reactor turn before writing what they produced"],
         _seconds("heartbeat", 60, "Write-idle time before sending an idle-query frame"),
         _seconds("idle-timeout", 180, "Read-idle time after which the link is declared dead"),
         _seconds("frame-timeout", 30, "Time a started frame may take to arrive whole"),

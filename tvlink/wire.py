@@ -187,13 +187,20 @@ class FrameDecoder:
         buf = self._buffer + data if self._buffer else data
         header = self.header
         hsize = header.size
+        decode = header.decode
+        # ascii4, the default, is read here rather than by a call per frame.
+        ascii4 = type(header) is Ascii4Header
         maxFrame = self.maxFrame
         end = len(buf)
         pos = 0
         bodies = []
         while end - pos >= hsize:
+            raw = buf[pos : pos + hsize]
             try:
-                length = header.decode(buf[pos : pos + hsize])
+                if ascii4 and raw.isdigit():
+                    length = int(raw)
+                else:
+                    length = decode(raw)
                 if length > maxFrame:
                     raise ProtocolViolation(
                         "frame of %d bytes exceeds the maximum of %d" % (length, maxFrame)
@@ -367,6 +374,8 @@ class StanAllocator:
     def __init__(self, start=1):
         self._next = (start - 1) % self.modulus
         self._busy = set()
+        #: The request that used a STAN is over: C{release(stan)}.
+        self.release = self._busy.discard
 
     def allocate(self):
         """
@@ -375,15 +384,18 @@ class StanAllocator:
         @raise StanExhausted: if every STAN is in flight.
         """
         busy = self._busy
-        if len(busy) >= self.modulus:
-            raise StanExhausted("all %d STANs are in flight" % (self.modulus,))
-        n = self._next
-        while True:
-            stan = "%06d" % (n + 1,)
-            n = (n + 1) % self.modulus
-            if stan not in busy:
-                break
-        self._next = n
+        n = self._next + 1
+        stan = "%06d" % (n,)
+        if stan in busy:
+            # Still in flight: walk on to a free one.
+            if len(busy) >= self.modulus:
+                raise StanExhausted("all %d STANs are in flight" % (self.modulus,))
+            while True:
+                n = n % self.modulus + 1
+                stan = "%06d" % (n,)
+                if stan not in busy:
+                    break
+        self._next = n % self.modulus
         busy.add(stan)
         return stan
 
@@ -397,12 +409,6 @@ class StanAllocator:
             return False
         self._busy.add(stan)
         return True
-
-    def release(self, stan):
-        """
-        The request that used C{stan} is over.
-        """
-        self._busy.discard(stan)
 
     def inFlight(self):
         return len(self._busy)
