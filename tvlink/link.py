@@ -287,7 +287,8 @@ class PendingRequests:
         self._heap = []
         self._seq = 0
         self._timer = None
-        self._timerAt = None
+        #: When the timer fires; infinity while there is none.
+        self._timerAt = _NEVER
         self._onTimeout = onTimeout
         self._release = release
         self._emptyWaiters = []
@@ -316,14 +317,15 @@ class PendingRequests:
         entries[key] = (d, seq, now, timeout, stan)
         heap = self._heap
         heappush(heap, (deadline, seq, key))
-        timer = self._timer
-        if timer is None:
-            timer = self._timer = self._clock.callLater(timeout, self._expireDue)
+        if deadline < self._timerAt:
+            timer = self._timer
+            if timer is None:
+                timer = self._timer = self._clock.callLater(timeout, self._expireDue)
+            else:
+                timer.reset(timeout)
             self._timerAt = timer.getTime()
-        elif deadline < self._timerAt:
-            timer.reset(timeout)
-            self._timerAt = timer.getTime()
-        elif len(heap) > 2 * len(entries) + 64:
+        elif not seq & 63 and len(heap) > 2 * len(entries) + 64:
+            # Answered requests leave their deadlines behind in the heap.
             self._compact()
         return d
 
@@ -386,6 +388,7 @@ class PendingRequests:
 
     def _expireDue(self):
         self._timer = None
+        self._timerAt = _NEVER
         now = self._clock.seconds()
         heap = self._heap
         entries = self.entries
@@ -422,6 +425,7 @@ class PendingRequests:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._timerAt = _NEVER
         for d, seq, sentAt, timeout, stan in entries.values():
             if stan is not None:
                 self._release(stan)
@@ -443,6 +447,7 @@ class PendingRequests:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._timerAt = _NEVER
         self._heap = []
         if self._emptyWaiters:
             waiters, self._emptyWaiters = self._emptyWaiters, []
@@ -479,7 +484,6 @@ class LinkProtocol(Protocol, IdleTimeout):
         self.frameTimeout = settings.frame_timeout
         self.closeTimeout = settings.close_timeout
         self._header = settings.header
-        self._ascii4 = type(settings.header) is wire.Ascii4Header
         self._codec = settings.codec
         self._encode, self._decode = getattr(
             settings.codec, "raw", (settings.codec.encode, settings.codec.decode)
@@ -880,8 +884,6 @@ class LinkProtocol(Protocol, IdleTimeout):
             raise CodecError(
                 "message of %d bytes exceeds the maximum frame of %d" % (length, self._maxFrame)
             )
-        if self._ascii4:
-            return b"%04d" % (length,) + body
         return self._header.encode(length) + body
 
     def sendMessage(self, message):
@@ -1114,6 +1116,8 @@ class LinkProtocol(Protocol, IdleTimeout):
 
 
 _ODD = frozenset("13579")
+
+_NEVER = float("inf")
 
 # Why a link stopped reading (see LinkProtocol._pausedFor).
 _UNREAD = 1
