@@ -168,6 +168,27 @@ class QueueOrderTests(SynchronousTestCase):
         self.assertEqual(order, ["answered", "second", "waited", "late-comer"])
         self.assertEqual(len(rig.service.queue), 0)
 
+    def test_released_requests_join_the_batch_write(self):
+        """
+        Requests let go by the room a batch of answers frees are written
+        with that batch, not one by one.
+        """
+        handler = HoldingHandler()
+        rig = PoolRig(ports=(7001,), handlers=[handler], max_in_flight=2)
+        ds = [rig.service.request(purchase(n)) for n in range(1, 5)]
+        rig.flush()
+        self.assertEqual(len(rig.service.queue), 2)
+        link = rig.service.factories[0].link
+        writes = CountingWrites(link.transport)
+        handler.releaseAll()
+        rig.flush()
+        # One read of two answers, one write of the two waiting requests.
+        self.assertEqual(writes.calls, 1)
+        self.assertEqual(len(handler.held), 2)
+        handler.releaseAll()
+        rig.flush()
+        self.assertEqual([self.successResultOf(d)["resp"] for d in ds], ["00"] * 4)
+
 
 class WriteTests(SynchronousTestCase):
     def test_heartbeat_counts_and_answers_leave_whole(self):
