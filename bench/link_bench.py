@@ -35,6 +35,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 import tvlink
@@ -534,6 +535,27 @@ class BenchRunner:
         if self.error is None:
             self.error = failure.getTraceback()
 
+    def runLoad(self, send, total, depth, serverCPU):
+        """
+        Run one L{Load} through C{send}; fire with C{(load, client CPU
+        seconds, server CPU seconds or None)}, the server's read with
+        C{serverCPU()}.
+        """
+        if self.capped:
+            raise RuntimeError("stopped at the wall-clock cap")
+        load = self.load = Load(send, total, depth, self.args.seconds)
+        cpu0, scpu0 = ownCPU(), serverCPU()
+
+        def measured(load):
+            cpu1, scpu1 = ownCPU(), serverCPU()
+            scpu = scpu1 - scpu0 if scpu0 is not None and scpu1 is not None else None
+            return load, cpu1 - cpu0, scpu
+
+        return load.start().addCallback(measured)
+
+    def sleep(self, seconds):
+        return deferLater(self.reactor, seconds)
+
 
 class Bench(BenchRunner):
     def __init__(self, reactor, args, floorPort, tvlinkPort, children):
@@ -552,25 +574,9 @@ class Bench(BenchRunner):
             pass
 
     def phase(self, mode, side, total, depth):
-        if self.capped:
-            raise RuntimeError("stopped at the wall-clock cap")
-        client = self.clients[side]
-        load = self.load = Load(client.send, total, depth, self.args.seconds)
         server = self.children[side].pid
-        cpu0, scpu0 = ownCPU(), childCPU(server)
-        d = load.start()
-
-        def measured(load):
-            cpu1, scpu1 = ownCPU(), childCPU(server)
-            scpu = scpu1 - scpu0 if scpu0 is not None and scpu1 is not None else None
-            return Result(mode, side, load, cpu1 - cpu0, scpu), load
-
-        return d.addCallback(measured)
-
-    def sleep(self, seconds):
-        d = Deferred()
-        self.reactor.callLater(seconds, d.callback, None)
-        return d
+        d = self.runLoad(self.clients[side].send, total, depth, lambda: childCPU(server))
+        return d.addCallback(lambda r: (Result(mode, side, *r), r[0]))
 
     @inlineCallbacks
     def run(self):

@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.protocol import Factory
@@ -54,13 +54,11 @@ from link_bench import (  # noqa: E402
     runBench,
     FloorClient,
     FloorEchoServer,
-    Load,
     TVLinkClient,
     childCPU,
     dieWithParent,
     killChildren,
     median,
-    ownCPU,
 )
 
 HOST = "127.0.0.1"
@@ -303,31 +301,23 @@ class Bench(BenchRunner):
         return None if None in values else sum(values)
 
     def phase(self, mode, target, total, depth):
-        if self.capped:
-            raise RuntimeError("stopped at the wall-clock cap")
-        load = self.load = Load(self.clients[target].send, total, depth, self.args.seconds)
         service = self.services.get(target)
         before = [s["answered"] for s in service.status()] if service is not None else None
-        cpu0, scpu0 = ownCPU(), self.serverCPU(target)
-        d = load.start()
+        d = self.runLoad(
+            self.clients[target].send, total, depth, lambda: self.serverCPU(target)
+        )
 
-        def measured(load):
-            cpu1, scpu1 = ownCPU(), self.serverCPU(target)
-            scpu = scpu1 - scpu0 if scpu0 is not None and scpu1 is not None else None
+        def measured(result):
+            load, cpu, scpu = result
             share = None
             if target in ("one2", "two"):
                 after = [s["answered"] for s in service.status()]
                 deltas = [b - a for a, b in zip(before, after)]
                 total = sum(deltas) or 1
                 share = tuple(100.0 * d / total for d in deltas)
-            return Result(mode, target, load, cpu1 - cpu0, scpu, share), load
+            return Result(mode, target, load, cpu, scpu, share), load
 
         return d.addCallback(measured)
-
-    def sleep(self, seconds):
-        d = Deferred()
-        self.reactor.callLater(seconds, d.callback, None)
-        return d
 
     @inlineCallbacks
     def run(self):

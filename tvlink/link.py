@@ -473,7 +473,6 @@ class LinkProtocol(Protocol, IdleTimeout):
     closeReason = None
     handling = 0
     _outbox = None
-    _roundTrips = None
     _now = 0.0
 
     def connectionMade(self):
@@ -547,11 +546,7 @@ class LinkProtocol(Protocol, IdleTimeout):
         try:
             bodies = self._decoder.feed(data)
         except ProtocolViolation as violation:
-            if self._backlog:
-                # Frames before the bad header are handled first.
-                self._broken = violation
-            else:
-                self.protocolViolation(str(violation))
+            self._streamBroken(violation)
             return
         now = self._now = self._clock.seconds()
         if bodies:
@@ -564,13 +559,20 @@ class LinkProtocol(Protocol, IdleTimeout):
                 self._backlog.extend(bodies)
             else:
                 self._handleFrames(bodies)
-            if self._decoder.broken is not None:
-                if self._backlog:
-                    self._broken = self._decoder.broken
-                else:
-                    self.protocolViolation(str(self._decoder.broken))
-                    return
+            if self._decoder.broken is not None and self._streamBroken(self._decoder.broken):
+                return
         self.notePartial(self._decoder.partial, now, bool(bodies))
+
+    def _streamBroken(self, violation):
+        """
+        The framing broke: a violation, once the frames read before it have
+        had their turn. C{True} if the link was closed now.
+        """
+        if self._backlog:
+            self._broken = violation
+            return False
+        self.protocolViolation(str(violation))
+        return True
 
     _backlog = None
     _backlogCall = None
@@ -635,8 +637,8 @@ class LinkProtocol(Protocol, IdleTimeout):
 
     def bodyReceived(self, body):
         """
-        One frame body: a response goes to the request it answers, a
-        request to L{requestReceived}.
+        One frame body of the batch being handled: a response goes to the
+        request it answers, a request to L{requestReceived}.
         """
         try:
             message = self._decode(body)
@@ -668,11 +670,7 @@ class LinkProtocol(Protocol, IdleTimeout):
         if entry[4] is not None:
             self._releaseStan(entry[4])
         self.counters["answered"] += 1
-        rtts = self._roundTrips
-        if rtts is not None:
-            rtts.append(self._now - entry[2])
-        else:
-            self._answered([self._now - entry[2]])
+        self._roundTrips.append(self._now - entry[2])
         entry[0].callback(message)
 
     def _answered(self, rtts):
@@ -894,13 +892,19 @@ class LinkProtocol(Protocol, IdleTimeout):
         @raise CodecError: if it cannot be encoded or is too big.
         """
         frame = self._frame(message)
+        self._writeFrame(frame, self._now if self._outbox is not None else self._clock.seconds())
+
+    def _writeFrame(self, frame, now):
+        """
+        Write C{frame} at C{now}: into the batch's single write while a
+        batch is being handled, else at once.
+        """
         outbox = self._outbox
         if outbox is not None:
             outbox.append(frame)
-            self._lastWrite = self._now
         else:
             self.transport.write(frame)
-            self._lastWrite = self._clock.seconds()
+        self._lastWrite = now
         self.counters["framesOut"] += 1
 
     def request(self, message, timeout=None, stan=None):
@@ -952,19 +956,10 @@ class LinkProtocol(Protocol, IdleTimeout):
         # Encoded before it is registered: a message that cannot be sent
         # leaves nothing behind.
         frame = self._frame(message)
-        outbox = self._outbox
-        if outbox is not None:
-            d = pending.add(key, self.settings.timeout if timeout is None else timeout, self._now, stan)
-            outbox.append(frame)
-            self._lastWrite = self._now
-        else:
-            now = self._clock.seconds()
-            d = pending.add(key, self.settings.timeout if timeout is None else timeout, now, stan)
-            self.transport.write(frame)
-            self._lastWrite = now
-        counters = self.counters
-        counters["framesOut"] += 1
-        counters["requestsOut"] += 1
+        now = self._now if self._outbox is not None else self._clock.seconds()
+        d = pending.add(key, self.settings.timeout if timeout is None else timeout, now, stan)
+        self._writeFrame(frame, now)
+        self.counters["requestsOut"] += 1
         return d
 
     def _requestTimedOut(self, key):

@@ -20,6 +20,7 @@ from tvlink.errors import (
     InDoubtAnswer,
     InDoubtLinkLost,
     InDoubtTimeout,
+    LinkBusy,
     LinkLost,
     NoLinkAvailable,
     RequestError,
@@ -435,7 +436,6 @@ class PlatformService(LinkService):
         self.journal = journal if isinstance(journal, PlatformJournal) else None
         self.reversals = None
         self.queue = RequestQueue(self.reactor, int(max_queued))
-        self._maxInFlight = self.settings.max_in_flight
         self.stopping = False
         for group, members in enumerate(self.groups):
             for host, port in members:
@@ -616,36 +616,32 @@ class PlatformService(LinkService):
         if self.stopping:
             self._releaseStan(stan)
             return failNow(NoLinkAvailable("the platform service is stopping"))
-        healthy = self._healthy
-        if healthy is not None and len(healthy) == 1:
-            link = healthy[0]
-        else:
-            link = self.pickLink()
-        if (
-            link is None
-            or len(link.pending.entries) >= self._maxInFlight
-            or (self.queue.waiting and not queued)
-        ):
-            # No link, the one chosen is full, or others are waiting: wait
-            # for a ready link or for room on one.
+        link = self.pickLink()
+        if link is not None and not (self.queue.waiting and not queued):
+            if key is None:
+                key = (message["sender"], message["stan"], message["time"])
             try:
-                waiting = self.queue.wait(timeout)
-            except NoLinkAvailable as e:
+                d = link.sendRequest(message, key, timeout, stan)
+            except LinkBusy:
+                # Full: wait for room on it or on another link.
+                pass
+            except Exception as e:
                 self._releaseStan(stan)
                 return failNow(e)
-            return waiting.addCallbacks(
-                self._unqueued, self._queueFailed, (message, stan, flight), None, (stan,)
-            )
-        if key is None:
-            key = (message["sender"], message["stan"], message["time"])
+            else:
+                if flight is not None:
+                    flight[0] = True
+                return d
+        # No link, the one chosen is full, or others are waiting: wait for a
+        # ready link or for room on one.
         try:
-            d = link.sendRequest(message, key, timeout, stan)
-        except Exception as e:
+            waiting = self.queue.wait(timeout)
+        except NoLinkAvailable as e:
             self._releaseStan(stan)
             return failNow(e)
-        if flight is not None:
-            flight[0] = True
-        return d
+        return waiting.addCallbacks(
+            self._unqueued, self._queueFailed, (message, stan, flight), None, (stan,)
+        )
 
     #: A request that waited for a link until less than this is left of
     #: its timeout is not sent: it could only time out (and, for money,
