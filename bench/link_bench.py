@@ -453,7 +453,7 @@ class TVLinkClient:
     def send(self, load):
         sent = time.perf_counter()
         d = self.service.request(self.message, timeout=self.timeout)
-        d.addCallbacks(self._answered, load.failed, (load, sent), None, (sent,))
+        d.addCallbacks(self._answered, load.failed, callbackArgs=(load, sent), errbackArgs=(sent,))
 
     @staticmethod
     def _answered(answer, load, sent):

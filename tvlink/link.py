@@ -483,6 +483,8 @@ class LinkProtocol(Protocol, IdleTimeout):
         self.frameTimeout = settings.frame_timeout
         self.closeTimeout = settings.close_timeout
         self._header = settings.header
+        made = settings.header.made
+        self._madeHeader = (made if made is not None else {}).get
         self._codec = settings.codec
         self._encode, self._decode = getattr(
             settings.codec, "raw", (settings.codec.encode, settings.codec.decode)
@@ -600,16 +602,40 @@ class LinkProtocol(Protocol, IdleTimeout):
         """
         Handle C{bodies}; answers written meanwhile leave in one write, and
         the requests they answer are accounted for once.
+
+        An answer to one of our requests, the common frame on a busy link,
+        is matched here; every other message goes to L{messageReceived}.
         """
-        counters = self.counters
         self._outbox = outbox = []
         self._roundTrips = rtts = []
+        entries = self.pending.entries
+        decode = self._decode
+        now = self._now
         try:
             for body in bodies:
-                if body:
-                    self.bodyReceived(body)
+                if not body:
+                    self.counters["heartbeatsIn"] += 1
+                    continue
+                try:
+                    message = decode(body)
+                except (ValueError, RecursionError, CodecError) as e:
+                    self.formatError(body, "body is not UTF-8 JSON: %s" % (e,))
+                    continue
+                try:
+                    entry = entries.pop(
+                        (message["sender"], message["stan"], message["time"]), None
+                    ) if message["mti"] in _RESPONSES else None
+                except Exception:
+                    # Not a well-formed answer: messageReceived says why.
+                    entry = None
+                if entry is None:
+                    self.messageReceived(message, body)
                 else:
-                    counters["heartbeatsIn"] += 1
+                    if entry[4] is not None:
+                        self._releaseStan(entry[4])
+                    self.counters["answered"] += 1
+                    rtts.append(now - entry[2])
+                    entry[0].callback(message)
                 if self.state == "lost":
                     return
         finally:
@@ -622,6 +648,7 @@ class LinkProtocol(Protocol, IdleTimeout):
                 self._outbox = None
                 if outbox and self.state != "lost":
                     self.transport.write(b"".join(outbox))
+                    self.counters["framesOut"] += len(outbox)
 
     def _handleBacklog(self):
         self._backlogCall = None
@@ -635,16 +662,13 @@ class LinkProtocol(Protocol, IdleTimeout):
                 broken, self._broken = self._broken, None
                 self.protocolViolation(str(broken))
 
-    def bodyReceived(self, body):
+    def messageReceived(self, message, body):
         """
-        One frame body of the batch being handled: a response goes to the
-        request it answers, a request to L{requestReceived}.
+        One decoded frame body of the batch being handled, other than an
+        answer the batch matched itself: a request goes to
+        L{requestReceived}, a response to the request it answers (or to the
+        late-response hook), anything else is a format error.
         """
-        try:
-            message = self._decode(body)
-        except (ValueError, RecursionError, CodecError) as e:
-            self.formatError(body, "body is not UTF-8 JSON: %s" % (e,))
-            return
         if type(message) is not dict:
             self.formatError(body, "body is JSON but not an object")
             return
@@ -818,7 +842,7 @@ class LinkProtocol(Protocol, IdleTimeout):
             )
             return
         try:
-            self.sendMessage(response)
+            frame = self._frame(response)
         except CodecError as e:
             self.log.error(
                 "answer to {key} from {peer} cannot be sent ({why}); answering 96",
@@ -829,7 +853,8 @@ class LinkProtocol(Protocol, IdleTimeout):
             response = {"mti": response["mti"], "sender": request["sender"], "stan": request["stan"], "resp": wire.SYSTEM_MALFUNCTION}
             if "time" in request:
                 response["time"] = request["time"]
-            self.sendMessage(response)
+            frame = self._frame(response)
+        self._writeFrame(frame, self._now if self._outbox is not None else self._clock.seconds())
 
     def formatError(self, body, reason):
         """
@@ -882,7 +907,7 @@ class LinkProtocol(Protocol, IdleTimeout):
             raise CodecError(
                 "message of %d bytes exceeds the maximum frame of %d" % (length, self._maxFrame)
             )
-        return self._header.encode(length) + body
+        return (self._madeHeader(length) or self._header.encode(length)) + body
 
     def sendMessage(self, message):
         """
@@ -901,11 +926,12 @@ class LinkProtocol(Protocol, IdleTimeout):
         """
         outbox = self._outbox
         if outbox is not None:
+            # Counted when the batch's write leaves.
             outbox.append(frame)
         else:
             self.transport.write(frame)
+            self.counters["framesOut"] += 1
         self._lastWrite = now
-        self.counters["framesOut"] += 1
 
     def request(self, message, timeout=None, stan=None):
         """
@@ -956,9 +982,15 @@ class LinkProtocol(Protocol, IdleTimeout):
         # Encoded before it is registered: a message that cannot be sent
         # leaves nothing behind.
         frame = self._frame(message)
-        now = self._now if self._outbox is not None else self._clock.seconds()
+        outbox = self._outbox
+        now = self._now if outbox is not None else self._clock.seconds()
         d = pending.add(key, self.settings.timeout if timeout is None else timeout, now, stan)
-        self._writeFrame(frame, now)
+        if outbox is not None:
+            # Sent while a batch is handled: it leaves with the batch's write.
+            outbox.append(frame)
+            self._lastWrite = now
+        else:
+            self._writeFrame(frame, now)
         self.counters["requestsOut"] += 1
         return d
 
