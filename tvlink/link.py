@@ -483,8 +483,6 @@ class LinkProtocol(Protocol, IdleTimeout):
         self.frameTimeout = settings.frame_timeout
         self.closeTimeout = settings.close_timeout
         self._header = settings.header
-        made = settings.header.made
-        self._madeHeader = (made if made is not None else {}).get
         self._codec = settings.codec
         self._encode, self._decode = getattr(
             settings.codec, "raw", (settings.codec.encode, settings.codec.decode)
@@ -604,10 +602,11 @@ class LinkProtocol(Protocol, IdleTimeout):
         the requests they answer are accounted for once.
 
         An answer to one of our requests, the common frame on a busy link,
-        is matched here; every other message goes to L{messageReceived}.
+        is matched here; every other message goes to L{messageReceived},
+        which hands back the request an unusual answer is for.
         """
         self._outbox = outbox = []
-        self._roundTrips = rtts = []
+        rtts = []
         entries = self.pending.entries
         decode = self._decode
         now = self._now
@@ -629,8 +628,8 @@ class LinkProtocol(Protocol, IdleTimeout):
                     # Not a well-formed answer: messageReceived says why.
                     entry = None
                 if entry is None:
-                    self.messageReceived(message, body)
-                else:
+                    entry = self.messageReceived(message, body)
+                if entry is not None:
                     if entry[4] is not None:
                         self._releaseStan(entry[4])
                     self.counters["answered"] += 1
@@ -639,7 +638,6 @@ class LinkProtocol(Protocol, IdleTimeout):
                 if self.state == "lost":
                     return
         finally:
-            self._roundTrips = None
             try:
                 if rtts:
                     # Requests this lets go (room freed) join the write.
@@ -666,18 +664,21 @@ class LinkProtocol(Protocol, IdleTimeout):
         """
         One decoded frame body of the batch being handled, other than an
         answer the batch matched itself: a request goes to
-        L{requestReceived}, a response to the request it answers (or to the
-        late-response hook), anything else is a format error.
+        L{requestReceived}, a late response to the late-response hook,
+        anything else is a format error.
+
+        @return: the pending entry of the request it answers, for the batch
+            to settle, or C{None} once it has dealt with the message.
         """
         if type(message) is not dict:
             self.formatError(body, "body is JSON but not an object")
-            return
+            return None
         mti = message.get("mti")
         if type(mti) is not str or (
             mti not in _RESPONSES and not (len(mti) == 4 and mti[2] in _ODD and mti.isdigit())
         ):
             self.requestReceived(message)
-            return
+            return None
         key = (message.get("sender"), message.get("stan"), message.get("time"))
         try:
             entry = self.pending.entries.pop(key, None)
@@ -687,15 +688,10 @@ class LinkProtocol(Protocol, IdleTimeout):
         if entry is None:
             if type(key[0]) is not str or type(key[1]) is not str:
                 self.formatError(message, "response lacks a sender or stan")
-                return
+                return None
             self.counters["late"] += 1
             self.factory.lateResponse(self, key, message)
-            return
-        if entry[4] is not None:
-            self._releaseStan(entry[4])
-        self.counters["answered"] += 1
-        self._roundTrips.append(self._now - entry[2])
-        entry[0].callback(message)
+        return entry
 
     def _answered(self, rtts):
         """
@@ -842,7 +838,7 @@ class LinkProtocol(Protocol, IdleTimeout):
             )
             return
         try:
-            frame = self._frame(response)
+            self.sendMessage(response)
         except CodecError as e:
             self.log.error(
                 "answer to {key} from {peer} cannot be sent ({why}); answering 96",
@@ -853,8 +849,7 @@ class LinkProtocol(Protocol, IdleTimeout):
             response = {"mti": response["mti"], "sender": request["sender"], "stan": request["stan"], "resp": wire.SYSTEM_MALFUNCTION}
             if "time" in request:
                 response["time"] = request["time"]
-            frame = self._frame(response)
-        self._writeFrame(frame, self._now if self._outbox is not None else self._clock.seconds())
+            self.sendMessage(response)
 
     def formatError(self, body, reason):
         """
@@ -907,7 +902,7 @@ class LinkProtocol(Protocol, IdleTimeout):
             raise CodecError(
                 "message of %d bytes exceeds the maximum frame of %d" % (length, self._maxFrame)
             )
-        return (self._madeHeader(length) or self._header.encode(length)) + body
+        return self._header.encode(length) + body
 
     def sendMessage(self, message):
         """
@@ -982,15 +977,9 @@ class LinkProtocol(Protocol, IdleTimeout):
         # Encoded before it is registered: a message that cannot be sent
         # leaves nothing behind.
         frame = self._frame(message)
-        outbox = self._outbox
-        now = self._now if outbox is not None else self._clock.seconds()
+        now = self._now if self._outbox is not None else self._clock.seconds()
         d = pending.add(key, self.settings.timeout if timeout is None else timeout, now, stan)
-        if outbox is not None:
-            # Sent while a batch is handled: it leaves with the batch's write.
-            outbox.append(frame)
-            self._lastWrite = now
-        else:
-            self._writeFrame(frame, now)
+        self._writeFrame(frame, now)
         self.counters["requestsOut"] += 1
         return d
 

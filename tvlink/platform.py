@@ -616,12 +616,7 @@ class PlatformService(LinkService):
         if self.stopping:
             self._releaseStan(stan)
             return failNow(NoLinkAvailable("the platform service is stopping"))
-        healthy = self._healthy
-        if healthy is not None and len(healthy) == 1:
-            # One steady link: nothing to choose.
-            link = healthy[0]
-        else:
-            link = self.pickLink()
+        link = self.pickLink()
         if link is not None and not (self.queue.waiting and not queued):
             if key is None:
                 key = (message["sender"], message["stan"], message["time"])

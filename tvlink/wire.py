@@ -48,10 +48,6 @@ class Header:
     name = None
     size = 0
     limit = 0
-    #: Header bytes already made, by length, that L{encode} fills as it
-    #: goes (C{None} for a header that keeps none): a caller may look a
-    #: length up here before calling L{encode}.
-    made = None
 
     def encode(self, length):
         """
@@ -80,7 +76,6 @@ class Ascii4Header(Header):
     name = "ascii4"
     size = 4
     limit = 9999
-    made = _ASCII4
 
     def encode(self, length):
         header = _ASCII4.get(length)
