@@ -264,6 +264,100 @@ def positive(name, value):
     return value
 
 
+def _passOn(ignored, value):
+    return value
+
+
+def _chainMarker():
+    """
+    What this Twisted's L{Deferred} keeps in place of a callback where
+    another L{Deferred} waits on it, or C{None} when its callbacks are not
+    kept the way L{Reply}'s shortcut reads them: a list of C{(callback,
+    errback)} pairs of C{(function, args, kwargs)}, beside the flags the
+    shortcut sets.
+    """
+    try:
+        d = Deferred()
+        d.addCallbacks(_passOn, _passOn, (1,), None, (2,))
+        [((callback, args, kwargs), (errback, eargs, ekwargs))] = d._callbacks
+        if not (
+            type(d._callbacks) is list
+            and (callback, args, errback, eargs) == (_passOn, (1,), _passOn, (2,))
+            and not kwargs
+            and d._runningCallbacks is False
+            and d._debugInfo is None
+            and d.paused == 0
+            and callable(d._runCallbacks)
+        ):
+            return None
+        waiting, awaited = Deferred(), Deferred()
+        waiting.addCallback(_passOn, awaited)
+        waiting.callback(None)
+        [((marker, args, kwargs), _)] = awaited._callbacks
+        return marker if args == (waiting,) else None
+    except Exception:
+        return None
+
+
+class Reply(Deferred):
+    """
+    The L{Deferred} of one request's answer: a L{Deferred} in every way.
+
+    Firing it with an answer takes a short path when nothing about it is
+    unusual, which is how nearly every request ends: the answer is a
+    C{dict}, one callback pair was added, nothing is paused, debugged or
+    fired already, and the callback returns C{None} without adding more.
+    Whatever else happens (the callback raises, returns a value or a
+    L{Deferred}, adds callbacks) is handed to L{Deferred}'s own machinery
+    at the point the callback returned, so the outcome is the same as a
+    plain L{Deferred}'s. On the platform side this saves about 2,600 of
+    the some 65,000 instructions a pipelined request costs (see
+    C{bench/README.rst}). It reads L{Deferred}'s private callback list, so
+    it is used only when L{_chainMarker} finds that list as expected, and
+    C{tests/test_reply.py} compares it with a plain L{Deferred} over
+    generated callback chains.
+    """
+
+    def callback(self, result):
+        callbacks = self._callbacks
+        if (
+            type(result) is not dict
+            or len(callbacks) != 1
+            or callbacks[0][0][0] is _CHAINED
+            or self.called
+            or self.paused
+            or self.debug
+            or self._debugInfo is not None
+        ):
+            Deferred.callback(self, result)
+            return
+        self.called = True
+        self._canceller = None
+        self.result = result
+        (function, args, kwargs), _ = callbacks.pop()
+        self._runningCallbacks = True
+        try:
+            value = function(result, *args, **kwargs)
+        except BaseException:
+            self._runningCallbacks = False
+            self.result = Failure(captureVars=self.debug)
+            self._runCallbacks()
+            return
+        self._runningCallbacks = False
+        self.result = None
+        if value is not None or callbacks or self._debugInfo is not None:
+            # Deferred carries on as if its loop had called the callback.
+            callbacks.insert(0, ((_passOn, (value,), {}), (_passOn, (value,), {})))
+            self._runCallbacks()
+
+
+_CHAINED = _chainMarker()
+
+#: What a request's answer is delivered through: L{Reply} unless this
+#: Twisted keeps its callbacks differently.
+_AnswerDeferred = Reply if _CHAINED is not None else Deferred
+
+
 class PendingRequests:
     """
     The requests a link has sent and not yet had answered, by key.
@@ -311,7 +405,7 @@ class PendingRequests:
             raise DuplicateKey("request %s is already in flight" % ("/".join(map(str, key)),))
         if now is None:
             now = self._clock.seconds()
-        d = Deferred(lambda d: self._cancel(key))
+        d = _AnswerDeferred(lambda d: self._cancel(key))
         seq = self._seq = self._seq + 1
         deadline = now + timeout
         entries[key] = (d, seq, now, timeout, stan)
@@ -609,11 +703,13 @@ class LinkProtocol(Protocol, IdleTimeout):
         rtts = []
         entries = self.pending.entries
         decode = self._decode
+        release = self._releaseStan
+        counters = self.counters
         now = self._now
         try:
             for body in bodies:
                 if not body:
-                    self.counters["heartbeatsIn"] += 1
+                    counters["heartbeatsIn"] += 1
                     continue
                 try:
                     message = decode(body)
@@ -629,12 +725,16 @@ class LinkProtocol(Protocol, IdleTimeout):
                     entry = None
                 if entry is None:
                     entry = self.messageReceived(message, body)
-                if entry is not None:
-                    if entry[4] is not None:
-                        self._releaseStan(entry[4])
-                    self.counters["answered"] += 1
-                    rtts.append(now - entry[2])
-                    entry[0].callback(message)
+                    if entry is None:
+                        if self.state == "lost":
+                            return
+                        continue
+                d, seq, sentAt, timeout, stan = entry
+                if stan is not None:
+                    release(stan)
+                counters["answered"] += 1
+                rtts.append(now - sentAt)
+                d.callback(message)
                 if self.state == "lost":
                     return
         finally:
@@ -887,9 +987,11 @@ class LinkProtocol(Protocol, IdleTimeout):
 
     # -- outbound -------------------------------------------------------
 
-    def _frame(self, message):
+    def _send(self, message, now):
         """
-        C{message} encoded and framed.
+        Encode, frame and write C{message} at C{now}: into the batch's
+        single write while a batch of frames is being handled, else at
+        once. Nothing is written when it raises.
 
         @raise CodecError: if it cannot be encoded or is too big.
         """
@@ -902,7 +1004,14 @@ class LinkProtocol(Protocol, IdleTimeout):
             raise CodecError(
                 "message of %d bytes exceeds the maximum frame of %d" % (length, self._maxFrame)
             )
-        return self._header.encode(length) + body
+        outbox = self._outbox
+        if outbox is not None:
+            # Counted when the batch's write leaves.
+            outbox.append(self._header.encode(length) + body)
+        else:
+            self.transport.write(self._header.encode(length) + body)
+            self.counters["framesOut"] += 1
+        self._lastWrite = now
 
     def sendMessage(self, message):
         """
@@ -911,22 +1020,7 @@ class LinkProtocol(Protocol, IdleTimeout):
 
         @raise CodecError: if it cannot be encoded or is too big.
         """
-        frame = self._frame(message)
-        self._writeFrame(frame, self._now if self._outbox is not None else self._clock.seconds())
-
-    def _writeFrame(self, frame, now):
-        """
-        Write C{frame} at C{now}: into the batch's single write while a
-        batch is being handled, else at once.
-        """
-        outbox = self._outbox
-        if outbox is not None:
-            # Counted when the batch's write leaves.
-            outbox.append(frame)
-        else:
-            self.transport.write(frame)
-            self.counters["framesOut"] += 1
-        self._lastWrite = now
+        self._send(message, self._now if self._outbox is not None else self._clock.seconds())
 
     def request(self, message, timeout=None, stan=None):
         """
@@ -974,12 +1068,15 @@ class LinkProtocol(Protocol, IdleTimeout):
                 "link %s already has %d requests in flight (its limit)"
                 % (self.peer, len(pending.entries))
             )
-        # Encoded before it is registered: a message that cannot be sent
-        # leaves nothing behind.
-        frame = self._frame(message)
         now = self._now if self._outbox is not None else self._clock.seconds()
         d = pending.add(key, self.settings.timeout if timeout is None else timeout, now, stan)
-        self._writeFrame(frame, now)
+        try:
+            self._send(message, now)
+        except BaseException:
+            # Not sent: nothing is left behind, and C{stan} is still the
+            # caller's.
+            pending.discard(key)
+            raise
         self.counters["requestsOut"] += 1
         return d
 
