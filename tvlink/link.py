@@ -345,7 +345,7 @@ class Reply(Deferred):
             return
         self._runningCallbacks = False
         self.result = None
-        if value is not None or callbacks or self._debugInfo is not None:
+        if value is not None or callbacks:
             # Deferred carries on as if its loop had called the callback.
             callbacks.insert(0, ((_passOn, (value,), {}), (_passOn, (value,), {})))
             self._runCallbacks()
@@ -1004,12 +1004,13 @@ class LinkProtocol(Protocol, IdleTimeout):
             raise CodecError(
                 "message of %d bytes exceeds the maximum frame of %d" % (length, self._maxFrame)
             )
+        frame = self._header.encode(length) + body
         outbox = self._outbox
         if outbox is not None:
             # Counted when the batch's write leaves.
-            outbox.append(self._header.encode(length) + body)
+            outbox.append(frame)
         else:
-            self.transport.write(self._header.encode(length) + body)
+            self.transport.write(frame)
             self.counters["framesOut"] += 1
         self._lastWrite = now
 

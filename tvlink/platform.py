@@ -552,6 +552,17 @@ class PlatformService(LinkService):
             self._healthy = out
         return out
 
+    def pickLink(self):
+        """
+        The link for the next request, or C{None} if none may take it.
+        """
+        candidates = self.candidates()
+        if not candidates:
+            return None
+        if len(candidates) == 1:
+            return candidates[0]
+        return self.balancer.choose(candidates)
+
     def _inFlightAnywhere(self, key):
         for factory in self.factories:
             link = factory.link
@@ -605,16 +616,7 @@ class PlatformService(LinkService):
         if self.stopping:
             self._releaseStan(stan)
             return failNow(NoLinkAvailable("the platform service is stopping"))
-        # The link the balancer picks among those that may take it now.
-        candidates = self._healthy
-        if candidates is None:
-            candidates = self.candidates()
-        if len(candidates) == 1:
-            link = candidates[0]
-        elif candidates:
-            link = self.balancer.choose(candidates)
-        else:
-            link = None
+        link = self.pickLink()
         if link is not None and not (self.queue.waiting and not queued):
             if key is None:
                 key = (message["sender"], message["stan"], message["time"])
