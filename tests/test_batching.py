@@ -98,6 +98,43 @@ class BatchTests(SynchronousTestCase):
     def test_option_is_checked(self):
         self.assertRaises(ValueError, SingleLink, max_batch=0)
 
+    def test_every_kind_of_frame_in_one_batch(self):
+        """
+        A batch takes named requests, other request MTIs, requests with a
+        bad key, answers, late answers and non-objects in turn, each
+        dealt with once and in order.
+        """
+        s = SingleLink(max_batch=10)
+        s.signOn()
+        events = Events(self)
+        d = s.link.request({"mti": "0820", "sender": "S", "stan": "000777", "time": "0101000000"})
+        s.transport.clear()
+        before = dict(s.link.counters)
+        answer = {"mti": "0830", "resp": "00", "sender": "S", "stan": "000777", "time": "0101000000"}
+        s.link.dataReceived(
+            frame(request(1))
+            + frame(dict(request(2), mti="0100"))
+            + frame(dict(request(3), stan=3))
+            + frame(answer)
+            + frame(answer)
+            + frame(b"[1,2]")
+            + frame(dict(request(4), time=7))
+            + frame(request(5))
+        )
+        self.assertEqual(self.successResultOf(d)["resp"], "00")
+        self.assertEqual(
+            [(m["mti"], m["stan"]) for m in s.handler.seen],
+            [("0200", "000001"), ("0100", "000002"), ("0200", "000005")],
+        )
+        self.assertEqual(
+            [(m["mti"], m["stan"], m["resp"]) for m in s.sent()],
+            [("0210", "000001", "00"), ("0110", "000002", "00"), ("0210", "000004", "30"), ("0210", "000005", "00")],
+        )
+        counted = {k: s.link.counters[k] - before[k] for k in ("requestsIn", "answered", "late", "formatErrors")}
+        self.assertEqual(counted, {"requestsIn": 3, "answered": 1, "late": 1, "formatErrors": 3})
+        self.assertEqual(len(events.named("format-error")), 3)
+        self.assertEqual(s.link.state, "ready")
+
 
 class BacklogAnswerTests(SynchronousTestCase):
     def test_answers_read_before_the_link_went_count(self):

@@ -587,6 +587,7 @@ class LinkProtocol(Protocol, IdleTimeout):
         self._maxBatch = settings.max_batch
         self._releaseStan = settings.stans.release
         self._maxInFlight = settings.max_in_flight
+        self._maxHandling = settings.max_handling
         self.pending = PendingRequests(self._clock, self._requestTimedOut, settings.stans.release)
         self.proven = False
         self.connectedAt = self.clock.seconds()
@@ -716,13 +717,26 @@ class LinkProtocol(Protocol, IdleTimeout):
                 except (ValueError, RecursionError, CodecError) as e:
                     self.formatError(body, "body is not UTF-8 JSON: %s" % (e,))
                     continue
+                request = False
                 try:
-                    entry = entries.pop(
-                        (message["sender"], message["stan"], message["time"]), None
-                    ) if message["mti"] in _RESPONSES else None
+                    mti = message["mti"]
+                    if mti in _RESPONSES:
+                        entry = entries.pop(
+                            (message["sender"], message["stan"], message["time"]), None
+                        )
+                    else:
+                        entry = None
+                        request = mti in _REQUESTS
                 except Exception:
                     # Not a well-formed answer: messageReceived says why.
                     entry = None
+                if request:
+                    # A request of a kind WIRE.md names: requestReceived
+                    # checks the rest of it.
+                    self.requestReceived(message)
+                    if self.state == "lost":
+                        return
+                    continue
                 if entry is None:
                     entry = self.messageReceived(message, body)
                     if entry is None:
@@ -843,9 +857,9 @@ class LinkProtocol(Protocol, IdleTimeout):
                 self.answer(message, {"resp": wire.DESTINATION_UNAVAILABLE})
                 return
         factory = self.factory
-        if self.handling >= self.settings.max_in_flight or factory.handling >= self.settings.max_handling:
+        if self.handling >= self._maxInFlight or factory.handling >= self._maxHandling:
             factory.limits.hit(
-                "max-in-flight" if self.handling >= self.settings.max_in_flight else "max-handling",
+                "max-in-flight" if self.handling >= self._maxInFlight else "max-handling",
                 self.peer,
                 "request %s %s (answered 91)" % (mti, _keyText(wire.messageKey(message))),
             )
@@ -1240,6 +1254,7 @@ _BACKLOG = 2
 #: Response MTIs of the requests WIRE.md names.
 _RESPONSE_MTI = {m: wire.responseMTI(m) for m in ("0200", "0220", "0420", "0800", "0820")}
 _RESPONSES = frozenset(_RESPONSE_MTI.values())
+_REQUESTS = frozenset(_RESPONSE_MTI)
 
 
 def _keyText(key):
