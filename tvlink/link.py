@@ -717,28 +717,21 @@ class LinkProtocol(Protocol, IdleTimeout):
                 except (ValueError, RecursionError, CodecError) as e:
                     self.formatError(body, "body is not UTF-8 JSON: %s" % (e,))
                     continue
-                request = False
                 try:
                     mti = message["mti"]
-                    if mti in _RESPONSES:
-                        entry = entries.pop(
-                            (message["sender"], message["stan"], message["time"]), None
-                        )
-                    else:
-                        entry = None
-                        request = mti in _REQUESTS
+                    entry = entries.pop(
+                        (message["sender"], message["stan"], message["time"]), None
+                    ) if mti in _RESPONSES else None
                 except Exception:
-                    # Not a well-formed answer: messageReceived says why.
-                    entry = None
-                if request:
-                    # A request of a kind WIRE.md names: requestReceived
-                    # checks the rest of it.
-                    self.requestReceived(message)
-                    if self.state == "lost":
-                        return
-                    continue
+                    # Not a well-formed message: messageReceived says why.
+                    mti = entry = None
                 if entry is None:
-                    entry = self.messageReceived(message, body)
+                    if type(mti) is str and mti in _REQUESTS:
+                        # A request of a kind WIRE.md names: requestReceived
+                        # checks the rest of it.
+                        self.requestReceived(message)
+                    else:
+                        entry = self.messageReceived(message, body)
                     if entry is None:
                         if self.state == "lost":
                             return
@@ -760,7 +753,7 @@ class LinkProtocol(Protocol, IdleTimeout):
                 self._outbox = None
                 if outbox and self.state != "lost":
                     self.transport.write(b"".join(outbox))
-                    self.counters["framesOut"] += len(outbox)
+                    counters["framesOut"] += len(outbox)
 
     def _handleBacklog(self):
         self._backlogCall = None
@@ -777,9 +770,10 @@ class LinkProtocol(Protocol, IdleTimeout):
     def messageReceived(self, message, body):
         """
         One decoded frame body of the batch being handled, other than an
-        answer the batch matched itself: a request goes to
-        L{requestReceived}, a late response to the late-response hook,
-        anything else is a format error.
+        answer the batch matched itself or a request of a kind WIRE.md
+        names (which the batch hands to L{requestReceived} itself): another
+        request goes to L{requestReceived}, a late response to the
+        late-response hook, anything else is a format error.
 
         @return: the pending entry of the request it answers, for the batch
             to settle, or C{None} once it has dealt with the message.
