@@ -39,8 +39,8 @@ from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 import tvlink
-from tvlink import wire
-from tvlink.link import IMessageHandler
+from tvlink.link import wire
+from tvlink.link.protocol import IMessageHandler
 
 HOST = "127.0.0.1"
 

@@ -41,7 +41,7 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.internet.protocol import Factory
 
 import tvlink
-from tvlink import wire
+from tvlink.link import wire
 
 # The floor, the load generator and the process helpers are link_bench's,
 # so the two benchmarks measure the same way.

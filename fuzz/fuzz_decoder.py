@@ -1,7 +1,7 @@
 """
 A coverage-guided fuzz target (atheris, libFuzzer) for what a peer's bytes
-reach first: L{tvlink.wire.FrameDecoder}, L{tvlink.wire.JSONCodec} (the
-orjson build and the standard-library one) and L{tvlink.wire.salvageKey}.
+reach first: L{tvlink.link.wire.FrameDecoder}, L{tvlink.link.wire.JSONCodec} (the
+orjson build and the standard-library one) and L{tvlink.link.wire.salvageKey}.
 
 The first byte of each input chooses the header (ascii4, bin2, bin4), the
 maximum frame size and the size of the pieces the rest is fed in; the

@@ -6,9 +6,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.test import iosim
 
-from tvlink.link import LinkSettings
-from tvlink.payment import DemoHandler, PaymentFactory
-from tvlink.platform import PlatformFactory, PlatformHandler
+from tvlink.link.protocol import LinkSettings
+from tvlink.payment.service import DemoHandler, PaymentFactory
+from tvlink.platform.service import PlatformFactory, PlatformHandler
 
 
 class Pair:
@@ -86,7 +86,7 @@ class PoolRig:
     def __init__(self, ports=(7001, 7002, 7003), handlers=None, journalPath=None, **options):
         from twisted.internet.testing import MemoryReactorClock
 
-        from tvlink.platform import PlatformService
+        from tvlink.platform.service import PlatformService
 
         self.reactor = MemoryReactorClock()
         options.setdefault("random", lambda: 0.5)
@@ -97,7 +97,7 @@ class PoolRig:
                 LinkSettings(reactor=self.reactor, sender="PAY%d" % port), handler
             )
         if journalPath is not None:
-            from tvlink.journal import PlatformJournal
+            from tvlink.platform.journal import PlatformJournal
 
             options["journal"] = PlatformJournal(journalPath, reactor=self.reactor, threaded=False)
         self.service = PlatformService(

@@ -35,7 +35,7 @@ KEY_FIELDS = ("sender", "stan", "time")
 
 def maskPan(pan):
     """
-    The journal's own masking (L{tvlink.journal.maskedPan}): the platform
+    The journal's own masking (L{tvlink.platform.journal.maskedPan}): the platform
     keeps card numbers masked, so a card is found again by its mask.
     """
     return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
@@ -284,8 +284,8 @@ def main(argv=None):
         textFileLogObserver,
     )
 
-    from tvlink.journal import Reversals
-    from tvlink.platform import PlatformFactory, PlatformService
+    from tvlink.platform.journal import Reversals
+    from tvlink.platform.service import PlatformFactory, PlatformService
 
     if args.log:
         logFile = open(args.log, "a", encoding="utf-8")

@@ -1,5 +1,5 @@
 """
-Tests for C{tvlink ledger ...} (L{tvlink.admin}), run as the operator
+Tests for C{tvlink ledger ...} (L{tvlink.cli.ledger}), run as the operator
 runs it: C{python -m tvlink ledger ...} in a child process.
 """
 
@@ -14,8 +14,8 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
 from tests.test_ledger import PAN, RealReactorTestCase, balanceInquiry, purchase, refund
-from tvlink import admin
-from tvlink import ledger as ledgermod
+from tvlink.cli import ledger as admin
+from tvlink.payment import ledger as ledgermod
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OTHER = "6222020000000000026"
@@ -153,7 +153,7 @@ class LedgerCommandTests(unittest.TestCase):
         self.assertEqual(status, 0)
         for command in ("open", "show", "list", "freeze", "unfreeze", "journal", "check"):
             self.assertIn(command, out)
-        from tvlink.__main__ import USAGE
+        from tvlink.cli.main import USAGE
 
         self.assertIn("ledger", USAGE)
 

@@ -1,5 +1,5 @@
 """
-Tests for L{tvlink.faultproxy}: every mode against an echo server on
+Tests for L{tvlink.testing.faultproxy}: every mode against an echo server on
 127.0.0.1, through the real reactor, with bounded waits and no sleeping;
 the control commands and the command line.
 """
@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from tests.processes import ReactorTestCase
-from tvlink.faultproxy import ControlServer, FaultProxy, Mode, ModeError, main, runCommand
+from tvlink.testing.faultproxy import ControlServer, FaultProxy, Mode, ModeError, main, runCommand
 
 HOST = "127.0.0.1"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -764,7 +764,7 @@ class CommandLineTests(SynchronousTestCase):
         status, out, err = self.runMain(*argv)
         self.assertEqual(status, 2)
         self.assertEqual(out, "")
-        self.assertIn("Usage: python -m tvlink.faultproxy --listen PORT --target HOST:PORT", err)
+        self.assertIn("Usage: python -m tvlink.testing.faultproxy --listen PORT --target HOST:PORT", err)
         self.assertIn("error: " + message, err)
 
     def test_badArguments(self):
@@ -809,7 +809,7 @@ class ProcessTests(ProxyTestCase):
     @inlineCallbacks
     def test_runsInAnotherProcess(self):
         """
-        C{python -m tvlink.faultproxy} announces its ports and takes
+        C{python -m tvlink.testing.faultproxy} announces its ports and takes
         commands on its control port; SIGTERM stops it cleanly.
         """
         reactor = getReactor()
@@ -819,7 +819,7 @@ class ProcessTests(ProxyTestCase):
         args = [
             sys.executable,
             "-m",
-            "tvlink.faultproxy",
+            "tvlink.testing.faultproxy",
             "--listen",
             "0",
             "--target",

@@ -7,9 +7,9 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from tvlink.errors import DuplicateKey, InDoubt, InDoubtAnswer, InDoubtLinkLost, InDoubtTimeout, NoLinkAvailable, RequestTimeout
-from tvlink.journal import PlatformJournal, isMoneyMoving
-from tvlink.payment import DemoHandler
-from tvlink.platform import PlatformService
+from tvlink.platform.journal import PlatformJournal, isMoneyMoving
+from tvlink.payment.service import DemoHandler
+from tvlink.platform.service import PlatformService
 
 from tests.helpers import PoolRig
 from tests.test_link import Events

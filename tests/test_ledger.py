@@ -1,6 +1,6 @@
 """
-Tests for L{tvlink.ledger} (the SQLite ledger, its writer thread and group
-commit), L{tvlink.backend} (the payment side's back-end hop) and the
+Tests for L{tvlink.payment.ledger} (the SQLite ledger, its writer thread and group
+commit), L{tvlink.payment.backend} (the payment side's back-end hop) and the
 ledger options of C{twistd tvlink payment}.
 
 The ledger's writer is a real thread that delivers with
@@ -26,9 +26,9 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tvlink import PaymentService
-from tvlink.backend import IAbandonableBackend, IAccountBackend, LedgerHandler
-from tvlink.link import IMessageHandler
-from tvlink.ledger import (
+from tvlink.payment.backend import IAbandonableBackend, IAccountBackend, LedgerHandler
+from tvlink.link.protocol import IMessageHandler
+from tvlink.payment.ledger import (
     BadAmount,
     BadCardNumber,
     DuplicateAccount,
@@ -44,8 +44,8 @@ from tvlink.ledger import (
     parseLedgerSpec,
 )
 from tests.processes import ReactorTestCase
-from tvlink.payment import DemoHandler
-from tvlink.tap import Options, makeService
+from tvlink.payment.service import DemoHandler
+from tvlink.cli.tap import Options, makeService
 
 PAN = "6222020000000000018"
 OTHER = "6222020000000000026"
@@ -690,7 +690,7 @@ class WriterTests(RealReactorTestCase):
 
     def test_openErrors(self):
         ledger = PaymentLedger(os.path.join(self.mktemp(), "missing-dir", "l.db"))
-        from tvlink.ledger import LedgerError, NotALedger
+        from tvlink.payment.ledger import LedgerError, NotALedger
 
         self.assertRaises(LedgerError, ledger.open)
         self.failureResultOf(ledger.apply(purchase("000001", 1)), LedgerError)
@@ -704,8 +704,8 @@ _CRASH_CHILD = r"""
 import os, signal, sys, threading
 from twisted.internet import reactor
 from twisted.internet.task import Clock
-from tvlink.backend import LedgerHandler
-from tvlink.ledger import PaymentLedger
+from tvlink.payment.backend import LedgerHandler
+from tvlink.payment.ledger import PaymentLedger
 
 path, pan = sys.argv[1], sys.argv[2]
 ledger = PaymentLedger(path, reactor=reactor)
@@ -1119,7 +1119,7 @@ class ServiceTests(RealReactorTestCase):
 
     @inlineCallbacks
     def test_sandbox(self):
-        from tvlink.sandbox import DEMO_ACCOUNTS, DEMO_PAN, SandboxService
+        from tvlink.cli.sandbox import DEMO_ACCOUNTS, DEMO_PAN, SandboxService
 
         sandbox = SandboxService(heartbeat=5)
         sandbox.startService()

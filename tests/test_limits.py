@@ -9,9 +9,9 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from tvlink.errors import LinkBusy
-from tvlink.link import LinkSettings
-from tvlink.payment import PaymentFactory
-from tvlink.tap import Options
+from tvlink.link.protocol import LinkSettings
+from tvlink.payment.service import PaymentFactory
+from tvlink.cli.tap import Options
 
 from tests.helpers import Pair, PoolRig
 from tests.test_link import Events, RecordingHandler, SingleLink
@@ -161,7 +161,7 @@ class OptionTests(SynchronousTestCase):
              "--max-links-per-peer", "2", "--max-in-flight", "9", "--max-handling", "11",
              "--sign-on-timeout", "4.5", "--max-batch", "5"]
         )
-        from tvlink.tap import makeService
+        from tvlink.cli.tap import makeService
         from twisted.internet.testing import MemoryReactorClock
 
         service = makeService(config, reactor=MemoryReactorClock())

@@ -1,5 +1,5 @@
 """
-Tests for L{tvlink.link}: liveness, pending requests, inbound requests,
+Tests for L{tvlink.link.protocol}: liveness, pending requests, inbound requests,
 bad input and sign-on, all on a Clock with no sockets.
 """
 
@@ -14,11 +14,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from tvlink import wire
+from tvlink.link import wire
 from tvlink.errors import DuplicateKey, LinkLost, LinkNotReady, RequestTimeout
-from tvlink.link import IMessageHandler, LinkSettings, PendingRequests
-from tvlink.payment import PaymentFactory
-from tvlink.platform import PlatformFactory, PlatformHandler
+from tvlink.link.protocol import IMessageHandler, LinkSettings, PendingRequests
+from tvlink.payment.service import PaymentFactory
+from tvlink.platform.service import PlatformFactory, PlatformHandler
 
 from tests.helpers import Pair
 

@@ -290,7 +290,7 @@ class InstallTests(SynchronousTestCase):
         from twisted.internet.testing import MemoryReactorClock
         from twisted.logger import globalLogPublisher
 
-        from tvlink.tap import Options, makeService
+        from tvlink.cli.tap import Options, makeService
 
         config = Options()
         config.parseOptions(["payment", "--listen", "tcp:0"])

@@ -8,7 +8,7 @@ platform journal entry must be final, every account must reconcile against
 what the platform saw approved, and no key may stand twice in the ledger.
 
     payment   twistd -n tvlink payment --ledger sqlite:LEDGER ...   (child)
-    proxy     L{tvlink.faultproxy.FaultProxy}                      (in this process)
+    proxy     L{tvlink.testing.faultproxy.FaultProxy}                      (in this process)
     platform  python tests/moneydriver.py --journal JOURNAL ...     (child)
 
 Environment: C{TVLINK_FAULT_TRANSACTIONS} (default 2000),
@@ -42,7 +42,7 @@ from tests.processes import (
     startPayment,
     waitUntil,
 )
-from tvlink.faultproxy import FaultProxy
+from tvlink.testing.faultproxy import FaultProxy
 
 TRANSACTIONS = int(os.environ.get("TVLINK_FAULT_TRANSACTIONS", "2000"))
 SECONDS = float(os.environ.get("TVLINK_FAULT_SECONDS", "45"))

@@ -11,16 +11,16 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from tvlink.errors import DuplicateKey, LinkLost, NoLinkAvailable, RequestTimeout
-from tvlink.pool import (
+from tvlink.platform.pool import (
     CircuitBreaker,
     IBalancer,
     LeastPending,
     Primary,
     RequestQueue,
     RoundRobin,
-    RoundTrips,
     getBalancer,
 )
+from tvlink.link.roundtrips import RoundTrips
 
 from tests.helpers import PoolRig
 from tests.test_link import Events, RecordingHandler
@@ -299,7 +299,7 @@ class PoolServiceTests(SynchronousTestCase):
         self.assertEqual(self.spread(rig, 10), {"127.0.0.1:7001": 10, "127.0.0.1:7002": 0})
 
     def test_comma_groups(self):
-        from tvlink.platform import PlatformService
+        from tvlink.platform.service import PlatformService
 
         s = PlatformService(["a:1,b:2", "c:3"], balance="primary", reactor=Clock())
         self.assertEqual([f.group for f in s.factories], [0, 0, 1])

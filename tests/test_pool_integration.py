@@ -24,7 +24,7 @@ from tests.processes import (
     withDeadline,
 )
 from tvlink import LinkLost, NoLinkAvailable, PlatformService, RequestTimeout
-from tvlink.faultproxy import FaultProxy
+from tvlink.testing.faultproxy import FaultProxy
 
 HEARTBEAT = 0.5
 IDLE_TIMEOUT = 3.0

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tvlink import wire
+from tvlink.link import wire
 from tvlink.errors import CodecError, ProtocolViolation
 
 PROPERTY = settings(

@@ -1,5 +1,5 @@
 """
-L{tvlink.link.Reply}, the Deferred a request's answer is delivered
+L{tvlink.link.protocol.Reply}, the Deferred a request's answer is delivered
 through, against a plain L{Deferred}: the same generated callback chains,
 fired the same way, must give the same trace of calls, results and errors.
 """
@@ -14,8 +14,8 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tvlink import link
-from tvlink.link import PendingRequests, Reply
+from tvlink.link import protocol as link
+from tvlink.link.protocol import PendingRequests, Reply
 
 PROPERTY = settings(
     max_examples=300,

@@ -15,8 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tvlink import PaymentService, PlatformService
 from tvlink.errors import NoLinkAvailable
-from tvlink.link import LinkSettings
-from tvlink.platform import PlatformFactory, PlatformHandler, parseEndpoint
+from tvlink.link.protocol import LinkSettings
+from tvlink.platform.service import PlatformFactory, PlatformHandler, parseEndpoint
 
 
 class FakeConnector:

@@ -1,5 +1,5 @@
 """
-Tests for L{tvlink.tap}: options and the services they build.
+Tests for L{tvlink.cli.tap}: options and the services they build.
 """
 
 
@@ -8,8 +8,8 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from tvlink import PaymentService, PlatformService
-from tvlink.sandbox import SandboxService
-from tvlink.tap import Options, makeService
+from tvlink.cli.sandbox import SandboxService
+from tvlink.cli.tap import Options, makeService
 
 
 def parse(*argv):

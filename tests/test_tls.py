@@ -1,5 +1,5 @@
 """
-Tests for TLS on the links: L{tvlink.tls}, the C{tls_*} options of both
+Tests for TLS on the links: L{tvlink.link.tls}, the C{tls_*} options of both
 services and the C{--tls-*} options of the tap.
 
 Certificates are made for each test by L{tests.certs} in the test's own
@@ -28,11 +28,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.certs import makeCertificates
 from tests.processes import ReactorTestCase, getReactor, spawnTwistd, waitUntil, withDeadline
 from tvlink import PaymentService, PlatformService
-from tvlink.link import LinkSettings
-from tvlink.payment import DemoHandler, PaymentFactory
-from tvlink.platform import PlatformFactory
-from tvlink.tap import Options, makeService
-from tvlink.tls import (
+from tvlink.link.protocol import LinkSettings
+from tvlink.payment.service import DemoHandler, PaymentFactory
+from tvlink.platform.service import PlatformFactory
+from tvlink.cli.tap import Options, makeService
+from tvlink.link.tls import (
     ClientTLS,
     Identity,
     IdentityCheckingCreator,

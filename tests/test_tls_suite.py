@@ -33,9 +33,9 @@ from tests.certs import makeCertificates
 from tests.processes import RawClient, ReactorTestCase, getReactor, pause, waitUntil, withDeadline
 from tvlink import PaymentService, PlatformService
 from tvlink.errors import LinkLost
-from tvlink.link import IMessageHandler
-from tvlink.payment import DemoHandler
-from tvlink.platform import PlatformHandler
+from tvlink.link.protocol import IMessageHandler
+from tvlink.payment.service import DemoHandler
+from tvlink.platform.service import PlatformHandler
 
 #: A card the demo handler approves, good for 1000.00.
 PAN = "6222020000000000018"

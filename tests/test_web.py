@@ -1,6 +1,6 @@
 """
 Tests for L{tvlink.web} (terminal API, status page, service plumbing),
-L{tvlink.metrics} and L{tvlink.logs}.
+L{tvlink.web.metrics} and L{tvlink.logs}.
 
 The unit tests drive the resources with twisted.web's L{DummyRequest} over
 a real L{PlatformService} on a L{MemoryReactorClock}, linked by iosim to
@@ -44,12 +44,12 @@ from tests.processes import (
     waitUntil,
     withDeadline,
 )
-from tvlink import wire
-from tvlink.link import IMessageHandler, LinkSettings
-from tvlink.faultproxy import FaultProxy
-from tvlink.payment import DemoHandler, PaymentService
-from tvlink.platform import PlatformFactory, PlatformHandler, PlatformService
-from tvlink.tap import Options, makeService
+from tvlink.link import wire
+from tvlink.link.protocol import IMessageHandler, LinkSettings
+from tvlink.testing.faultproxy import FaultProxy
+from tvlink.payment.service import DemoHandler, PaymentService
+from tvlink.platform.service import PlatformFactory, PlatformHandler, PlatformService
+from tvlink.cli.tap import Options, makeService
 from tvlink.web import (
     HTTPService,
     ServiceStack,

@@ -1,11 +1,11 @@
 """
-Tests for L{tvlink.wire}: headers, the pure frame decoder, the codec, keys
+Tests for L{tvlink.link.wire}: headers, the pure frame decoder, the codec, keys
 and STAN allocation.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tvlink import wire
+from tvlink.link import wire
 from tvlink.errors import CodecError, ProtocolViolation, StanExhausted
 
 

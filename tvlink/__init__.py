@@ -14,9 +14,9 @@ from tvlink.errors import (
     RequestTimeout,
     TVLinkError,
 )
-from tvlink.link import IMessageHandler
-from tvlink.payment import PaymentService
-from tvlink.platform import PlatformService
+from tvlink.link.protocol import IMessageHandler
+from tvlink.payment.service import PaymentService
+from tvlink.platform.service import PlatformService
 
 __version__ = "0.1.0"
 

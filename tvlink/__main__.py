@@ -1,34 +1,10 @@
 """
-The C{tvlink} admin command (console script C{tvlink}, or
-C{python -m tvlink}). The roles themselves run under twistd.
+C{python -m tvlink}: the C{tvlink} admin command (L{tvlink.cli.main}).
 """
 
 import sys
 
-USAGE = """\
-usage: tvlink COMMAND ...
-
-commands:
-  ledger    look after the payment side's SQLite ledger
-            (tvlink ledger --db PATH open|show|list|freeze|unfreeze|journal|check|init ...;
-            tvlink ledger --help for more)
-
-Run the roles with: twistd -n tvlink payment|platform|sandbox --help
-"""
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv in ([], ["-h"], ["--help"]):
-        sys.stdout.write(USAGE)
-        return 0
-    if argv[0] == "ledger":
-        from tvlink.admin import main as ledger
-
-        return ledger(argv[1:])
-    sys.stderr.write("tvlink: unknown command %r (try --help)\n" % (argv[0],))
-    return 2
-
+from tvlink.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

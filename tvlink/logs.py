@@ -6,7 +6,7 @@ object per line on standard output, card numbers masked (by
 L{tvlink.masking.MaskingObserver}, the project's one masking filter)::
 
     {"time": "2025-11-25T17:45:01.123+08:00", "level": "info",
-     "namespace": "tvlink.link", "message": "link 127.0.0.1:7000 ready (platform)",
+     "namespace": "tvlink.link.protocol", "message": "link 127.0.0.1:7000 ready (platform)",
      "link_event": "ready", "peer": "127.0.0.1:7000", "role": "platform"}
 
 C{time}, C{level}, C{namespace}, C{system} and C{message} (the event's

@@ -24,7 +24,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from tvlink.metrics import MetricsResource, registryFor
+from tvlink.web.metrics import MetricsResource, registryFor
 from tvlink.web.status import StatusJSON, StatusPage, StatusSource
 from tvlink.web.terminal import TerminalAPI, V1Resource
 
@@ -162,7 +162,7 @@ class HTTPService(Service):
 
     def __init__(self, description, resource, reactor=None, api=None, grace=60.0, what="status page, metrics"):
         if reactor is None:
-            from tvlink.link import globalReactor
+            from tvlink.link.protocol import globalReactor
 
             reactor = globalReactor()
         self.reactor = reactor
@@ -341,8 +341,10 @@ class SandboxWeb(HTTPService):
     starting.
     """
 
-    def __init__(self, description, payment, reactor=None, link_wait=None):
+    def __init__(self, description, payment, reactor=None, link_wait=None, demo_card=None):
         self.payment = payment
+        #: The card the printed curl command pays with.
+        self.demo_card = demo_card
         self.platform = None
         self.api = TerminalAPI(lambda: self.platform, clock=reactor, link_wait=link_wait)
         self.root = _Root()
@@ -389,10 +391,8 @@ class SandboxWeb(HTTPService):
         """
         The curl command that makes a payment through this site.
         """
-        from tvlink.sandbox import DEMO_PAN
-
         url = self.url() or "http://127.0.0.1:8080/"
         return (
             "curl -s -X POST %sv1/payments -H 'Content-Type: application/json' "
-            "-d '{\"card\": \"%s\", \"amount\": %d, \"order\": \"%s\"}'" % (url, card or DEMO_PAN, amount, order)
+            "-d '{\"card\": \"%s\", \"amount\": %d, \"order\": \"%s\"}'" % (url, card or self.demo_card, amount, order)
         )

@@ -28,9 +28,9 @@ from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
-from tvlink import wire
+from tvlink.link import wire
 from tvlink.errors import InDoubt, LinkLost, NoLinkAvailable, RequestError, RequestTimeout
-from tvlink.journal import APPROVED, DECLINED, IN_DOUBT, PENDING, REVERSED, maskedPan
+from tvlink.platform.journal import APPROVED, DECLINED, IN_DOUBT, PENDING, REVERSED, maskedPan
 from tvlink.web.responses import JSONResource, NotFound, watch, writeJSON
 
 #: What each response code means, for the C{message} of an answer.
@@ -221,7 +221,7 @@ class _Flight:
 
 class TerminalAPI:
     """
-    The terminal API's logic, over a L{tvlink.platform.PlatformService}
+    The terminal API's logic, over a L{tvlink.platform.service.PlatformService}
     that keeps a journal. Each call returns a L{Deferred} firing with a
     L{Reply}, or failing with L{APIError}.
 
@@ -261,7 +261,7 @@ class TerminalAPI:
             return self._clock
         service = self._service()
         if service is None:
-            from tvlink.link import globalReactor
+            from tvlink.link.protocol import globalReactor
 
             return globalReactor()
         return service.reactor

@@ -38,7 +38,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from tvlink.errors import TVLinkError
-from tvlink.link import PLATFORM, positive
+from tvlink.link.protocol import PLATFORM, positive
 
 #: The oldest protocol either role accepts.
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
@@ -434,7 +434,7 @@ def isTLSFailure(failure):
 @implementer(IHandshakeListener)
 class TLSLink:
     """
-    Mixin for a L{tvlink.link.LinkProtocol} over TLS: drop the connection
+    Mixin for a L{tvlink.link.protocol.LinkProtocol} over TLS: drop the connection
     if the handshake has not finished within the factory's
     C{tlsHandshakeTimeout}, log the handshake's outcome, and say why a
     refused one failed.
@@ -520,7 +520,7 @@ _tlsClasses = weakref.WeakKeyDictionary()
 
 def tlsLinkClass(base):
     """
-    C{base} (a L{tvlink.link.LinkProtocol} subclass) with L{TLSLink} mixed
+    C{base} (a L{tvlink.link.protocol.LinkProtocol} subclass) with L{TLSLink} mixed
     in; made once per class.
     """
     if issubclass(base, TLSLink):

@@ -11,8 +11,8 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
-from tvlink.ledger import DuplicateAccount, LedgerPaymentService, PaymentLedger, formatFen, maskPan
-from tvlink.platform import PlatformService
+from tvlink.payment.ledger import DuplicateAccount, LedgerPaymentService, PaymentLedger, formatFen, maskPan
+from tvlink.platform.service import PlatformService
 
 #: A card the sandbox ledger opens with 1000.00.
 DEMO_PAN = "6222020000000000018"
@@ -62,7 +62,7 @@ class SandboxService(MultiService):
         if http is not None:
             from tvlink.web import SandboxWeb
 
-            self.web = SandboxWeb(http, self.payment, reactor=reactor)
+            self.web = SandboxWeb(http, self.payment, reactor=reactor, demo_card=DEMO_PAN)
             self.web.setServiceParent(self)
 
     def _prepareLedger(self):

@@ -13,7 +13,7 @@ from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from tvlink import wire
+from tvlink.link import wire
 from tvlink.errors import (
     DuplicateKey,
     InDoubt,
@@ -26,7 +26,7 @@ from tvlink.errors import (
     RequestError,
     RequestTimeout,
 )
-from tvlink.journal import (
+from tvlink.platform.journal import (
     APPROVED,
     DECLINED,
     PENDING,
@@ -35,15 +35,16 @@ from tvlink.journal import (
     Reversals,
     isMoneyMoving,
 )
-from tvlink.link import (
+from tvlink.link.protocol import (
     LINK_COUNTERS,
     PLATFORM,
     IMessageHandler,
     LinkFactory,
     succeedWith,
 )
-from tvlink.pool import CircuitBreaker, RequestQueue, RoundTrips, getBalancer
-from tvlink.service import LinkService, failNow
+from tvlink.link.roundtrips import RoundTrips
+from tvlink.platform.pool import CircuitBreaker, RequestQueue, getBalancer
+from tvlink.link.service import LinkService, failNow
 
 
 def parseGroups(endpoints):
@@ -373,7 +374,7 @@ class PlatformService(LinkService):
         them one priority group for the C{primary} strategy.
     @param links_per_endpoint: links opened to each endpoint.
     @param balance: C{"least-pending"} (default), C{"round-robin"},
-        C{"primary"}, or an L{tvlink.pool.IBalancer} provider.
+        C{"primary"}, or an L{tvlink.platform.pool.IBalancer} provider.
     @param max_queued: requests that may wait for a ready link at once.
     @param eject_after: timeouts in a row that eject a link.
     @param cooldown: seconds an ejected link rests before its probe.
@@ -384,7 +385,7 @@ class PlatformService(LinkService):
         must be below it (the per-hop timeout ladder).
     @param options: C{heartbeat}, C{idle_timeout}, C{timeout},
         C{header}, C{max_frame}, C{frame_timeout}, C{sender},
-        C{echo_interval}, C{reactor} (see L{tvlink.link.LinkSettings}).
+        C{echo_interval}, C{reactor} (see L{tvlink.link.protocol.LinkSettings}).
     """
 
     role = PLATFORM
@@ -456,10 +457,10 @@ class PlatformService(LinkService):
                     factory.onLate = self._lateResponse
                     factory.capacityFreed = self._capacityFreed
                     self.factories.append(factory)
-        #: The links' TLS (L{tvlink.tls.ClientTLS}), or C{None} for plain TCP.
+        #: The links' TLS (L{tvlink.link.tls.ClientTLS}), or C{None} for plain TCP.
         self.tls = None
         if any(o is not None for o in (tls_cert, tls_key, tls_ca, tls_hostname)):
-            from tvlink.tls import ClientTLS
+            from tvlink.link.tls import ClientTLS
 
             self.tls = ClientTLS(tls_cert, tls_key, tls_ca, tls_hostname, tls_handshake_timeout)
             for factory in self.factories:

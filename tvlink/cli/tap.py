@@ -7,11 +7,11 @@ from twisted.python import usage
 
 import os
 
-from tvlink import wire
-from tvlink.journal import parseJournalOption
-from tvlink.link import positive
-from tvlink.platform import parseGroups
-from tvlink.pool import BALANCERS
+from tvlink.link import wire
+from tvlink.platform.journal import parseJournalOption
+from tvlink.link.protocol import positive
+from tvlink.platform.service import parseGroups
+from tvlink.platform.pool import BALANCERS
 
 log = Logger(namespace="tvlink.tap")
 
@@ -118,7 +118,7 @@ class _TLSOptions(usage.Options):
         self.tlsOptions = self._checkTLS()
 
     def _checkTLS(self):
-        from tvlink.tls import Identity, TLSConfigError, loadCertificates, loadPrivateKey
+        from tvlink.link.tls import Identity, TLSConfigError, loadCertificates, loadPrivateKey
 
         given = {name: self.get(name) for name in ("tls-cert", "tls-key", "tls-ca", "tls-hostname")}
         if not any(value is not None for value in given.values()):
@@ -218,7 +218,7 @@ class PaymentOptions(_PaymentTLSOptions, _LinkOptions):
         except (ValueError, TypeError) as e:
             raise usage.UsageError("--listen: %s" % (e,)) from None
         _LinkOptions.postOptions(self)
-        from tvlink.ledger import parseLedgerSpec
+        from tvlink.payment.ledger import parseLedgerSpec
 
         try:
             self.ledger = parseLedgerSpec(self["ledger"])
@@ -375,7 +375,7 @@ def _exitZeroAfterStop(reactor=None):
     success: once shutdown is over, forget the signal so twistd exits 0.
     """
     if reactor is None:
-        from tvlink.link import globalReactor
+        from tvlink.link.protocol import globalReactor
 
         reactor = globalReactor()
 
@@ -435,7 +435,7 @@ def _makeRoleService(config, reactor=None):
     if config.subCommand == "payment":
         kind, path = sub.ledger
         if kind == "sqlite":
-            from tvlink.ledger import LedgerPaymentService, PaymentLedger
+            from tvlink.payment.ledger import LedgerPaymentService, PaymentLedger
 
             return LedgerPaymentService(
                 sub["listen"],
@@ -443,13 +443,13 @@ def _makeRoleService(config, reactor=None):
                 backend_timeout=sub.backend_timeout,
                 **options
             )
-        from tvlink.payment import PaymentService
+        from tvlink.payment.service import PaymentService
 
         return PaymentService(sub["listen"], **options)
     if config.subCommand == "platform":
-        from tvlink.platform import PlatformService
+        from tvlink.platform.service import PlatformService
 
         return PlatformService(sub["connect"], **options)
-    from tvlink.sandbox import SandboxService
+    from tvlink.cli.sandbox import SandboxService
 
     return SandboxService(port=int(sub["port"]), http=sub.http, **options)

@@ -8,8 +8,8 @@ from twisted.internet.defer import fail, gatherResults
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from tvlink import wire
-from tvlink.link import LinkSettings
+from tvlink.link import wire
+from tvlink.link.protocol import LinkSettings
 
 
 class LinkService(Service):

@@ -33,7 +33,7 @@ Nothing is buffered without bound: a delay queue past L{FaultProxy.highWater}
 bytes, or a receiver whose send buffer is full, pauses the sender.
 
 A L{ControlServer} lets another process drive a proxy with line commands;
-C{python -m tvlink.faultproxy --help} runs one from the command line.
+C{python -m tvlink.testing.faultproxy --help} runs one from the command line.
 """
 
 import math
@@ -1097,7 +1097,7 @@ def parseTarget(text):
 
 class Options(usage.Options):
     synopsis = (
-        "Usage: python -m tvlink.faultproxy --listen PORT --target HOST:PORT [--control PORT]"
+        "Usage: python -m tvlink.testing.faultproxy --listen PORT --target HOST:PORT [--control PORT]"
     )
     longdesc = (
         "A TCP proxy that injects faults for tests and benchmarks. Prints one line, "

@@ -41,7 +41,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from tvlink.link import LINK_COUNTERS, IMessageHandler
+from tvlink.link.protocol import LINK_COUNTERS, IMessageHandler
 
 #: Round-trip buckets in seconds, up to the default platform timeout.
 ROUND_TRIP_BUCKETS = (
@@ -97,7 +97,7 @@ class Buckets:
 class BatchSizes:
     """
     Follows a store's commits (C{commits}, C{applied} and the recent
-    C{batchSizes} list of L{tvlink.store.SQLiteStore}) into a histogram of
+    C{batchSizes} list of L{tvlink.store.sqlite.SQLiteStore}) into a histogram of
     pieces per commit, folding in the commits made since the last scrape.
     The count and sum are exact; a commit that left the store's bounded
     list before a scrape saw it is counted at the mean size of those
@@ -281,7 +281,7 @@ class _Collector:
 
 class PlatformCollector(_Collector):
     """
-    Metrics of a L{tvlink.platform.PlatformService} and, when given, of its
+    Metrics of a L{tvlink.platform.service.PlatformService} and, when given, of its
     terminal API (L{tvlink.web.terminal.TerminalAPI}).
     """
 
@@ -381,7 +381,7 @@ class PlatformCollector(_Collector):
 
 class PaymentCollector(_Collector):
     """
-    Metrics of a L{tvlink.payment.PaymentService}. Installs a
+    Metrics of a L{tvlink.payment.service.PaymentService}. Installs a
     L{CountingHandler} around the service's handler, and keeps the
     counters of links that have closed so the totals never go down.
     """

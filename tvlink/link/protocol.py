@@ -2,8 +2,8 @@
 The link protocol: one persistent duplex connection, the same code on
 the platform and on the payment side.
 
-A L{LinkProtocol} frames messages (L{tvlink.wire}), keeps the link alive
-(L{tvlink.idle.IdleTimeout}), matches answers to the requests it sent
+A L{LinkProtocol} frames messages (L{tvlink.link.wire}), keeps the link alive
+(L{tvlink.link.idle.IdleTimeout}), matches answers to the requests it sent
 (L{PendingRequests}) and hands the requests it receives to an
 L{IMessageHandler}. Its factory is a L{LinkFactory}; what differs between
 the roles lives there.
@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
-from tvlink import wire
+from tvlink.link import wire
 from tvlink.errors import (
     CodecError,
     DuplicateKey,
@@ -28,8 +28,8 @@ from tvlink.errors import (
     ProtocolViolation,
     RequestTimeout,
 )
-from tvlink.idle import IdleTimeout
-from tvlink.pool import RoundTrips
+from tvlink.link.idle import IdleTimeout
+from tvlink.link.roundtrips import RoundTrips
 
 PLATFORM = "platform"
 PAYMENT = "payment"

@@ -21,8 +21,8 @@ import argparse
 import sys
 import time
 
-from tvlink import ledger
-from tvlink.ledger import LedgerError, formatFen, maskPan
+from tvlink.payment import ledger
+from tvlink.payment.ledger import LedgerError, formatFen, maskPan
 
 #: Exit statuses.
 OK = 0

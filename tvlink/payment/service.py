@@ -10,10 +10,10 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from tvlink import wire
+from tvlink.link import wire
 from tvlink.errors import LinkNotReady
-from tvlink.link import PAYMENT, IMessageHandler, LinkFactory, atLeast, positive, succeedWith
-from tvlink.service import LinkService, failNow
+from tvlink.link.protocol import PAYMENT, IMessageHandler, LinkFactory, atLeast, positive, succeedWith
+from tvlink.link.service import LinkService, failNow
 
 
 class PaymentFactory(LinkFactory, ServerFactory):
@@ -209,10 +209,10 @@ class PaymentService(LinkService):
             self.settings, self.handler, max_links, max_links_per_peer, sign_on_timeout
         )
         self.factories.append(self.factory)
-        #: TLS (L{tvlink.tls.ServerTLS}; mutual with C{tls_ca}), or C{None}.
+        #: TLS (L{tvlink.link.tls.ServerTLS}; mutual with C{tls_ca}), or C{None}.
         self.tls = None
         if any(o is not None for o in (tls_cert, tls_key, tls_ca)):
-            from tvlink.tls import ServerTLS
+            from tvlink.link.tls import ServerTLS
 
             if listen.lstrip().lower().startswith("ssl:"):
                 raise ValueError(

@@ -37,12 +37,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tvlink import wire
-from tvlink.backend import DEFAULT_BACKEND_TIMEOUT, IAbandonableBackend, IAccountBackend, LedgerHandler
+from tvlink.link import wire
+from tvlink.payment.backend import DEFAULT_BACKEND_TIMEOUT, IAbandonableBackend, IAccountBackend, LedgerHandler
 from tvlink.errors import TVLinkError
-from tvlink.link import globalReactor
+from tvlink.link.protocol import globalReactor
 from tvlink.masking import maskCard as maskPan
-from tvlink.payment import PaymentService
+from tvlink.payment.service import PaymentService
 
 __all__ = [
     "IAbandonableBackend",

@@ -23,8 +23,8 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from tvlink import wire
-from tvlink.link import IMessageHandler, globalReactor, positive
+from tvlink.link import wire
+from tvlink.link.protocol import IMessageHandler, globalReactor, positive
 
 #: The default budget of the payment -> back end hop (WIRE.md).
 DEFAULT_BACKEND_TIMEOUT = 30.0
@@ -97,7 +97,7 @@ class LedgerHandler:
     C{backend_timeout} seconds when it answers in time, and never with a
     C{91} the back end has not confirmed (see the module docstring).
 
-    @param ledger: the local L{tvlink.ledger.PaymentLedger}, the default
+    @param ledger: the local L{tvlink.payment.ledger.PaymentLedger}, the default
         back end (may be C{None} when C{backend} is given).
     @param backend: an L{IAccountBackend} to use instead of C{ledger}.
     @param backend_timeout: seconds to wait for the back end before asking

@@ -14,9 +14,9 @@ import json
 
 from twisted.logger import Logger
 
-from tvlink import wire
+from tvlink.link import wire
 from tvlink.masking import maskCard
-from tvlink.store import SQLiteStore
+from tvlink.store.sqlite import SQLiteStore
 
 #: Entry states. The first two are not final.
 PENDING = "pending"

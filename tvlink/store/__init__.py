@@ -1,0 +1,4 @@
+"""
+Durable storage both roles use: the SQLite store with its writer thread
+and group commit (L{tvlink.store.sqlite}).
+"""
