@@ -1,12 +1,21 @@
 """
-Test helpers: linked platform/payment pairs on a Clock, with no sockets.
+Test helpers shared by the link, platform and payment tests: frames,
+recording handlers, one link or a linked platform/payment pair on a
+Clock, with no sockets.
 """
 
-from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
-from twisted.test import iosim
+import json
 
-from tvlink.link.protocol import LinkSettings
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.test import iosim
+from zope.interface import implementer
+
+from tvlink.link import wire
+from tvlink.link.protocol import IMessageHandler, LinkSettings
 from tvlink.payment.service import DemoHandler, PaymentFactory
 from tvlink.platform.service import PlatformFactory, PlatformHandler
 
@@ -188,3 +197,92 @@ class RigConnector:
 
     def stopConnecting(self):
         pass
+
+
+def frame(message):
+    body = json.dumps(message).encode("utf-8") if isinstance(message, dict) else message
+    return b"%04d" % (len(body),) + body
+
+
+def frames(data):
+    return [json.loads(b) if b else None for b in wire.FrameDecoder(wire.getHeader("ascii4")).feed(data)]
+
+
+class Events:
+    """
+    Collect log events with a C{link_event} field during a test.
+    """
+
+    def __init__(self, case):
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def named(self, name):
+        return [e for e in self.events if e.get("link_event") == name]
+
+
+@implementer(IMessageHandler)
+class RecordingHandler:
+    def __init__(self, answer=None):
+        self.seen = []
+        self.answer = answer if answer is not None else {"resp": "00"}
+
+    def handle(self, message):
+        self.seen.append(message)
+        if callable(self.answer):
+            return self.answer(message)
+        return self.answer
+
+
+class SingleLink:
+    """
+    A payment-side link on a StringTransport, driven by hand.
+    """
+
+    def __init__(self, handler=None, sign_on_timeout=1e9, **options):
+        self.clock = Clock()
+        options.setdefault("reactor", self.clock)
+        self.settings = LinkSettings(**options)
+        self.handler = handler or RecordingHandler()
+        self.factory = PaymentFactory(self.settings, self.handler, sign_on_timeout=sign_on_timeout)
+        self.link = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 7000))
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 40000))
+        self.link.makeConnection(self.transport)
+
+    def sent(self):
+        data = self.transport.value()
+        self.transport.clear()
+        return frames(data)
+
+    def receive(self, *messages):
+        for m in messages:
+            self.link.dataReceived(frame(m))
+
+    def signOn(self):
+        self.receive({"mti": "0800", "nmi": "001", "sender": "P", "stan": "000001", "time": "0101000000"})
+        return self.sent()
+
+
+def purchase(n=1):
+    return {"mti": "0200", "proc": "000000", "pan": "6222020000000000018", "amount": "%012d" % n}
+
+
+class HoldingHandler(RecordingHandler):
+    """
+    Answers nothing until told.
+    """
+
+    def __init__(self):
+        RecordingHandler.__init__(self, answer=self._hold)
+        self.held = []
+
+    def _hold(self, message):
+        d = Deferred()
+        self.held.append(d)
+        return d
+
+    def releaseAll(self):
+        held, self.held = self.held, []
+        for d in held:
+            d.callback({"resp": "00"})

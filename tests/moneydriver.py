@@ -1,5 +1,5 @@
 """
-The platform side of the money fault test (L{tests.test_money_fault}): a
+The platform side of the money fault test (L{tests.system.test_money_fault}): a
 L{tvlink.PlatformService} with an in-doubt journal, issuing purchases and
 refunds over a set of cards until a quota of journalled transactions is
 reached, then waiting (bounded) until every journal entry is final.

@@ -9,11 +9,8 @@ from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.helpers import Events, HoldingHandler, Pair, PoolRig, RecordingHandler, SingleLink, frame, frames, purchase
 from tvlink.errors import LinkLost
-
-from tests.helpers import Pair, PoolRig
-from tests.test_link import Events, RecordingHandler, SingleLink, frame, frames
-from tests.test_pool import HoldingHandler, purchase
 
 
 def request(n):

@@ -13,11 +13,11 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from tests.test_ledger import PAN, RealReactorTestCase, balanceInquiry, purchase, refund
+from tests.ledgerkit import PAN, RealReactorTestCase, balanceInquiry, purchase, refund
 from tvlink.cli import ledger as admin
 from tvlink.payment import ledger as ledgermod
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OTHER = "6222020000000000026"
 
 

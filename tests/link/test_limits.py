@@ -8,14 +8,11 @@ from twisted.internet.task import Clock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.helpers import Events, HoldingHandler, Pair, PoolRig, RecordingHandler, SingleLink, frame, frames, purchase
+from tvlink.cli.tap import Options
 from tvlink.errors import LinkBusy
 from tvlink.link.protocol import LinkSettings
 from tvlink.payment.service import PaymentFactory
-from tvlink.cli.tap import Options
-
-from tests.helpers import Pair, PoolRig
-from tests.test_link import Events, RecordingHandler, SingleLink
-from tests.test_pool import HoldingHandler, purchase
 
 
 def request(n):
@@ -108,7 +105,7 @@ class InFlightTests(SynchronousTestCase):
         clock = Clock()
         settings = LinkSettings(reactor=clock, max_handling=3)
         f = PaymentFactory(settings, handler)
-        from tests.test_link import frame, frames
+
         from twisted.internet.testing import StringTransport
 
         links = []
@@ -161,8 +158,9 @@ class OptionTests(SynchronousTestCase):
              "--max-links-per-peer", "2", "--max-in-flight", "9", "--max-handling", "11",
              "--sign-on-timeout", "4.5", "--max-batch", "5"]
         )
-        from tvlink.cli.tap import makeService
         from twisted.internet.testing import MemoryReactorClock
+
+        from tvlink.cli.tap import makeService
 
         service = makeService(config, reactor=MemoryReactorClock())
         self.assertEqual((service.factory.max_links, service.factory.max_links_per_peer), (7, 2))

@@ -4,8 +4,8 @@ Integration tests: real twistd processes on 127.0.0.1 and real TCP.
 Each test starts its own children (killed in cleanup), lets the OS pick
 every port, and waits for log lines or counters with a deadline on the
 real reactor; nothing sleeps. Run with C{python -m pytest
-tests/test_integration.py} or C{python -m twisted.trial
-tests.test_integration}.
+tests/system/test_integration.py} or C{python -m twisted.trial
+tests.system.test_integration}.
 """
 
 import re

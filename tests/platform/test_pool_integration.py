@@ -8,8 +8,8 @@ every port, keeps a bounded number of requests in flight, and waits with
 deadlines; nothing sleeps. Which payment node a request went to is read
 from the platform's own per-slot counters (the demo handler's answers do
 not say who answered). Run with C{python -m pytest
-tests/test_pool_integration.py} or C{python -m twisted.trial
-tests.test_pool_integration}.
+tests/platform/test_pool_integration.py} or C{python -m twisted.trial
+tests.platform.test_pool_integration}.
 """
 
 from twisted.internet import defer

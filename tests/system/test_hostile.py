@@ -9,8 +9,8 @@ link, keep its memory bounded, and say in its log what it refused.
 
 Everything runs on 127.0.0.1 with ports the OS picks; every wait has a
 deadline on the real reactor and every loop a bound; the children are
-stopped in cleanup. Run with C{python -m pytest tests/test_hostile.py} or
-C{python -m twisted.trial tests.test_hostile}.
+stopped in cleanup. Run with C{python -m pytest tests/system/test_hostile.py} or
+C{python -m twisted.trial tests.system.test_hostile}.
 """
 
 import json

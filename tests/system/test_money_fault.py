@@ -18,8 +18,8 @@ C{TVLINK_FAULT_BACKEND_TIMEOUT} (the payment side's C{--backend-timeout},
 default its own 30 s; a few milliseconds exercises its abandon-and-answer-91 path),
 C{TVLINK_FAULT_KEEP=1} keeps the files (ledger, journal, every child's
 output) and prints where; they are kept anyway when the test fails. The
-seed fixes the fault schedule and the traffic, not the timing. Run with C{python -m pytest -s tests/test_money_fault.py} or
-C{python -m twisted.trial tests.test_money_fault}.
+seed fixes the fault schedule and the traffic, not the timing. Run with C{python -m pytest -s tests/system/test_money_fault.py} or
+C{python -m twisted.trial tests.system.test_money_fault}.
 """
 
 import json

@@ -6,13 +6,19 @@ the journal's SQLite work done synchronously.
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from tvlink.errors import DuplicateKey, InDoubt, InDoubtAnswer, InDoubtLinkLost, InDoubtTimeout, NoLinkAvailable, RequestTimeout
-from tvlink.platform.journal import PlatformJournal, isMoneyMoving
+from tests.helpers import Events, PoolRig
+from tvlink.errors import (
+    DuplicateKey,
+    InDoubt,
+    InDoubtAnswer,
+    InDoubtLinkLost,
+    InDoubtTimeout,
+    NoLinkAvailable,
+    RequestTimeout,
+)
 from tvlink.payment.service import DemoHandler
+from tvlink.platform.journal import PlatformJournal, isMoneyMoving
 from tvlink.platform.service import PlatformService
-
-from tests.helpers import PoolRig
-from tests.test_link import Events
 
 PAN = "6222020000000000018"
 

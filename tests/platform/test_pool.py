@@ -5,12 +5,13 @@ breaker, the bounded queue, draining, all on a Clock.
 
 from collections import Counter
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from tests.helpers import Events, HoldingHandler, PoolRig, RecordingHandler, purchase
 from tvlink.errors import DuplicateKey, LinkLost, NoLinkAvailable, RequestTimeout
+from tvlink.link.roundtrips import RoundTrips
 from tvlink.platform.pool import (
     CircuitBreaker,
     IBalancer,
@@ -20,10 +21,6 @@ from tvlink.platform.pool import (
     RoundRobin,
     getBalancer,
 )
-from tvlink.link.roundtrips import RoundTrips
-
-from tests.helpers import PoolRig
-from tests.test_link import Events, RecordingHandler
 
 
 class FakeLink:
@@ -161,30 +158,6 @@ class QueueTests(SynchronousTestCase):
         self.failureResultOf(d1, NoLinkAvailable)
         self.failureResultOf(d2)
         self.assertEqual(clock.getDelayedCalls(), [])
-
-
-def purchase(n=1):
-    return {"mti": "0200", "proc": "000000", "pan": "6222020000000000018", "amount": "%012d" % n}
-
-
-class HoldingHandler(RecordingHandler):
-    """
-    Answers nothing until told.
-    """
-
-    def __init__(self):
-        RecordingHandler.__init__(self, answer=self._hold)
-        self.held = []
-
-    def _hold(self, message):
-        d = Deferred()
-        self.held.append(d)
-        return d
-
-    def releaseAll(self):
-        held, self.held = self.held, []
-        for d in held:
-            d.callback({"resp": "00"})
 
 
 class PoolServiceTests(SynchronousTestCase):

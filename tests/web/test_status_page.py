@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 from twisted.internet import defer
 
 from tests.processes import ReactorTestCase, TwistdProcess, getReactor, startPayment, waitUntil
-from tests.test_web import FAST, PAN, _Platform, fetch
+from tests.webkit import FAST, PAN, PlatformWeb, fetch
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -108,7 +108,7 @@ def openInChromium(testCase, url, seconds=60.0):
     return dom
 
 
-class StatusPageInBrowserTests(ReactorTestCase, _Platform):
+class StatusPageInBrowserTests(ReactorTestCase, PlatformWeb):
     """
     Both roles' status pages, read the way a person reads them.
     """

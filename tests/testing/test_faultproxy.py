@@ -28,7 +28,7 @@ from tests.processes import ReactorTestCase
 from tvlink.testing.faultproxy import ControlServer, FaultProxy, Mode, ModeError, main, runCommand
 
 HOST = "127.0.0.1"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def getReactor():

@@ -13,10 +13,7 @@ import io
 import json
 import os
 import re
-import shutil
-import socket
 import sys
-import tempfile
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.application.service import Service
@@ -44,12 +41,13 @@ from tests.processes import (
     waitUntil,
     withDeadline,
 )
+from tests.webkit import FAST, PAN, PlatformWeb, fetch, freePort, tempdir
+from tvlink.cli.tap import Options, makeService
 from tvlink.link import wire
 from tvlink.link.protocol import IMessageHandler, LinkSettings
-from tvlink.testing.faultproxy import FaultProxy
 from tvlink.payment.service import DemoHandler, PaymentService
-from tvlink.platform.service import PlatformFactory, PlatformHandler, PlatformService
-from tvlink.cli.tap import Options, makeService
+from tvlink.platform.service import PlatformFactory, PlatformHandler
+from tvlink.testing.faultproxy import FaultProxy
 from tvlink.web import (
     HTTPService,
     ServiceStack,
@@ -59,19 +57,8 @@ from tvlink.web import (
 )
 from tvlink.web.terminal import TerminalAPI, _standing
 
-PAN = "6222020000000000018"
 OTHER_PAN = "6222020000000000026"
 MASKED = "622202*********0018"
-
-
-def tempdir(testCase):
-    """
-    A temporary directory removed after the test (not C{mktemp}: under
-    pytest that litters the checkout).
-    """
-    path = tempfile.mkdtemp(prefix="tvlink-web-")
-    testCase.addCleanup(shutil.rmtree, path, True)
-    return path
 
 
 def render(root, method, path, body=None, args=None):
@@ -806,9 +793,11 @@ class LogTests(SynchronousTestCase):
         L{tvlink.logs.json} gives one JSON object per line, its card
         numbers masked.
         """
-        from tvlink.logs import JSONLinesObserver, json as jsonLogger
-        from tvlink.masking import MaskingObserver
         from twisted.logger import ILogObserver
+
+        from tvlink.logs import JSONLinesObserver
+        from tvlink.logs import json as jsonLogger
+        from tvlink.masking import MaskingObserver
 
         self.assertTrue(ILogObserver.providedBy(jsonLogger()))
         out = io.StringIO()
@@ -842,102 +831,8 @@ class LogTests(SynchronousTestCase):
 #: The demo handler's limit per card, in fen.
 LIMIT = 100000
 
-#: Payment children's timers, matching the in-test platform's: each side
-#: hears the other at least every half second.
-FAST = ("--heartbeat", "0.5", "--idle-timeout", "5")
 
-
-@defer.inlineCallbacks
-def fetch(method, url, body=None, seconds=20.0):
-    """
-    One HTTP request with twisted.web's L{Agent}, on a connection of its
-    own. Fires with C{(code, body)}, the body parsed if it is JSON.
-    """
-    from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
-    from twisted.web.http_headers import Headers
-
-    reactor = getReactor()
-    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
-    producer = None
-    if body is not None:
-        raw = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
-        producer = FileBodyProducer(io.BytesIO(raw))
-    headers = Headers({b"content-type": [b"application/json"]})
-    what = "%s %s" % (method, url)
-    response = yield withDeadline(agent.request(method.encode("ascii"), url.encode("ascii"), headers, producer), seconds, what)
-    raw = yield withDeadline(_readBody(response), seconds, what + " (body)")
-    kind = response.headers.getRawHeaders(b"content-type", [b""])[0]
-    if kind.startswith(b"application/json"):
-        return response.code, json.loads(raw.decode("utf-8"))
-    return response.code, raw.decode("utf-8")
-
-
-def _readBody(response):
-    """
-    A L{Deferred} of the whole body of C{response}.
-    """
-    from twisted.internet.protocol import Protocol
-    from twisted.web.client import PotentialDataLoss, ResponseDone
-
-    d = defer.Deferred()
-    parts = []
-
-    class Collect(Protocol):
-        def dataReceived(self, data):
-            parts.append(data)
-
-        def connectionLost(self, reason):
-            if reason.check(ResponseDone, PotentialDataLoss):
-                d.callback(b"".join(parts))
-            else:
-                d.errback(reason)
-
-    response.deliverBody(Collect())
-    return d
-
-
-def freePort():
-    """
-    A loopback port nothing listens on (bound, then released).
-    """
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class _Platform:
-    """
-    An in-test platform (with a journal) and its web side on 127.0.0.1.
-    """
-
-    @defer.inlineCallbacks
-    def platformWeb(self, port, link_wait=0.5, ready=True, **options):
-        options.setdefault("heartbeat", 0.5)
-        options.setdefault("idle_timeout", 5)
-        options.setdefault("timeout", 2)
-        journal = os.path.join(tempdir(self), "journal.db")
-        service = PlatformService(["127.0.0.1:%d" % (port,)], connect_timeout=5, journal="sqlite:" + journal, **options)
-        resource, api = platformResource(service, link_wait=link_wait)
-        web = HTTPService("tcp:0:interface=127.0.0.1", resource, api=api, grace=10)
-        stack = ServiceStack()
-        service.setServiceParent(stack)
-        web.setServiceParent(stack)
-        stack.startService()
-        self.addCleanup(stack.stopService)
-        if ready:
-            yield withDeadline(service.whenReady(), 10, "the in-test platform to sign on")
-        return service, web.url()
-
-    @defer.inlineCallbacks
-    def balance(self, url, card=PAN):
-        code, body = yield fetch("POST", url + "v1/balance", {"card": card})
-        self.assertEqual((code, body["state"]), (200, "approved"), body)
-        return body["balance"]
-
-
-class TerminalAPIIntegrationTests(ReactorTestCase, _Platform):
+class TerminalAPIIntegrationTests(ReactorTestCase, PlatformWeb):
     """
     The terminal API over real HTTP, through an in-test platform, into a
     real C{twistd tvlink payment} process.
@@ -1118,7 +1013,7 @@ def spawnTwistdWith(testCase, twistdArgs, args, name):
     return child
 
 
-class ProcessTests(ReactorTestCase, _Platform):
+class ProcessTests(ReactorTestCase, PlatformWeb):
     """
     The web side of real C{twistd tvlink} processes.
     """
