@@ -4,7 +4,7 @@ L{tvlink.PlatformService} with an in-doubt journal, issuing purchases and
 refunds over a set of cards until a quota of journalled transactions is
 reached, then waiting (bounded) until every journal entry is final.
 
-    python tests/moneydriver.py --journal PATH --connect HOST:PORT \\
+    python -m tests.moneydriver --journal PATH --connect HOST:PORT \\
         --cards PAN,PAN,... --quota N [options]
 
 It is restartable: run again with the same journal, it counts what is

@@ -9,7 +9,7 @@ what the platform saw approved, and no key may stand twice in the ledger.
 
     payment   twistd -n tvlink payment --ledger sqlite:LEDGER ...   (child)
     proxy     L{tvlink.testing.faultproxy.FaultProxy}                      (in this process)
-    platform  python tests/moneydriver.py --journal JOURNAL ...     (child)
+    platform  python -m tests.moneydriver --journal JOURNAL ...     (child)
 
 Environment: C{TVLINK_FAULT_TRANSACTIONS} (default 2000),
 C{TVLINK_FAULT_SECONDS} (how long the issuing should take, default 45),
@@ -488,7 +488,10 @@ class MoneyFaultTests(ReactorTestCase):
 
     def startDriver(self, name):
         args = [
-            os.path.join(ROOT, "tests", "moneydriver.py"),
+            # As a module: run as a script, its folder would come first on
+            # sys.path and tests/platform would hide the standard library's
+            # platform module.
+            "-m", "tests.moneydriver",
             "--journal", self.journalPath,
             "--connect", "127.0.0.1:%d" % (self.proxy.port,),
             "--cards", ",".join(CARDS),
