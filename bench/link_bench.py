@@ -32,15 +32,15 @@ import time
 from collections import deque
 
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.error import ReactorNotRunning
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 import tvlink
 from tvlink.link import wire
-from tvlink.link.protocol import IMessageHandler
+from tvlink.link.interfaces import IMessageHandler
 
 HOST = "127.0.0.1"
 

@@ -15,7 +15,8 @@ from twisted.test import iosim
 from zope.interface import implementer
 
 from tvlink.link import wire
-from tvlink.link.protocol import IMessageHandler, LinkSettings
+from tvlink.link.interfaces import IMessageHandler
+from tvlink.link.settings import LinkSettings
 from tvlink.payment.service import DemoHandler, PaymentFactory
 from tvlink.platform.service import PlatformFactory, PlatformHandler
 

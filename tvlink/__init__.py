@@ -14,7 +14,7 @@ from tvlink.errors import (
     RequestTimeout,
     TVLinkError,
 )
-from tvlink.link.protocol import IMessageHandler
+from tvlink.link.interfaces import IMessageHandler
 from tvlink.payment.service import PaymentService
 from tvlink.platform.service import PlatformService
 

@@ -11,23 +11,25 @@ is the safe way to be wrong. A consequence worth knowing: a 12-digit
 amount logged raw (C{000000001234}) is masked as well; log amounts as
 money (C{12.34}).
 
-L{MaskingObserver} wraps an L{ILogObserver} and hands it a masked copy of
-each event: every string field (nested in dicts, lists and tuples too),
-the format string, exceptions and failures (message and traceback text),
-and, if some other object in a field would still render a card number,
-the formatted text as a whole. L{installMasking} puts one in front of
-every observer of the global log publisher, present and future, which
-is how C{twistd tvlink ...} runs are masked without any option (the tap
-calls it in C{makeService}, before twistd starts logging).
+L{maskEvent} masks a copy of an event: every string field (nested in
+dicts, lists and tuples too), the format string, exceptions and failures
+(message and traceback text), and, if some other object in a field would
+still render a card number, the formatted text as a whole.
+L{MaskingObserver} wraps an L{ILogObserver} and hands it masked copies;
+L{installMasking} puts a L{MaskingFilter} on the global log publisher,
+which masks each event in place for every observer added after it. That
+is how C{twistd tvlink ...} runs are masked without any option: the tap
+calls it in C{makeService}, before twistd starts logging. Only public
+C{twisted.logger} API is used.
 """
 
 import io
 import re
 import sys
+import weakref
 
 from twisted.logger import (
     ILogObserver,
-    LogPublisher,
     formatEvent,
     jsonFileLogObserver,
     textFileLogObserver,
@@ -128,13 +130,22 @@ def maskException(exception):
 
 class MaskedFailure(Failure):
     """
-    A copy of a L{Failure} whose exception, frames and every text it
-    renders (traceback, brief traceback, error message) are masked.
+    Stands in for a L{Failure} in a log event: the same exception type with
+    a masked copy of its value, rendering every text (traceback, brief
+    traceback, error message) as the original renders it, with card
+    numbers masked. It is built with L{Failure}'s public constructor, with
+    no traceback object of its own: it renders from the original, which it
+    keeps as C{original} and leaves alone.
     """
+
+    def __init__(self, original):
+        value = maskException(original.value)
+        Failure.__init__(self, value, type(value))
+        self.original = original
 
     def printTraceback(self, file=None, elideFrameworkCode=False, detail="default"):
         out = io.StringIO()
-        Failure.printTraceback(self, out, elideFrameworkCode, detail)
+        self.original.printTraceback(out, elideFrameworkCode, detail)
         if file is None:
             from twisted.python import log
 
@@ -142,37 +153,23 @@ class MaskedFailure(Failure):
         file.write(maskPan(out.getvalue()))
 
     def getErrorMessage(self):
-        return maskPan(Failure.getErrorMessage(self))
+        return maskPan(self.original.getErrorMessage())
+
+    def __getstate__(self):
+        # What a JSON log line carries: the masked copy only, never the
+        # original (whose frames may hold captured variables).
+        state = Failure.__getstate__(self)
+        state.pop("original", None)
+        return state
 
 
 def maskFailure(failure):
     """
-    A L{MaskedFailure} copy of C{failure} (the original is left alone).
+    A L{MaskedFailure} standing in for C{failure} (left alone).
     """
     if isinstance(failure, MaskedFailure):
         return failure
-    masked = Failure.__new__(MaskedFailure)
-    state = dict(failure.__dict__)
-    try:
-        state["_parents"] = failure.parents
-        frames = failure.frames
-    except Exception:
-        frames = []
-    state["_frames"] = [
-        (
-            maskPan(name),
-            maskPan(filename),
-            line,
-            [(k, maskPan(safe_str(v))) for k, v in localz],
-            [(k, maskPan(safe_str(v))) for k, v in globalz],
-        )
-        for name, filename, line, localz, globalz in frames
-    ]
-    state["tb"] = None
-    value = failure.value
-    state["value"] = maskFailure(value) if isinstance(value, Failure) else maskException(value)
-    masked.__dict__.update(state)
-    return masked
+    return MaskedFailure(failure)
 
 
 def maskValue(value, _depth=0):
@@ -223,6 +220,25 @@ def maskEvent(event):
     return masked
 
 
+def maskedOrPlaceholder(event):
+    """
+    L{maskEvent} of C{event}, or, if masking fails, a placeholder event
+    that says so (never the unmasked event, and never nothing).
+    """
+    try:
+        return maskEvent(event)
+    except Exception as e:
+        masked = {
+            "log_format": "{text}",
+            "text": "unloggable event (masking failed: %s): %s"
+            % (maskPan(safe_str(e)), maskPan(safe_str(event.get("log_format")))),
+        }
+        for key in ("log_time", "log_level", "log_namespace", "log_system"):
+            if key in event:
+                masked[key] = event[key]
+        return masked
+
+
 @implementer(ILogObserver)
 class MaskingObserver:
     """
@@ -234,66 +250,76 @@ class MaskingObserver:
         self.observer = observer
 
     def __call__(self, event):
-        try:
-            masked = maskEvent(event)
-        except Exception as e:
-            # Never let an unmaskable event through, and never go quiet.
-            masked = {
-                "log_format": "{text}",
-                "text": "unloggable event (masking failed: %s): %s"
-                % (maskPan(safe_str(e)), maskPan(safe_str(event.get("log_format")))),
-            }
-            for key in ("log_time", "log_level", "log_namespace", "log_system"):
-                if key in event:
-                    masked[key] = event[key]
-        self.observer(masked)
+        self.observer(maskedOrPlaceholder(event))
+
+
+@implementer(ILogObserver)
+class MaskingFilter:
+    """
+    An L{ILogObserver} that masks each event it sees in place, so that the
+    observers of the same publisher that come after it see it masked.
+
+    A L{LogPublisher} hands one event C{dict} to its observers in the order
+    they were added; this one replaces the event's contents with their
+    masked copy. Observers added before it saw the event as it was, except
+    those that only keep a reference to it, such as the buffer in which
+    L{twisted.logger.globalLogBeginner} holds the events of a run until
+    logging begins: what they replay later is masked.
+    """
+
+    def __call__(self, event):
+        masked = maskedOrPlaceholder(event)
+        event.clear()
+        event.update(masked)
+
+
+#: The filter installed on each publisher, by publisher.
+_installed = weakref.WeakKeyDictionary()
 
 
 def installMasking(publisher=None):
     """
-    Make every observer of C{publisher} (default: the global log
-    publisher), those it has now and those added later, see masked events
-    only.
+    Put a L{MaskingFilter} on C{publisher} (default: the global log
+    publisher), so that every observer added to it from now on sees masked
+    events only. Idempotent.
 
-    The observers it has are moved behind one L{MaskingObserver}, and its
-    C{addObserver}/C{removeObserver} are pointed there too, so what
-    C{twistd} adds when it starts logging (and the events it replays from
-    the startup buffer) is masked as well. Idempotent.
+    Call it before logging begins: C{twistd tvlink ...} calls it in
+    C{makeService}, before twistd adds its log observer (and replays the
+    events buffered until then, which are masked by then too). Observers
+    added to C{publisher} before this call are not covered; wrap such an
+    observer in a L{MaskingObserver} instead.
 
-    @return: the L{MaskingObserver}.
+    @return: the L{MaskingFilter}.
     """
     if publisher is None:
         from twisted.logger import globalLogPublisher as publisher
-    existing = publisher.__dict__.get("_tvlinkMasking")
-    if existing is not None:
-        return existing
-    inner = LogPublisher()
-    for observer in list(getattr(publisher, "_observers", ())):
-        publisher.removeObserver(observer)
-        inner.addObserver(observer)
-    masking = MaskingObserver(inner)
-    publisher.addObserver(masking)
-    publisher.addObserver = inner.addObserver
-    publisher.removeObserver = inner.removeObserver
-    publisher._tvlinkMasking = masking
+    masking = _installed.get(publisher)
+    if masking is None:
+        masking = _installed[publisher] = MaskingFilter()
+        publisher.addObserver(masking)
     return masking
+
+
+def maskingInstalled(publisher=None):
+    """
+    Whether L{installMasking} has put its filter on C{publisher} (default:
+    the global log publisher).
+    """
+    if publisher is None:
+        from twisted.logger import globalLogPublisher as publisher
+    return publisher in _installed
 
 
 def uninstallMasking(publisher=None):
     """
-    Undo L{installMasking}: the observers go back to C{publisher} itself.
+    Undo L{installMasking}: events reach C{publisher}'s observers as they
+    are logged.
     """
     if publisher is None:
         from twisted.logger import globalLogPublisher as publisher
-    masking = publisher.__dict__.pop("_tvlinkMasking", None)
-    if masking is None:
-        return
-    del publisher.addObserver
-    del publisher.removeObserver
-    publisher.removeObserver(masking)
-    inner = masking.observer
-    for observer in list(getattr(inner, "_observers", ())):
-        publisher.addObserver(observer)
+    masking = _installed.pop(publisher, None)
+    if masking is not None:
+        publisher.removeObserver(masking)
 
 
 def textLogger():

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.helpers import Events, HoldingHandler, Pair, PoolRig, RecordingHandler, SingleLink, frame, frames, purchase
 from tvlink.cli.tap import Options
 from tvlink.errors import LinkBusy
-from tvlink.link.protocol import LinkSettings
+from tvlink.link.settings import LinkSettings
 from tvlink.payment.service import PaymentFactory
 
 

@@ -12,7 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers import Events, Pair, RecordingHandler, SingleLink, frame, frames
 from tvlink.errors import DuplicateKey, LinkLost, LinkNotReady, RequestTimeout
-from tvlink.link.protocol import LinkSettings, PendingRequests
+from tvlink.link.pending import PendingRequests
+from tvlink.link.settings import LinkSettings
 from tvlink.payment.service import PaymentFactory
 from tvlink.platform.service import PlatformFactory, PlatformHandler
 

@@ -15,9 +15,9 @@ import shutil
 from twisted.internet import defer, protocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
-from twisted.internet.error import ConnectionAborted
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -28,10 +28,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.certs import makeCertificates
 from tests.processes import ReactorTestCase, getReactor, spawnTwistd, waitUntil, withDeadline
 from tvlink import PaymentService, PlatformService
-from tvlink.link.protocol import LinkSettings
-from tvlink.payment.service import DemoHandler, PaymentFactory
-from tvlink.platform.service import PlatformFactory
 from tvlink.cli.tap import Options, makeService
+from tvlink.link.settings import LinkSettings
 from tvlink.link.tls import (
     ClientTLS,
     Identity,
@@ -43,6 +41,8 @@ from tvlink.link.tls import (
     loadCertificates,
     loadPrivateKey,
 )
+from tvlink.payment.service import DemoHandler, PaymentFactory
+from tvlink.platform.service import PlatformFactory
 
 #: A card the demo handler approves.
 PAN = "6222020000000000018"

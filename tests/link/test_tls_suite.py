@@ -33,7 +33,7 @@ from tests.certs import makeCertificates
 from tests.processes import RawClient, ReactorTestCase, getReactor, pause, waitUntil, withDeadline
 from tvlink import PaymentService, PlatformService
 from tvlink.errors import LinkLost
-from tvlink.link.protocol import IMessageHandler
+from tvlink.link.interfaces import IMessageHandler
 from tvlink.payment.service import DemoHandler
 from tvlink.platform.service import PlatformHandler
 

@@ -40,7 +40,7 @@ from tests.ledgerkit import (
 )
 from tvlink import PaymentService
 from tvlink.cli.tap import Options, makeService
-from tvlink.link.protocol import IMessageHandler
+from tvlink.link.interfaces import IMessageHandler
 from tvlink.payment.backend import IAbandonableBackend, IAccountBackend, LedgerHandler
 from tvlink.payment.ledger import (
     BadAmount,

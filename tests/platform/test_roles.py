@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tvlink import PaymentService, PlatformService
 from tvlink.errors import NoLinkAvailable
-from tvlink.link.protocol import LinkSettings
+from tvlink.link.settings import LinkSettings
 from tvlink.platform.service import PlatformFactory, PlatformHandler, parseEndpoint
 
 

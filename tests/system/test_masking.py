@@ -30,6 +30,7 @@ from tvlink.masking import (
     MaskingObserver,
     hasPan,
     installMasking,
+    maskingInstalled,
     maskEvent,
     maskPan,
     uninstallMasking,
@@ -162,6 +163,25 @@ class ObserverTests(SynchronousTestCase):
         # The original failure is untouched.
         self.assertIn(PAN, failure.getErrorMessage())
 
+    def test_failureCapturedVariables(self):
+        """
+        A failure that captured its frames' variables, one of them a card
+        number, leaves no card number in text or JSON lines.
+        """
+
+        def decline(pan):
+            raise ValueError("declined")
+
+        try:
+            decline(PAN)
+        except ValueError:
+            failure = Failure(captureVars=True)
+        self.assertIn(PAN, failure.getTraceback(detail="verbose"))
+        self.log.failure("handler failed", failure)
+        self.assertClean()
+        [event] = self.events
+        self.assertNotIn(PAN, event["log_failure"].getTraceback(detail="verbose"))
+
     def test_oddException(self):
         """
         An exception that cannot be rebuilt with masked arguments is
@@ -239,27 +259,70 @@ class ObserverTests(SynchronousTestCase):
 
 class InstallTests(SynchronousTestCase):
     """
-    L{installMasking} puts the filter in front of every observer of a
-    publisher, those it has and those added later (as twistd adds its own
-    when it begins logging, replaying what came before).
+    L{installMasking} puts a filter on a publisher that masks every event
+    in place for the observers added after it (as twistd adds its own when
+    it begins logging, replaying what came before).
     """
 
     def test_publisher(self):
         publisher = LogPublisher()
         before, after = [], []
         publisher.addObserver(before.append)
+        self.assertFalse(maskingInstalled(publisher))
         masking = installMasking(publisher)
         self.assertIs(installMasking(publisher), masking)
+        self.assertTrue(maskingInstalled(publisher))
         publisher.addObserver(after.append)
         log = Logger(observer=publisher)
         log.info("card {pan}", pan=PAN)
-        self.assertEqual([e["pan"] for e in before], [MASKED])
         self.assertEqual([e["pan"] for e in after], [MASKED])
+        # An observer that only keeps the event (as the startup buffer
+        # does) holds it masked once the filter has run.
+        self.assertEqual([e["pan"] for e in before], [MASKED])
         publisher.removeObserver(after.append)
         uninstallMasking(publisher)
+        self.assertFalse(maskingInstalled(publisher))
         log.info("card {pan}", pan=PAN)
         self.assertEqual([e["pan"] for e in before], [MASKED, PAN])
         self.assertEqual(len(after), 1)
+
+    def test_writtenBeforeIsNot(self):
+        """
+        An observer added before the filter and writing at once writes
+        what it was given: the documented reason to install it before
+        logging begins, or to wrap such an observer in
+        L{MaskingObserver}.
+        """
+        publisher = LogPublisher()
+        early, wrapped = io.StringIO(), io.StringIO()
+        publisher.addObserver(textFileLogObserver(early))
+        publisher.addObserver(MaskingObserver(textFileLogObserver(wrapped)))
+        installMasking(publisher)
+        Logger(observer=publisher).info("card {pan}", pan=PAN)
+        self.assertIn(PAN, early.getvalue())
+        self.assertIn(MASKED, wrapped.getvalue())
+        self.assertEqual(UNMASKED.findall(wrapped.getvalue()), [])
+
+    def test_failingMask(self):
+        """
+        An event that cannot be masked reaches the later observers as a
+        placeholder that says so, never as it was.
+        """
+
+        class Unmaskable(dict):
+            def items(self):
+                raise RuntimeError("no items for " + PAN)
+
+        publisher = LogPublisher()
+        installMasking(publisher)
+        seen = []
+        publisher.addObserver(seen.append)
+        event = Unmaskable(log_format="card " + PAN, log_level=None)
+        publisher(event)
+        self.assertEqual(len(seen), 1)
+        text = seen[0]["text"]
+        self.assertIn("masking failed", text)
+        self.assertEqual(UNMASKED.findall(text), [])
 
     def test_beginner(self):
         """
@@ -295,7 +358,7 @@ class InstallTests(SynchronousTestCase):
         config = Options()
         config.parseOptions(["payment", "--listen", "tcp:0"])
         makeService(config, reactor=MemoryReactorClock())
-        self.assertIsNotNone(globalLogPublisher.__dict__.get("_tvlinkMasking"))
+        self.assertTrue(maskingInstalled(globalLogPublisher))
         seen = []
         globalLogPublisher.addObserver(seen.append)
         self.addCleanup(globalLogPublisher.removeObserver, seen.append)

@@ -44,7 +44,8 @@ from tests.processes import (
 from tests.webkit import FAST, PAN, PlatformWeb, fetch, freePort, tempdir
 from tvlink.cli.tap import Options, makeService
 from tvlink.link import wire
-from tvlink.link.protocol import IMessageHandler, LinkSettings
+from tvlink.link.interfaces import IMessageHandler
+from tvlink.link.settings import LinkSettings
 from tvlink.payment.service import DemoHandler, PaymentService
 from tvlink.platform.service import PlatformFactory, PlatformHandler
 from tvlink.testing.faultproxy import FaultProxy

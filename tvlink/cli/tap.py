@@ -2,16 +2,18 @@
 The twistd application: C{twistd -n tvlink payment|platform|sandbox ...}.
 """
 
+import os
+import signal
+
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
-import os
-
 from tvlink.link import wire
+from tvlink.link.settings import positive
 from tvlink.platform.journal import parseJournalOption
-from tvlink.link.protocol import positive
-from tvlink.platform.service import parseGroups
 from tvlink.platform.pool import BALANCERS
+from tvlink.platform.service import parseGroups
 
 log = Logger(namespace="tvlink.tap")
 
@@ -368,23 +370,35 @@ def makeService(config, reactor=None):
 
 def _exitZeroAfterStop(reactor=None):
     """
-    twistd ends a run stopped by a signal by killing itself with that
-    signal again once the reactor has stopped (exit status 128+N). A tvlink
-    node stops on SIGTERM by draining (no new work, in-flight requests
-    finish, sign-off, close), and a stop that has run its course is a
-    success: once shutdown is over, forget the signal so twistd exits 0.
+    twistd's reactor answers C{SIGTERM} and C{SIGINT} by stopping and, once
+    stopped, twistd kills itself with the same signal again (exit status
+    128+N). A tvlink node stops on either by draining (no new work,
+    in-flight requests finish, sign-off, close), and a stop that has run
+    its course is a success: once the reactor runs, tvlink's own handlers
+    take those two signals over and stop the reactor the same way, so the
+    process exits 0 after a clean shutdown.
     """
     if reactor is None:
-        from tvlink.link.protocol import globalReactor
+        from tvlink.link.settings import globalReactor
 
         reactor = globalReactor()
 
-    def forget():
-        if getattr(reactor, "_exitSignal", None) is not None:
-            log.info("stopped on signal {signal} after a clean shutdown; exiting 0", signal=reactor._exitSignal)
-            reactor._exitSignal = None
+    def stop():
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            # A second signal while the first stop drains.
+            pass
 
-    reactor.addSystemEventTrigger("after", "shutdown", forget)
+    def received(number, frame):
+        log.info("stopping on signal {signal}; a clean shutdown exits 0", signal=number)
+        reactor.callFromThread(stop)
+
+    def install():
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, received)
+
+    reactor.callWhenRunning(install)
 
 
 def _withWeb(config, service):

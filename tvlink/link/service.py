@@ -9,7 +9,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from tvlink.link import wire
-from tvlink.link.protocol import LinkSettings
+from tvlink.link.settings import LinkSettings
 
 
 class LinkService(Service):

@@ -38,7 +38,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from tvlink.errors import TVLinkError
-from tvlink.link.protocol import PLATFORM, positive
+from tvlink.link.settings import PLATFORM, positive
 
 #: The oldest protocol either role accepts.
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2

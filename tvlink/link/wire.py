@@ -329,6 +329,21 @@ def responseMTI(mti):
     return mti[:2] + str(int(mti[2]) + 1) + mti[3]
 
 
+#: The requests WIRE.md names, each with the MTI of its response.
+RESPONSE_MTI = {m: responseMTI(m) for m in ("0200", "0220", "0420", "0800", "0820")}
+#: The MTIs of the requests WIRE.md names.
+REQUEST_MTIS = frozenset(RESPONSE_MTI)
+#: The MTIs of their responses.
+RESPONSE_MTIS = frozenset(RESPONSE_MTI.values())
+
+
+def keyText(key):
+    """
+    A correlation key as log text: C{sender/stan/time}.
+    """
+    return "/".join(str(part) for part in key)
+
+
 def isValidMTI(mti):
     return type(mti) is str and len(mti) == 4 and mti.isdigit() and mti.isascii()
 

@@ -24,7 +24,8 @@ from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from tvlink.link import wire
-from tvlink.link.protocol import IMessageHandler, globalReactor, positive
+from tvlink.link.interfaces import IMessageHandler
+from tvlink.link.settings import globalReactor, positive
 
 #: The default budget of the payment -> back end hop (WIRE.md).
 DEFAULT_BACKEND_TIMEOUT = 30.0

@@ -37,11 +37,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tvlink.link import wire
-from tvlink.payment.backend import DEFAULT_BACKEND_TIMEOUT, IAbandonableBackend, IAccountBackend, LedgerHandler
 from tvlink.errors import TVLinkError
-from tvlink.link.protocol import globalReactor
+from tvlink.link import wire
+from tvlink.link.settings import globalReactor
 from tvlink.masking import maskCard as maskPan
+from tvlink.payment.backend import DEFAULT_BACKEND_TIMEOUT, IAbandonableBackend, IAccountBackend, LedgerHandler
 from tvlink.payment.service import PaymentService
 
 __all__ = [

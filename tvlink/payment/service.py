@@ -10,10 +10,12 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from tvlink.link import wire
 from tvlink.errors import LinkNotReady
-from tvlink.link.protocol import PAYMENT, IMessageHandler, LinkFactory, atLeast, positive, succeedWith
+from tvlink.link import wire
+from tvlink.link.factory import LinkFactory
+from tvlink.link.interfaces import IMessageHandler
 from tvlink.link.service import LinkService, failNow
+from tvlink.link.settings import PAYMENT, atLeast, positive, succeedWith
 
 
 class PaymentFactory(LinkFactory, ServerFactory):

@@ -4,16 +4,14 @@ persistent link per payment endpoint and keeps it open.
 """
 
 import random
-
 import sqlite3
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.python.failure import Failure
 from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tvlink.link import wire
 from tvlink.errors import (
     DuplicateKey,
     InDoubt,
@@ -26,6 +24,12 @@ from tvlink.errors import (
     RequestError,
     RequestTimeout,
 )
+from tvlink.link import wire
+from tvlink.link.factory import LINK_COUNTERS, LinkFactory
+from tvlink.link.interfaces import IMessageHandler
+from tvlink.link.roundtrips import RoundTrips
+from tvlink.link.service import LinkService, failNow
+from tvlink.link.settings import PLATFORM, succeedWith
 from tvlink.platform.journal import (
     APPROVED,
     DECLINED,
@@ -35,16 +39,7 @@ from tvlink.platform.journal import (
     Reversals,
     isMoneyMoving,
 )
-from tvlink.link.protocol import (
-    LINK_COUNTERS,
-    PLATFORM,
-    IMessageHandler,
-    LinkFactory,
-    succeedWith,
-)
-from tvlink.link.roundtrips import RoundTrips
 from tvlink.platform.pool import CircuitBreaker, RequestQueue, getBalancer
-from tvlink.link.service import LinkService, failNow
 
 
 def parseGroups(endpoints):

@@ -36,7 +36,7 @@ class SQLiteStore:
 
     def __init__(self, path, schema=(), reactor=None, group_commit=True, threaded=True, busy_timeout=10.0):
         if reactor is None:
-            from tvlink.link.protocol import globalReactor
+            from tvlink.link.settings import globalReactor
 
             reactor = globalReactor()
         self.reactor = reactor

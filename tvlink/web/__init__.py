@@ -162,7 +162,7 @@ class HTTPService(Service):
 
     def __init__(self, description, resource, reactor=None, api=None, grace=60.0, what="status page, metrics"):
         if reactor is None:
-            from tvlink.link.protocol import globalReactor
+            from tvlink.link.settings import globalReactor
 
             reactor = globalReactor()
         self.reactor = reactor

@@ -41,7 +41,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from tvlink.link.protocol import LINK_COUNTERS, IMessageHandler
+from tvlink.link.factory import LINK_COUNTERS
+from tvlink.link.interfaces import IMessageHandler
 
 #: Round-trip buckets in seconds, up to the default platform timeout.
 ROUND_TRIP_BUCKETS = (

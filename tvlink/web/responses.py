@@ -4,22 +4,27 @@ went away.
 """
 
 import json
+import weakref
 
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 
+#: For each request being watched (see L{watch}): whether its client went
+#: away before the answer was written.
+_watched = weakref.WeakKeyDictionary()
+
+
 def watch(request):
     """
-    Note on C{request} when its client goes away before the answer is
-    written (see L{gone}).
+    Note when C{request}'s client goes away before the answer is written
+    (see L{gone}).
     """
-    if not getattr(request, "_tvlinkWatched", False):
-        request._tvlinkWatched = True
-        request._tvlinkGone = False
+    if request not in _watched:
+        _watched[request] = False
 
         def lost(failure):
-            request._tvlinkGone = True
+            _watched[request] = True
 
         request.notifyFinish().addErrback(lost)
 
@@ -28,7 +33,7 @@ def gone(request):
     """
     Whether C{request} may no longer be written to.
     """
-    return getattr(request, "_tvlinkGone", False) or bool(getattr(request, "finished", False))
+    return _watched.get(request, False) or bool(getattr(request, "finished", False))
 
 
 def encodeJSON(body):

@@ -28,8 +28,8 @@ from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
-from tvlink.link import wire
 from tvlink.errors import InDoubt, LinkLost, NoLinkAvailable, RequestError, RequestTimeout
+from tvlink.link import wire
 from tvlink.platform.journal import APPROVED, DECLINED, IN_DOUBT, PENDING, REVERSED, maskedPan
 from tvlink.web.responses import JSONResource, NotFound, watch, writeJSON
 
@@ -261,7 +261,7 @@ class TerminalAPI:
             return self._clock
         service = self._service()
         if service is None:
-            from tvlink.link.protocol import globalReactor
+            from tvlink.link.settings import globalReactor
 
             return globalReactor()
         return service.reactor
