@@ -33,14 +33,14 @@ from tvlink.link.settings import LinkSettings
 from tvlink.link.tls import (
     ClientTLS,
     Identity,
-    IdentityCheckingCreator,
     ServerTLS,
     TLSConfigError,
-    TLSLink,
     TLSServerEndpoint,
     loadCertificates,
     loadPrivateKey,
 )
+from tvlink.link.tlslink import TLSLink
+from tvlink.link.verify import IdentityCheckingCreator
 from tvlink.payment.service import DemoHandler, PaymentFactory
 from tvlink.platform.service import PlatformFactory
 
