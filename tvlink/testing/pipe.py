@@ -134,6 +134,7 @@ class Endpoint(Protocol):
     writeClosed = False
     lost = False
     lostCleanly = False
+    producer = None
 
     def __init__(self, connection=None):
         self.connection = connection
@@ -172,6 +173,24 @@ class Endpoint(Protocol):
             self._paused = False
             self.transport.resumeProducing()
 
+    def registerProducer(self, producer):
+        """
+        Let C{producer} (the pipe writing here) be paused by this side's
+        send buffer.
+        """
+        self.producer = producer
+        self.transport.registerProducer(producer, True)
+
+    def unregisterProducer(self):
+        """
+        Forget the producer, if one is registered: a transport closes only
+        once its producer is gone.
+        """
+        if self.producer is not None:
+            self.producer = None
+            if not self.lost:
+                self.transport.unregisterProducer()
+
     def closeWrite(self):
         """
         Send FIN: close the write side, keep reading.
@@ -179,7 +198,7 @@ class Endpoint(Protocol):
         if self.lost or self.writeClosed:
             return
         self.writeClosed = True
-        self.transport.unregisterProducer()
+        self.unregisterProducer()
         self.transport.loseWriteConnection()
 
     def close(self):
@@ -187,7 +206,7 @@ class Endpoint(Protocol):
         Close both sides once what is already written is sent.
         """
         if not self.lost:
-            self.transport.unregisterProducer()
+            self.unregisterProducer()
             self.transport.loseConnection()
 
     def abort(self):
@@ -423,14 +442,14 @@ class Pipe:
         """
         if self._sinkOpen() and not self.sink.writeClosed and not self._registered:
             self._registered = True
-            self.sink.transport.registerProducer(self, True)
+            self.sink.registerProducer(self)
 
     def _unregister(self):
         if self._registered:
             self._registered = False
             sink = self.sink
-            if sink is not None and not sink.lost:
-                sink.transport.unregisterProducer()
+            if sink is not None:
+                sink.unregisterProducer()
         self.releaseSource("sink-full")
 
     def holdSource(self, reason):
