@@ -27,7 +27,7 @@ from tests.proxykit import (
 )
 from tvlink.testing.control import ControlServer, main, runCommand
 from tvlink.testing.faultproxy import FaultProxy
-from tvlink.testing.pipe import Mode
+from tvlink.testing.modes import Mode
 
 
 class ControlTests(ProxyTestCase):

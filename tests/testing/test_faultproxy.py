@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.proxykit import HOST, Client, ProxyTestCase, getReactor, waitUntil, within
 from tvlink.testing.faultproxy import FaultProxy
-from tvlink.testing.pipe import Mode, ModeError
+from tvlink.testing.modes import Mode, ModeError
 
 
 class PassTests(ProxyTestCase):

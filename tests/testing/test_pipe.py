@@ -1,8 +1,7 @@
 """
-Tests for L{tvlink.testing.pipe}: the modes, and one proxied connection
-whose two sides are L{StringTransport}s on a L{MemoryReactorClock}, so
-delays run on the test's clock and backpressure is seen on the
-transports.
+Tests for L{tvlink.testing.pipe}: one proxied connection whose two sides
+are L{StringTransport}s on a L{MemoryReactorClock}, so delays run on the
+test's clock and backpressure is seen on the transports.
 """
 
 from twisted.internet.address import IPv4Address
@@ -10,7 +9,6 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from tvlink.testing.faultproxy import FaultProxy
-from tvlink.testing.pipe import Mode, ModeError
 
 
 class HalfCloseTransport(StringTransport):
@@ -54,20 +52,6 @@ class MemoryConnection:
         """
         self.client.dataReceived(data)
         return self.targetTransport.value()
-
-
-class ModeTests(SynchronousTestCase):
-    def test_fromParameters(self):
-        self.assertEqual(Mode.fromParameters("pass", {}), Mode("pass"))
-        self.assertEqual(Mode.fromParameters("delay", {"seconds": "0.25"}), Mode("delay", 0.25))
-        self.assertRaises(ModeError, Mode.fromParameters, "delay", {"seconds": "-1"})
-        self.assertRaises(ModeError, Mode.fromParameters, "drop", {"seconds": 1})
-
-    def test_text(self):
-        self.assertEqual(str(Mode("delay", 1.5)), "delay:1.5")
-        self.assertEqual(str(Mode("blackhole")), "blackhole")
-        self.assertEqual(repr(Mode("drop")), "<Mode drop>")
-        self.assertEqual(len({Mode("pass"), Mode("pass"), Mode("delay", 1)}), 2)
 
 
 class PipeTests(SynchronousTestCase):

@@ -16,7 +16,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python import usage
 
 from tvlink.testing.faultproxy import FaultProxy
-from tvlink.testing.pipe import BOTH, DOWN, MODES, UP, ModeError
+from tvlink.testing.modes import BOTH, DOWN, MODES, UP, ModeError
 
 __all__ = [
     "CONTROL_HELP",

@@ -32,9 +32,10 @@ and C{halfclose} pass on nothing.
 Nothing is buffered without bound: a delay queue past L{FaultProxy.highWater}
 bytes, or a receiver whose send buffer is full, pauses the sender.
 
-L{tvlink.testing.pipe} carries the bytes; L{tvlink.testing.control} lets
-another process drive a proxy with line commands, and C{python -m
-tvlink.testing.faultproxy --help} runs one from the command line.
+L{tvlink.testing.modes} names the modes and L{tvlink.testing.pipe}
+carries the bytes; L{tvlink.testing.control} lets another process drive a
+proxy with line commands, and C{python -m tvlink.testing.faultproxy
+--help} runs one from the command line.
 """
 
 import sys
@@ -44,17 +45,8 @@ from twisted.internet.error import NotConnectingError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tvlink.testing.pipe import (
-    BOTH,
-    DIRECTIONS,
-    DOWN,
-    UP,
-    ClientSideFactory,
-    Mode,
-    ModeError,
-    Pipe,
-    TargetSideFactory,
-)
+from tvlink.testing.modes import DOWN, UP, Mode, affectedDirections
+from tvlink.testing.pipe import ClientSideFactory, Pipe, TargetSideFactory
 
 __all__ = ["FaultProxy", "ProxiedConnection"]
 
@@ -67,18 +59,6 @@ def _globalReactor():
 
     return twisted.internet.reactor
 
-
-def _directions(name, direction):
-    """
-    The directions a C{setMode(name, direction=direction)} changes.
-    """
-    if direction is None:
-        direction = DOWN if name == "halfclose" else BOTH
-    if direction not in (UP, DOWN, BOTH):
-        raise ModeError("direction must be up, down or both, not %r" % (direction,))
-    if name == "reset" and direction != BOTH:
-        raise ModeError("mode reset applies to both directions, not %s" % (direction,))
-    return DIRECTIONS if direction == BOTH else (direction,)
 
 class ProxiedConnection:
     """
@@ -381,7 +361,7 @@ class FaultProxy:
 
     def setMode(self, mode, direction=None, **params):
         """
-        Switch to C{mode} (one of L{tvlink.testing.pipe.MODES}) now, for existing and new
+        Switch to C{mode} (one of L{tvlink.testing.modes.MODES}) now, for existing and new
         connections.
 
         @param direction: C{"up"} (client to target), C{"down"} (target to
@@ -389,10 +369,11 @@ class FaultProxy:
             C{halfclose}, which closes the write side toward the client
             (C{"down"}). C{reset} applies to both directions only.
         @param params: C{seconds=S} for C{delay}.
-        @raise tvlink.testing.pipe.ModeError: for an unknown mode, direction or parameter.
+        @raise tvlink.testing.modes.ModeError: for an unknown mode, direction
+            or parameter.
         """
         new = Mode.fromParameters(mode, params)
-        for which in _directions(mode, direction):
+        for which in affectedDirections(mode, direction):
             self._modes[which] = new
         self.log.info(
             "fault proxy mode: up {up}, down {down}",

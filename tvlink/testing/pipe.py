@@ -1,7 +1,7 @@
 """
 The byte pipe of L{tvlink.testing.faultproxy}: the two protocol sides of
 one proxied connection and the pipe that carries each direction between
-them, treating the bytes as that direction's L{Mode} says.
+them, treating the bytes as that direction's mode says.
 
 Each L{Pipe} reads from one L{Endpoint} (its source) and writes to the
 other (its sink). It is the streaming producer of its sink's transport, so
@@ -15,9 +15,10 @@ connected) and C{connection.proxy}, which gives the clock
 (C{proxy.reactor}), the queue limit (C{proxy.highWater}), the mode of
 each direction (C{proxy.modeOf(direction)}) and the counters it adds to
 (C{bytesUp}, C{bytesDown}, C{bytesDropped}, C{pauses}).
+
+The modes themselves are in L{tvlink.testing.modes}.
 """
 
-import math
 from collections import deque
 
 from twisted.internet.error import ConnectionDone
@@ -25,99 +26,21 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from zope.interface import implementer
 
+from tvlink.testing.modes import UP
+
 __all__ = [
-    "BOTH",
-    "DIRECTIONS",
-    "DOWN",
-    "MODES",
-    "UP",
     "ClientSide",
     "ClientSideFactory",
     "Endpoint",
-    "Mode",
-    "ModeError",
     "Pipe",
     "TargetSide",
     "TargetSideFactory",
 ]
 
-UP = "up"
-DOWN = "down"
-BOTH = "both"
-DIRECTIONS = (UP, DOWN)
-
-MODES = ("pass", "delay", "drop", "blackhole", "reset", "halfclose")
-
 # Modes that carry bytes to the other side, and modes that carry a close
 # (FIN, or the end of the connection) to the other side.
 _FORWARDING = ("pass", "delay")
 _CLOSE_FORWARDING = ("pass", "delay", "drop")
-
-
-class ModeError(ValueError):
-    """
-    A mode, a mode parameter or a direction that the proxy does not know.
-    """
-
-
-class Mode:
-    """
-    What happens to the bytes going one way: a name from L{MODES} and, for
-    C{delay}, the seconds each chunk is held.
-    """
-
-    __slots__ = ("name", "seconds")
-
-    def __init__(self, name, seconds=0.0):
-        self.name = name
-        self.seconds = seconds
-
-    @classmethod
-    def fromParameters(cls, name, params):
-        """
-        The L{Mode} C{name} with keyword parameters C{params}.
-
-        @raise ModeError: for an unknown name or a bad or missing parameter.
-        """
-        if name not in MODES:
-            raise ModeError("unknown mode %r (one of %s)" % (name, ", ".join(MODES)))
-        params = dict(params)
-        seconds = 0.0
-        if name == "delay":
-            if "seconds" not in params:
-                raise ModeError("mode delay needs seconds")
-            seconds = _seconds(params.pop("seconds"))
-        if params:
-            raise ModeError(
-                "mode %s takes no parameter %s" % (name, ", ".join(sorted(params)))
-            )
-        return cls(name, seconds)
-
-    def __eq__(self, other):
-        if not isinstance(other, Mode):
-            return NotImplemented
-        return (self.name, self.seconds) == (other.name, other.seconds)
-
-    def __hash__(self):
-        return hash((self.name, self.seconds))
-
-    def __str__(self):
-        if self.name == "delay":
-            return "delay:%g" % (self.seconds,)
-        return self.name
-
-    def __repr__(self):
-        return "<Mode %s>" % (self,)
-
-
-def _seconds(value):
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise ModeError("delay seconds must be a number, not %r" % (value,)) from None
-    if not (seconds >= 0 and math.isfinite(seconds)):
-        raise ModeError("delay seconds must be zero or more, not %r" % (value,))
-    return seconds
 
 
 @implementer(IHalfCloseableProtocol)
