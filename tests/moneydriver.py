@@ -285,7 +285,8 @@ def main(argv=None):
     )
 
     from tvlink.platform.journal import Reversals
-    from tvlink.platform.service import PlatformFactory, PlatformService
+    from tvlink.platform.factory import PlatformFactory
+    from tvlink.platform.service import PlatformService
 
     if args.log:
         logFile = open(args.log, "a", encoding="utf-8")

@@ -14,7 +14,8 @@ from tests.helpers import Events, Pair, RecordingHandler, SingleLink, frame, fra
 from tvlink.errors import DuplicateKey, LinkLost, LinkNotReady, RequestTimeout
 from tvlink.link.protocol import LinkSettings, PendingRequests
 from tvlink.payment.service import PaymentFactory
-from tvlink.platform.service import PlatformFactory, PlatformHandler
+from tvlink.platform.factory import PlatformFactory
+from tvlink.platform.service import PlatformHandler
 
 
 class LivenessTests(SynchronousTestCase):

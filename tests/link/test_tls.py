@@ -30,7 +30,7 @@ from tests.processes import ReactorTestCase, getReactor, spawnTwistd, waitUntil,
 from tvlink import PaymentService, PlatformService
 from tvlink.link.protocol import LinkSettings
 from tvlink.payment.service import DemoHandler, PaymentFactory
-from tvlink.platform.service import PlatformFactory
+from tvlink.platform.factory import PlatformFactory
 from tvlink.cli.tap import Options, makeService
 from tvlink.link.tls import (
     ClientTLS,

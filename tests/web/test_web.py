@@ -46,7 +46,8 @@ from tvlink.cli.tap import Options, makeService
 from tvlink.link import wire
 from tvlink.link.protocol import IMessageHandler, LinkSettings
 from tvlink.payment.service import DemoHandler, PaymentService
-from tvlink.platform.service import PlatformFactory, PlatformHandler
+from tvlink.platform.factory import PlatformFactory
+from tvlink.platform.service import PlatformHandler
 from tvlink.testing.faultproxy import FaultProxy
 from tvlink.web import (
     HTTPService,

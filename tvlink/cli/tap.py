@@ -10,7 +10,7 @@ import os
 from tvlink.link import wire
 from tvlink.platform.journal import parseJournalOption
 from tvlink.link.protocol import positive
-from tvlink.platform.service import parseGroups
+from tvlink.platform.endpoints import parseGroups
 from tvlink.platform.pool import BALANCERS
 
 log = Logger(namespace="tvlink.tap")
