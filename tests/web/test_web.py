@@ -52,10 +52,10 @@ from tvlink.testing.faultproxy import FaultProxy
 from tvlink.web import (
     HTTPService,
     ServiceStack,
-    parseHTTPEndpoint,
     paymentResource,
     platformResource,
 )
+from tvlink.web.service import parseHTTPEndpoint
 from tvlink.web.terminal import TerminalAPI, _standing
 
 OTHER_PAN = "6222020000000000026"
@@ -374,7 +374,7 @@ class PurchaseTests(SynchronousTestCase):
                 return defer.Deferred()
 
         service = Stuck()
-        from tvlink.web.terminal import V1Resource
+        from tvlink.web.resources import V1Resource
 
         api = TerminalAPI(service)
         root = V1Resource(api)

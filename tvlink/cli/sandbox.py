@@ -56,11 +56,11 @@ class SandboxService(MultiService):
         self.platform = None
         self.demo = Deferred()
         #: With C{http} (a server endpoint), the terminal API and both
-        #: status pages (L{tvlink.web.SandboxWeb}); the platform then keeps
+        #: status pages (L{tvlink.web.service.SandboxWeb}); the platform then keeps
         #: its journal next to the ledger.
         self.web = None
         if http is not None:
-            from tvlink.web import SandboxWeb
+            from tvlink.web.service import SandboxWeb
 
             self.web = SandboxWeb(http, self.payment, reactor=reactor, demo_card=DEMO_PAN)
             self.web.setServiceParent(self)

@@ -30,7 +30,7 @@ def _httpOption(options):
     value = options["http"]
     if value is None:
         return None
-    from tvlink.web import parseHTTPEndpoint
+    from tvlink.web.service import parseHTTPEndpoint
 
     try:
         return parseHTTPEndpoint(value)

@@ -22,16 +22,14 @@ in time (a purchase or refund is then in doubt and being reversed).
 """
 
 import collections
-import json
 
-from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.logger import Logger
-from twisted.web.server import NOT_DONE_YET
 
-from tvlink.link import wire
 from tvlink.errors import InDoubt, LinkLost, NoLinkAvailable, RequestError, RequestTimeout
+from tvlink.link import wire
 from tvlink.platform.journal import APPROVED, DECLINED, IN_DOUBT, PENDING, REVERSED, maskedPan
-from tvlink.web.responses import JSONResource, NotFound, watch, writeJSON
+from tvlink.web.validation import APIError, Reply, invalid
 
 #: What each response code means, for the C{message} of an answer.
 RESP_TEXT = {
@@ -47,137 +45,6 @@ RESP_TEXT = {
     wire.DUPLICATE: "duplicate transmission",
     wire.SYSTEM_MALFUNCTION: "payment system malfunction",
 }
-
-MAX_AMOUNT = 999999999999
-MAX_BODY = 16 * 1024
-
-
-class APIError(Exception):
-    """
-    A call that cannot be carried out, with its HTTP status.
-
-    @ivar result: the word counted in the C{requests_total} metric.
-    """
-
-    def __init__(self, code, error, message, field=None, result=None, extra=None):
-        Exception.__init__(self, message)
-        self.code = code
-        self.error = error
-        self.message = message
-        self.field = field
-        self.result = result or error
-        self.extra = extra or {}
-
-    def reply(self):
-        body = {"error": self.error, "message": self.message}
-        if self.field is not None:
-            body["field"] = self.field
-        body.update(self.extra)
-        headers = [(b"retry-after", b"5")] if self.code == 503 else []
-        return Reply(self.code, body, self.result, headers)
-
-
-class Reply:
-    """
-    An answer: HTTP status, JSON body, and the result word for metrics.
-    """
-
-    def __init__(self, code, body, result, headers=()):
-        self.code = code
-        self.body = body
-        self.result = result
-        self.headers = list(headers)
-
-    def repeated(self):
-        body = dict(self.body)
-        body["repeated"] = True
-        return Reply(self.code, body, self.result, self.headers)
-
-
-def invalid(field, message):
-    return APIError(400, "invalid", message, field=field)
-
-
-# -- input ---------------------------------------------------------------
-
-
-def parseBody(request):
-    """
-    The request's JSON object body.
-
-    @raise APIError: 413 if too long, 400 if not a JSON object.
-    """
-    length = request.getHeader(b"content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY:
-        raise APIError(413, "too-large", "the body is over %d bytes" % (MAX_BODY,), field="body")
-    content = request.content
-    raw = content.read(MAX_BODY + 1) if content is not None else b""
-    if len(raw) > MAX_BODY:
-        raise APIError(413, "too-large", "the body is over %d bytes" % (MAX_BODY,), field="body")
-    if not raw.strip():
-        raise invalid("body", "the body must be a JSON object")
-    try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_noConstant)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise invalid("body", "the body is not valid JSON: %s" % (e,)) from None
-    if not isinstance(data, dict):
-        raise invalid("body", "the body must be a JSON object, not %s" % (type(data).__name__,))
-    return data
-
-
-def _noConstant(name):
-    raise ValueError("%s is not allowed" % (name,))
-
-
-def checkCard(value, field="card"):
-    if value is None:
-        raise invalid(field, "%s is required: the card number, 12 to 19 digits" % (field,))
-    if not isinstance(value, str) or not (value.isascii() and value.isdigit()) or not 12 <= len(value) <= 19:
-        raise invalid(field, "%s must be a string of 12 to 19 digits" % (field,))
-    return value
-
-
-def checkAmount(value, field="amount"):
-    if value is None:
-        raise invalid(field, "%s is required: whole fen, above zero" % (field,))
-    if isinstance(value, bool):
-        raise invalid(field, "%s must be whole fen, a JSON integer or a string of digits" % (field,))
-    if isinstance(value, int):
-        amount = value
-    elif isinstance(value, str) and value.isascii() and value.isdigit():
-        if len(value) > 12:
-            raise invalid(field, "%s must have at most 12 digits" % (field,))
-        amount = int(value)
-    else:
-        raise invalid(field, "%s must be whole fen, a JSON integer or a string of digits" % (field,))
-    if amount <= 0:
-        raise invalid(field, "%s must be above zero" % (field,))
-    if amount > MAX_AMOUNT:
-        raise invalid(field, "%s must have at most 12 digits" % (field,))
-    return amount
-
-
-def checkCurrency(value, field="currency"):
-    if value is None:
-        return "156"
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 999:
-        return "%03d" % (value,)
-    if isinstance(value, str) and len(value) == 3 and value.isascii() and value.isdigit():
-        return value
-    raise invalid(field, "%s must be an ISO 4217 numeric code of 3 digits, such as \"156\"" % (field,))
-
-
-def checkOrder(value, field="order"):
-    if value is None:
-        raise invalid(field, "%s is required: the merchant order id" % (field,))
-    if not isinstance(value, str) or not value:
-        raise invalid(field, "%s must be a non-empty string" % (field,))
-    if len(value) > 64:
-        raise invalid(field, "%s must be at most 64 characters" % (field,))
-    if not value.isprintable():
-        raise invalid(field, "%s must be printable characters only" % (field,))
-    return value
-
 
 def _fen(text):
     try:
@@ -265,6 +132,13 @@ class TerminalAPI:
 
             return globalReactor()
         return service.reactor
+
+    def currentService(self):
+        """
+        The platform service as it is now, or C{None} while there is none
+        (without the checks of L{service}).
+        """
+        return self._service()
 
     def service(self):
         """
@@ -417,7 +291,7 @@ class TerminalAPI:
             "type": "purchase",
             "state": state,
             "resp": resp,
-            "message": _stateMessage(state, resp, "purchase"),
+            "message": stateMessage(state, resp, "purchase"),
             "amount": amount,
             "currency": currency,
             "card": maskedPan(card),
@@ -439,7 +313,7 @@ class TerminalAPI:
             body.update(
                 state=IN_DOUBT,
                 resp=None,
-                message=_stateMessage(IN_DOUBT, None, kind),
+                message=stateMessage(IN_DOUBT, None, kind),
                 reference=_reference(failure.value.key),
             )
             return Reply(504, body, IN_DOUBT)
@@ -467,7 +341,7 @@ class TerminalAPI:
             "type": "purchase",
             "state": state,
             "resp": resp,
-            "message": _stateMessage(state, resp, "purchase"),
+            "message": stateMessage(state, resp, "purchase"),
             "amount": _fen(entry["amount"]),
             "currency": entry["currency"],
             "card": entry["pan"],
@@ -582,7 +456,7 @@ class TerminalAPI:
         body.update(
             state=state,
             resp=resp,
-            message=_stateMessage(state, resp, "refund"),
+            message=stateMessage(state, resp, "refund"),
             reference=_reference(wire.messageKey(answer)),
         )
         return Reply(200, body, state)
@@ -649,7 +523,7 @@ def _standing(purchases):
     return None
 
 
-def _stateMessage(state, resp, kind):
+def stateMessage(state, resp, kind):
     if state == APPROVED:
         return "approved"
     if state == DECLINED:
@@ -672,210 +546,3 @@ def _stateMessage(state, resp, kind):
     if state == PENDING:
         return "in progress: no outcome yet; read the order again shortly"
     return state
-
-
-# -- resources -------------------------------------------------------------
-
-
-class _Call(JSONResource):
-    """
-    Runs one API call per request: bounded by the terminal deadline,
-    counted, answered in JSON.
-    """
-
-    isLeaf = False
-    kind = None
-    log = Logger(namespace="tvlink.web")
-
-    def __init__(self, api):
-        JSONResource.__init__(self)
-        self.api = api
-
-    def serve(self, request, call):
-        """
-        Answer C{request} with what C{call(context)} gives; C{context} is a
-        dict where the call notes the C{order} it is about, for the answer
-        given at the deadline.
-        """
-        api = self.api
-        watch(request)
-        api.begin()
-        context = {"order": getattr(self, "order", None)}
-        d = maybeDeferred(call, context)
-        d.addBoth(self._ended)
-        answer = self._bounded(d, context)
-        answer.addErrback(self._asReply)
-        answer.addCallback(self._write, request)
-        answer.addErrback(lambda f: self.log.failure("writing a terminal API answer failed", f))
-        return NOT_DONE_YET
-
-    def _ended(self, result):
-        self.api.end()
-        return result
-
-    def _bounded(self, d, context):
-        """
-        C{d}, or a C{504 pending} answer if it has not fired by the time the
-        terminal must be answered. C{d} is never cancelled: a purchase in
-        flight finishes, and the journal records it.
-        """
-        api = self.api
-        service = api._service()
-        if service is None:
-            return d
-        answer = Deferred()
-
-        def late():
-            order = context.get("order")
-            if not answer.called:
-                body = {
-                    "error": "deadline",
-                    "state": PENDING,
-                    "message": _stateMessage(PENDING, None, self.kind),
-                }
-                if order is not None:
-                    body["order"] = order
-                answer.callback(Reply(504, body, "timeout"))
-
-        call = api.clock.callLater(api.answerBy(service), late)
-
-        def fired(result):
-            if call.active():
-                call.cancel()
-            if not answer.called:
-                answer.callback(result)
-            elif hasattr(result, "check") and not result.check(APIError):
-                # Already answered 504 pending; the journal has the outcome,
-                # the log has this.
-                self.log.failure("terminal API call failed after its deadline answer", result)
-            return None
-
-        d.addBoth(fired)
-        return answer
-
-    def _asReply(self, failure):
-        if failure.check(APIError):
-            return failure.value.reply()
-        self.log.failure("terminal API call failed", failure)
-        return APIError(500, "error", "the platform failed to handle this call; see its log").reply()
-
-    def _write(self, reply, request):
-        self.api.count(self.kind, reply.result)
-        writeJSON(request, reply.code, reply.body, reply.headers)
-
-
-class PaymentsResource(_Call):
-    """
-    C{/v1/payments}: C{POST} a purchase; C{/v1/payments/ORDER} below it.
-    """
-
-    isLeaf = False
-    kind = "purchase"
-
-    def getChild(self, name, request):
-        try:
-            order = checkOrder(name.decode("utf-8"))
-        except (UnicodeDecodeError, APIError):
-            return NotFound("no payment with that order id (an order id is 1 to 64 printable characters)")
-        return OrderResource(self.api, order)
-
-    def render_POST(self, request):
-        def call(context):
-            data = parseBody(request)
-            card = checkCard(data.get("card"))
-            amount = checkAmount(data.get("amount"))
-            currency = checkCurrency(data.get("currency"))
-            order = context["order"] = checkOrder(data.get("order"))
-            return self.api.purchase(order, card, amount, currency)
-
-        return self.serve(request, call)
-
-
-class OrderResource(_Call):
-    """
-    C{/v1/payments/ORDER}: C{GET} its outcome; C{.../refund} below it.
-    """
-
-    isLeaf = False
-    kind = "outcome"
-
-    def __init__(self, api, order):
-        _Call.__init__(self, api)
-        self.order = order
-
-    def getChild(self, name, request):
-        if name == b"refund":
-            return RefundResource(self.api, self.order)
-        if name == b"":
-            return self
-        return NotFound()
-
-    def _bounded(self, d, context):
-        return d
-
-    def render_GET(self, request):
-        return self.serve(request, lambda context: self.api.outcome(self.order))
-
-
-class RefundResource(_Call):
-    """
-    C{/v1/payments/ORDER/refund}: C{POST} a refund.
-    """
-
-    kind = "refund"
-
-    def __init__(self, api, order):
-        _Call.__init__(self, api)
-        self.order = order
-
-    def render_POST(self, request):
-        def call(context):
-            data = parseBody(request)
-            amount = checkAmount(data.get("amount"))
-            card = data.get("card")
-            if card is not None:
-                card = checkCard(card)
-            return self.api.refund(self.order, amount, card)
-
-        return self.serve(request, call)
-
-
-class BalanceResource(_Call):
-    """
-    C{/v1/balance}: C{POST} a balance inquiry.
-    """
-
-    kind = "balance"
-
-    def render_POST(self, request):
-        def call(context):
-            data = parseBody(request)
-            return self.api.balance(checkCard(data.get("card")))
-
-        return self.serve(request, call)
-
-
-class V1Resource(JSONResource):
-    """
-    C{/v1}.
-    """
-
-    def __init__(self, api):
-        JSONResource.__init__(self)
-        self.putChild(b"payments", PaymentsResource(api))
-        self.putChild(b"balance", BalanceResource(api))
-
-    def render_GET(self, request):
-        writeJSON(
-            request,
-            200,
-            {
-                "endpoints": [
-                    "POST /v1/payments {card, amount, currency, order}",
-                    "GET /v1/payments/ORDER",
-                    "POST /v1/payments/ORDER/refund {amount, card}",
-                    "POST /v1/balance {card}",
-                ]
-            },
-        )
-        return NOT_DONE_YET
