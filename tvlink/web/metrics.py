@@ -39,6 +39,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from tvlink.link.protocol import LINK_COUNTERS
 from tvlink.web.counting import BatchSizes, Buckets, CountingHandler
+from tvlink.web.responses import gone, watch
 
 #: Every state a platform link slot reports
 #: (L{tvlink.platform.factory.PlatformFactory.stateName}).
@@ -370,6 +371,7 @@ class MetricsResource(Resource):
         self.collector = collector
 
     def render_GET(self, request):
+        watch(request)
         refresh = self.collector.refresh if self.collector is not None else (lambda: None)
         d = maybeDeferred(refresh)
         d.addErrback(lambda f: self.log.failure("refreshing metrics failed", f))
@@ -380,7 +382,7 @@ class MetricsResource(Resource):
     def _write(self, _, request):
         encoder, contentType = choose_encoder(request.getHeader("accept") or "")
         body = encoder(self.registry)
-        if getattr(request, "_disconnected", False) or request.finished:
+        if gone(request):
             return
         request.setHeader(b"content-type", contentType.encode("ascii"))
         request.setHeader(b"content-length", b"%d" % (len(body),))

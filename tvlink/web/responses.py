@@ -4,31 +4,37 @@ went away.
 """
 
 import json
+import weakref
 
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 
+#: The requests L{watch} follows, each C{True} once its client has gone
+#: (kept here, not on the request: it is twisted.web's object).
+_watched = weakref.WeakKeyDictionary()
+
+
 def watch(request):
     """
-    Note on C{request} when its client goes away before the answer is
+    Note when the client of C{request} goes away before the answer is
     written (see L{gone}).
     """
-    if not getattr(request, "_tvlinkWatched", False):
-        request._tvlinkWatched = True
-        request._tvlinkGone = False
+    if request in _watched:
+        return
+    _watched[request] = False
 
-        def lost(failure):
-            request._tvlinkGone = True
+    def lost(failure):
+        _watched[request] = True
 
-        request.notifyFinish().addErrback(lost)
+    request.notifyFinish().addErrback(lost)
 
 
 def gone(request):
     """
     Whether C{request} may no longer be written to.
     """
-    return getattr(request, "_tvlinkGone", False) or bool(getattr(request, "finished", False))
+    return _watched.get(request, False) or bool(getattr(request, "finished", False))
 
 
 def encodeJSON(body):
