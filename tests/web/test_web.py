@@ -56,7 +56,8 @@ from tvlink.web import (
     platformResource,
 )
 from tvlink.web.service import parseHTTPEndpoint
-from tvlink.web.terminal import TerminalAPI, _standing
+from tvlink.web.orders import standing
+from tvlink.web.terminal import TerminalAPI
 
 OTHER_PAN = "6222020000000000026"
 MASKED = "622202*********0018"
@@ -317,9 +318,9 @@ class PurchaseTests(SynchronousTestCase):
             return {"state": state, "resp": resp, "reason": reason}
 
         unsent = entry("declined", "91", "no payment link available")
-        self.assertIsNone(_standing([unsent]))
+        self.assertIsNone(standing([unsent]))
         answered91 = entry("declined", "91", None)
-        self.assertIs(_standing([unsent, answered91]), answered91)
+        self.assertIs(standing([unsent, answered91]), answered91)
 
     def test_timedOutThenReversed(self):
         """

@@ -11,7 +11,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from tvlink.platform.journal import PENDING
 from tvlink.web.responses import JSONResource, NotFound, watch, writeJSON
-from tvlink.web.terminal import stateMessage
+from tvlink.web.orders import stateMessage
 from tvlink.web.validation import APIError, Reply, checkAmount, checkCard, checkCurrency, checkOrder, parseBody
 
 
