@@ -203,6 +203,7 @@ class Driver:
 
     def worker(self):
         from twisted.internet import defer
+
         from tvlink.errors import InDoubt
 
         @defer.inlineCallbacks
@@ -284,8 +285,9 @@ def main(argv=None):
         textFileLogObserver,
     )
 
+    from tvlink.platform.factory import PlatformFactory
     from tvlink.platform.journal import Reversals
-    from tvlink.platform.service import PlatformFactory, PlatformService
+    from tvlink.platform.service import PlatformService
 
     if args.log:
         logFile = open(args.log, "a", encoding="utf-8")

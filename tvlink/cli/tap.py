@@ -11,9 +11,9 @@ from twisted.python import usage
 
 from tvlink.link import wire
 from tvlink.link.settings import positive
+from tvlink.platform.endpoints import parseGroups
 from tvlink.platform.journal import parseJournalOption
 from tvlink.platform.pool import BALANCERS
-from tvlink.platform.service import parseGroups
 
 log = Logger(namespace="tvlink.tap")
 
@@ -32,7 +32,7 @@ def _httpOption(options):
     value = options["http"]
     if value is None:
         return None
-    from tvlink.web import parseHTTPEndpoint
+    from tvlink.web.service import parseHTTPEndpoint
 
     try:
         return parseHTTPEndpoint(value)
