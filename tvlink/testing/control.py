@@ -86,10 +86,10 @@ class ControlProtocol(LineOnlyReceiver):
     log = Logger()
 
     def connectionMade(self):
-        self.factory.server._controls.add(self)
+        self.factory.server.controlMade(self)
 
     def connectionLost(self, reason):
-        self.factory.server._controlLost(self)
+        self.factory.server.controlLost(self)
 
     def lineReceived(self, line):
         try:
@@ -180,7 +180,16 @@ class ControlServer:
         d.addCallback(lambda _: None)
         return d
 
-    def _controlLost(self, control):
+    def controlMade(self, control):
+        """
+        Note the control connection C{control} (closed by L{stop}).
+        """
+        self._controls.add(control)
+
+    def controlLost(self, control):
+        """
+        Forget C{control}; once none is left, fire L{stop}'s waiters.
+        """
         self._controls.discard(control)
         if not self._controls:
             waiters, self._idleWaiters = self._idleWaiters, []
