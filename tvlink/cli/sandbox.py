@@ -11,7 +11,11 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
-from tvlink.payment.ledger import DuplicateAccount, LedgerPaymentService, PaymentLedger, formatFen, maskPan
+from tvlink.masking import maskCard as maskPan
+from tvlink.payment.accounts import formatFen
+from tvlink.payment.errors import DuplicateAccount
+from tvlink.payment.ledger import PaymentLedger
+from tvlink.payment.service import LedgerPaymentService
 from tvlink.platform.service import PlatformService
 
 #: A card the sandbox ledger opens with 1000.00.
