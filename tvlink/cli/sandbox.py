@@ -12,7 +12,11 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tvlink.payment.ledger import DuplicateAccount, LedgerPaymentService, PaymentLedger, formatFen, maskPan
+from tvlink.masking import maskCard as maskPan
+from tvlink.payment.accounts import formatFen
+from tvlink.payment.errors import DuplicateAccount
+from tvlink.payment.ledger import PaymentLedger
+from tvlink.payment.service import LedgerPaymentService
 from tvlink.platform.service import PlatformService
 
 #: A card the sandbox ledger opens with 1000.00.

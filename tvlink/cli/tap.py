@@ -220,7 +220,7 @@ class PaymentOptions(_PaymentTLSOptions, _LinkOptions):
         except (ValueError, TypeError) as e:
             raise usage.UsageError("--listen: %s" % (e,)) from None
         _LinkOptions.postOptions(self)
-        from tvlink.payment.ledger import parseLedgerSpec
+        from tvlink.payment.service import parseLedgerSpec
 
         try:
             self.ledger = parseLedgerSpec(self["ledger"])
@@ -449,7 +449,8 @@ def _makeRoleService(config, reactor=None):
     if config.subCommand == "payment":
         kind, path = sub.ledger
         if kind == "sqlite":
-            from tvlink.payment.ledger import LedgerPaymentService, PaymentLedger
+            from tvlink.payment.ledger import PaymentLedger
+            from tvlink.payment.service import LedgerPaymentService
 
             return LedgerPaymentService(
                 sub["listen"],
