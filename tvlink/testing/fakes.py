@@ -29,7 +29,8 @@ from tvlink.link.service import failNow
 from tvlink.link.settings import LinkSettings
 from tvlink.link.wire import APPROVED
 from tvlink.payment.service import PaymentFactory
-from tvlink.platform.service import PlatformFactory, PlatformHandler
+from tvlink.platform.factory import PlatformFactory
+from tvlink.platform.service import PlatformHandler
 
 __all__ = ["FakePaymentNode", "FakePlatform", "HeldRequest", "ScriptedHandler"]
 
