@@ -447,28 +447,12 @@ class ReactorTestCase(unittest.TestCase):
     """
     A trial TestCase on the real reactor, under trial and under pytest.
 
-    Trial runs each test by starting and crashing the global reactor. Once
-    a pytest-twisted test in the same pytest session has started the
-    reactor in its greenlet, that no longer works (C{reactor.run()} raises
-    and every later trial test fails); in that case wait through
-    pytest-twisted's own reactor instead.
+    Trial runs each test by starting and stopping the global reactor
+    itself, under pytest as well (pytest-twisted installs the reactor and
+    leaves a trial TestCase to trial). This suite therefore has no
+    pytest-twisted style tests (C{pytest_twisted.inlineCallbacks}): one of
+    those runs the reactor in pytest-twisted's greenlet for the rest of the
+    session, and trial could not start it again.
     """
 
     timeout = 30
-
-    def _wait(self, d, running=[]):
-        from twisted.internet import reactor
-
-        pytestTwisted = sys.modules.get("pytest_twisted")
-        if reactor.running and pytestTwisted is not None:
-            gr = getattr(pytestTwisted._instances, "gr_twisted", None)
-            if gr is not None:
-                import greenlet
-
-                if greenlet.getcurrent() is not gr:
-                    results = []
-                    d.addBoth(results.append)
-                    if not results:
-                        pytestTwisted.blockon_default(d)
-                    return
-        return unittest.TestCase._wait(self, d)
