@@ -351,3 +351,65 @@ class BadInputTests(SynchronousTestCase):
         s.link.dataReceived(isoFrame(cupsHeader(b"0999", b"2", b"1") + SIGN_ON[2]))
         self.assertTrue(s.transport.disconnecting)
         self.assertIn("CUPS total length", self.events.named("violation")[0]["reason"])
+
+
+class HeaderRejectedOnLinkTests(SynchronousTestCase):
+    def test_request_fails_with_the_reject_code(self):
+        """
+        The peer sends our 0820 back with its header rejected: logged, and
+        the request fails with L{HeaderRejected} carrying the code.
+        """
+        s = SingleLink(codec="cups", sender=PAYMENT)
+        events = Events(self)
+        peer = CUPSCodec(source=PLATFORM, destination=PAYMENT)
+        s.link.dataReceived(isoFrame(peer.encode(SIGN_ON[1])))
+        self.assertEqual(s.link.state, "ready")
+        s.transport.clear()
+        d = s.link.request({"mti": "0820", "order": "N-1"})
+        sent = s.transport.value()[4:]
+        total = b"%04d" % (46 + len(sent),)
+        s.link.dataReceived(isoFrame(cupsHeader(total, b"20000002", b"10000001", reject=b"B0001") + sent))
+        failure = self.failureResultOf(d, HeaderRejected)
+        self.assertEqual(failure.value.code, "B0001")
+        self.assertEqual(failure.value.key[0], PAYMENT)
+        self.assertEqual(len(events.named("header-rejected")), 1)
+        self.assertEqual(s.link.inFlight(), 0)
+        self.assertFalse(s.transport.disconnecting)
+
+
+class EndpointCodecTests(SynchronousTestCase):
+    def test_platform_endpoints_with_their_own_codecs(self):
+        from twisted.internet.task import Clock
+
+        from tvlink.platform.service import PlatformService
+
+        service = PlatformService(
+            ["127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002"],
+            reactor=Clock(),
+            sender=PLATFORM,
+            codec="iso8583",
+            endpoint_codecs={"127.0.0.1:7001": "cups", "127.0.0.1:7002": "json"},
+        )
+        names = [(f.endpoint, (f.codec or service.settings.codec).name) for f in service.factories]
+        self.assertEqual(
+            names, [("127.0.0.1:7000", "iso8583"), ("127.0.0.1:7001", "cups"), ("127.0.0.1:7002", "json")]
+        )
+
+    def test_command_line(self):
+        from twisted.python import usage
+
+        from tvlink.cli.tap import Options
+
+        o = Options()
+        o.parseOptions(["platform", "--connect", "127.0.0.1:7000", "--sender", PLATFORM, "--codec", "cups",
+                        "--endpoint-codec", "127.0.0.1:7000=iso8583", "--heartbeat-frame", "echo"])
+        options = o.subOptions.linkOptions
+        self.assertEqual((options["codec"], options["heartbeat_frame"]), ("cups", "echo"))
+        self.assertEqual(options["endpoint_codecs"], {"127.0.0.1:7000": "iso8583"})
+        for bad in (
+            ["--codec", "iso8583"],  # the default sender PLATFORM is not digits
+            ["--sender", PLATFORM, "--codec", "xml"],
+            ["--sender", PLATFORM, "--heartbeat-frame", "loud"],
+            ["--sender", PLATFORM, "--endpoint-codec", "127.0.0.1:7000=cobol"],
+        ):
+            self.assertRaises(usage.UsageError, Options().parseOptions, ["platform", "--connect", "127.0.0.1:7000"] + bad)

@@ -378,6 +378,8 @@ class PlatformService(LinkService):
         money-moving requests and reverse those left in doubt.
     @param terminal_deadline: the TV terminal's own deadline; C{timeout}
         must be below it (the per-hop timeout ladder).
+    @param endpoint_codecs: C{{"HOST:PORT": codec}} for endpoints whose
+        codec differs from the service's C{codec}.
     @param options: C{heartbeat}, C{idle_timeout}, C{timeout},
         C{header}, C{max_frame}, C{frame_timeout}, C{sender},
         C{echo_interval}, C{reactor} (see L{tvlink.link.protocol.LinkSettings}).
@@ -406,6 +408,7 @@ class PlatformService(LinkService):
         tls_handshake_timeout=10.0,
         journal=None,
         terminal_deadline=60.0,
+        endpoint_codecs=None,
         **options
     ):
         self.groups = parseGroups(endpoints)
@@ -448,6 +451,10 @@ class PlatformService(LinkService):
                         ),
                     )
                     factory.host, factory.port = host, port
+                    codec = (endpoint_codecs or {}).get(factory.endpoint)
+                    if codec is not None:
+                        # This endpoint's own codec (--endpoint-codec).
+                        factory.codec = self.settings.codecFor(codec)
                     factory.observers.append(self._linkEvent)
                     factory.onLate = self._lateResponse
                     factory.capacityFreed = self._capacityFreed
