@@ -4,7 +4,7 @@ Durable purchases per second on the SQLite ledger: group commit against
 one commit per transaction, in the same run, with the p99 answer time.
 
 Each mode gets a fresh ledger file (WAL, C{synchronous=FULL}) with one
-account per submitter, and a L{tvlink.payment.ledger.LedgerHandler} in front of it
+account per submitter, and a L{tvlink.payment.backend.LedgerHandler} in front of it
 as on a payment node. C{--concurrency} submitters each keep one purchase
 in flight (send, wait for the answer, send the next) until
 C{--purchases} have been answered or C{--time-limit} seconds have passed.
@@ -31,7 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twisted.internet import defer, task  # noqa: E402
 
-from tvlink.payment.ledger import LedgerHandler, PaymentLedger  # noqa: E402
+from tvlink.payment.backend import LedgerHandler  # noqa: E402
+from tvlink.payment.ledger import PaymentLedger  # noqa: E402
 
 FIRST_PAN = 6222020000000000000
 

@@ -44,7 +44,7 @@ import atheris
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 with atheris.instrument_imports(include=["tvlink"]):
-    from tvlink import wire
+    from tvlink.link import wire
     from tvlink.errors import CodecError, ProtocolViolation
 
 #: See the module docstring.

@@ -18,13 +18,15 @@ from tvlink.link import wire
 from tvlink.link.interfaces import IMessageHandler
 from tvlink.link.settings import LinkSettings
 from tvlink.payment.service import DemoHandler, PaymentFactory
-from tvlink.platform.service import PlatformFactory, PlatformHandler
+from tvlink.testing.fakes import FakePlatform
 
 
-class Pair:
+class Pair(FakePlatform):
     """
     A platform link and a payment link joined by an iosim pump, sharing
-    one Clock.
+    one Clock: a L{FakePlatform} whose payment side is a
+    C{paymentFactoryClass} (by default a L{PaymentFactory} with a
+    L{DemoHandler}), both sides with the same link options.
     """
 
     def __init__(
@@ -35,56 +37,21 @@ class Pair:
         paymentFactoryClass=PaymentFactory,
         **options
     ):
-        self.clock = clock if clock is not None else Clock()
-        options.setdefault("reactor", self.clock)
-        paymentOptions = dict(options, sender=options.pop("paymentSender", "PAYMENT"))
-        paymentOptions.pop("platformSender", None)
-        platformOptions = dict(options, sender=options.pop("platformSender", "PLATFORM"))
-        self.paymentSettings = LinkSettings(**paymentOptions)
-        self.platformSettings = LinkSettings(**platformOptions)
-        self.paymentFactory = paymentFactoryClass(
+        clock = clock if clock is not None else Clock()
+        paymentSender = options.pop("paymentSender", "PAYMENT")
+        platformSender = options.pop("platformSender", "PLATFORM")
+        self.paymentSettings = LinkSettings(reactor=clock, sender=paymentSender, **options)
+        paymentFactory = paymentFactoryClass(
             self.paymentSettings, paymentHandler if paymentHandler is not None else DemoHandler()
         )
-        self.platformFactory = PlatformFactory(
-            "127.0.0.1:7000",
-            self.platformSettings,
-            platformHandler if platformHandler is not None else PlatformHandler(),
-            random=lambda: 1.0,
+        FakePlatform.__init__(
+            self, paymentFactory, clock, platformHandler, sender=platformSender, **options
         )
-        self.payment = self.paymentFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 7000))
-        self.platform = self.platformFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 7000))
-        self.paymentTransport = iosim.makeFakeServer(self.payment)
-        self.platformTransport = iosim.makeFakeClient(self.platform)
-        self.pump = iosim.connect(
-            self.payment,
-            self.paymentTransport,
-            self.platform,
-            self.platformTransport,
-            greet=True,
-            clock=self.clock,
-        )
-
-    def flush(self):
-        """
-        Move bytes both ways until none are left, giving the links the
-        reactor turns they need for frames waiting their turn.
-        """
-        self.pump.flush(advanceClock=False)
-        while self.payment.backlog or self.platform.backlog:
-            self.clock.advance(0)
-            self.pump.flush(advanceClock=False)
-
-    def advance(self, seconds, step=None):
-        """
-        Move the clock forward C{seconds}, pumping bytes at every C{step}.
-        """
-        step = step or seconds
-        elapsed = 0.0
-        while elapsed < seconds:
-            delta = min(step, seconds - elapsed)
-            self.clock.advance(delta)
-            elapsed += delta
-            self.flush()
+        self.platformSettings = self.settings
+        self.platformFactory = self.factory
+        self.platform = self.link
+        self.payment = self.paymentLink
+        self.platformTransport = self.transport
 
 
 class PoolRig:

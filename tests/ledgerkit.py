@@ -10,9 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.processes import ReactorTestCase
-from tvlink.payment.ledger import (
-    PaymentLedger,
-)
+from tvlink.payment.ledger import PaymentLedger
 
 PAN = "6222020000000000018"
 
@@ -81,7 +79,7 @@ class RealReactorTestCase(ReactorTestCase):
         """
         gate = threading.Event()
         self.addCleanup(gate.set)
-        return ledger._submit(lambda conn, now, work: gate.wait(10)), gate.set
+        return ledger._submit(lambda store, now, work: gate.wait(10)), gate.set
 
     def captureLog(self):
         """

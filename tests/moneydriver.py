@@ -203,6 +203,7 @@ class Driver:
 
     def worker(self):
         from twisted.internet import defer
+
         from tvlink.errors import InDoubt
 
         @defer.inlineCallbacks
@@ -271,7 +272,13 @@ def summarise(journal):
 
 def main(argv=None):
     args = parseArgs(sys.argv[1:] if argv is None else argv)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # Run as a script, this file's folder is sys.path[0], and its
+    # sub-folders (tests/platform ...) would shadow the standard library's
+    # modules of the same name (platform, which attrs and so Twisted
+    # import): only the checkout's root goes on the path.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    root = os.path.dirname(here)
     if root not in sys.path:
         sys.path.insert(0, root)
 
@@ -284,8 +291,9 @@ def main(argv=None):
         textFileLogObserver,
     )
 
+    from tvlink.platform.factory import PlatformFactory
     from tvlink.platform.journal import Reversals
-    from tvlink.platform.service import PlatformFactory, PlatformService
+    from tvlink.platform.service import PlatformService
 
     if args.log:
         logFile = open(args.log, "a", encoding="utf-8")

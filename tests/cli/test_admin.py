@@ -5,6 +5,7 @@ runs it: C{python -m tvlink ledger ...} in a child process.
 
 import io
 import os
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +16,8 @@ from twisted.trial import unittest
 
 from tests.ledgerkit import PAN, RealReactorTestCase, balanceInquiry, purchase, refund
 from tvlink.cli import ledger as admin
-from tvlink.payment import ledger as ledgermod
+from tvlink.payment.rules import applyMessage
+from tvlink.store.ledgersql import SQLiteLedgerStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OTHER = "6222020000000000026"
@@ -27,13 +29,14 @@ def childEnv():
     return env
 
 
-def tvlink(*args):
+def tvlink(*args, cwd=ROOT):
     """
-    Run C{python -m tvlink ARGS...}; return (status, stdout, stderr).
+    Run C{python -m tvlink ARGS...} in C{cwd}; return (status, stdout,
+    stderr).
     """
     done = subprocess.run(
         [sys.executable, "-m", "tvlink"] + [str(a) for a in args],
-        cwd=ROOT,
+        cwd=cwd,
         env=childEnv(),
         capture_output=True,
         text=True,
@@ -57,14 +60,35 @@ def applyAll(path, *requests):
     Apply C{requests} to the ledger at C{path}, in this process, with no
     writer thread.
     """
-    conn = ledgermod.connect(path, create=False)
+    store = SQLiteLedgerStore.open(path, create=False)
     try:
         for request in requests:
-            conn.execute("BEGIN IMMEDIATE")
-            ledgermod.applyMessage(conn, request, "2026-11-25T12:00:00Z")
-            conn.execute("COMMIT")
+            with store.transaction():
+                applyMessage(store, request, "2026-11-25T12:00:00Z")
     finally:
-        conn.close()
+        store.close()
+
+
+def readmeLedgerSession():
+    """
+    The C{tvlink ledger} session shown in README.rst, in order: a list of
+    C{(argv, expected stdout lines)}, one for each C{$ tvlink ledger ...}
+    line (C{argv} after C{tvlink}), with the lines printed under it.
+    """
+    with open(os.path.join(ROOT, "README.rst"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    session = []
+    output = None
+    for line in lines:
+        text = line.strip()
+        if text.startswith("$ tvlink ledger "):
+            output = []
+            session.append((shlex.split(text[2:])[1:], output))
+        elif output is not None and text and not text.startswith("$ "):
+            output.append(text)
+        else:
+            output = None
+    return session
 
 
 class LedgerCommandTests(unittest.TestCase):
@@ -78,8 +102,42 @@ class LedgerCommandTests(unittest.TestCase):
         status, out, err = self.ledger("show", PAN)
         self.assertEqual(status, 1)
         self.assertIn("no ledger at %s" % (self.path,), err)
-        self.assertIn("init", err)
+        self.assertIn("tvlink ledger --db %s init" % (self.path,), err)
         self.assertFalse(os.path.exists(self.path), "a read created the ledger file")
+
+    def test_readmeSession(self):
+        """
+        The commands README.rst shows, run in order on a new file, print
+        what it shows; C{open} before C{init} is refused with the command
+        that creates the file, and creates nothing.
+        """
+        session = readmeLedgerSession()
+        self.assertEqual(
+            [argv[:4] for argv, output in session],
+            [["ledger", "--db", "ledger.db", "init"], ["ledger", "--db", "ledger.db", "open"]],
+            session,
+        )
+        here = os.path.abspath(self.mktemp())
+        os.makedirs(here)
+        openArgv = session[1][0]
+        status, out, err = tvlink(*openArgv, cwd=here)
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(
+            err,
+            "tvlink ledger open: no ledger at ledger.db; create it first with:"
+            " tvlink ledger --db ledger.db init"
+            " (a payment node started with --ledger sqlite:ledger.db creates it too)\n",
+        )
+        self.assertEqual(os.listdir(here), [])
+        for argv, output in session:
+            status, out, err = tvlink(*argv, cwd=here)
+            self.assertEqual((status, err), (0, ""), argv)
+            self.assertEqual(out.splitlines(), output, argv)
+        # init again is harmless, and the account is there.
+        self.assertEqual(tvlink(*session[0][0], cwd=here)[:2], (0, session[0][1][0] + "\n"))
+        status, out, err = tvlink("ledger", "--db", "ledger.db", "show", openArgv[4], cwd=here)
+        self.assertEqual(status, 0, err)
+        self.assertRegex(out, r"balance\s+1000\.00 \(100000 fen\)")
 
     def test_accountLifeCycle(self):
         status, out, err = self.ledger("init")
@@ -170,7 +228,7 @@ class LedgerCommandTests(unittest.TestCase):
         self.assertIn("not a tvlink ledger", err)
 
     def test_journalAndCheck(self):
-        ledgermod.connect(self.path).close()
+        SQLiteLedgerStore.open(self.path).close()
         self.assertEqual(self.ledger("open", PAN, "10000")[0], 0)
         self.assertEqual(self.ledger("journal")[1].strip(), "the journal is empty")
         buy = purchase("000001", 2500)

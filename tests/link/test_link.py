@@ -15,7 +15,8 @@ from tvlink.errors import DuplicateKey, LinkLost, LinkNotReady, RequestTimeout
 from tvlink.link.pending import PendingRequests
 from tvlink.link.settings import LinkSettings
 from tvlink.payment.service import PaymentFactory
-from tvlink.platform.service import PlatformFactory, PlatformHandler
+from tvlink.platform.factory import PlatformFactory
+from tvlink.platform.service import PlatformHandler
 
 
 class LivenessTests(SynchronousTestCase):

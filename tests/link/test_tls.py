@@ -33,16 +33,16 @@ from tvlink.link.settings import LinkSettings
 from tvlink.link.tls import (
     ClientTLS,
     Identity,
-    IdentityCheckingCreator,
     ServerTLS,
     TLSConfigError,
-    TLSLink,
     TLSServerEndpoint,
     loadCertificates,
     loadPrivateKey,
 )
+from tvlink.link.tlslink import TLSLink
+from tvlink.link.verify import IdentityCheckingCreator
 from tvlink.payment.service import DemoHandler, PaymentFactory
-from tvlink.platform.service import PlatformFactory
+from tvlink.platform.factory import PlatformFactory
 
 #: A card the demo handler approves.
 PAN = "6222020000000000018"

@@ -1,7 +1,8 @@
 """
 Tests for L{tvlink.payment.ledger} (the SQLite ledger, its writer thread and group
-commit), L{tvlink.payment.backend} (the payment side's back-end hop) and the
-ledger options of C{twistd tvlink payment}.
+commit) with its rules (L{tvlink.payment.rules}, L{tvlink.payment.accounts})
+and store (L{tvlink.store.ledgersql}), L{tvlink.payment.backend} (the payment
+side's back-end hop) and the ledger options of C{twistd tvlink payment}.
 
 The ledger's writer is a real thread that delivers with
 C{reactor.callFromThread}, so those tests run on the real reactor and
@@ -41,23 +42,20 @@ from tests.ledgerkit import (
 from tvlink import PaymentService
 from tvlink.cli.tap import Options, makeService
 from tvlink.link.interfaces import IMessageHandler
+from tvlink.masking import maskCard as maskPan
+from tvlink.payment.accounts import checkBalance
 from tvlink.payment.backend import IAbandonableBackend, IAccountBackend, LedgerHandler
-from tvlink.payment.ledger import (
+from tvlink.payment.errors import (
     BadAmount,
     BadCardNumber,
     DuplicateAccount,
     LedgerClosed,
-    LedgerPaymentService,
-    Outcome,
-    PaymentLedger,
     StillApplying,
     UnknownAccount,
-    _Work,
-    checkBalance,
-    maskPan,
-    parseLedgerSpec,
 )
-from tvlink.payment.service import DemoHandler
+from tvlink.payment.ledger import PaymentLedger, _Work
+from tvlink.payment.rules import Outcome
+from tvlink.payment.service import DemoHandler, LedgerPaymentService, parseLedgerSpec
 
 
 class HelperTests(unittest.SynchronousTestCase):
@@ -453,19 +451,19 @@ class WriterTests(RealReactorTestCase):
     @inlineCallbacks
     def test_synchronousFull(self):
         ledger = yield self.newLedger()
-        level = yield ledger._submit(lambda conn, now, work: conn.execute("PRAGMA synchronous").fetchone()[0])
+        level = yield ledger._submit(lambda store, now, work: store.conn.execute("PRAGMA synchronous").fetchone()[0])
         self.assertEqual(level, 2)  # FULL
 
     @inlineCallbacks
     def test_failingWorkIsRolledBackAlone(self):
         ledger = yield self.newLedger()
 
-        def broken(conn, now, work):
-            conn.execute("UPDATE accounts SET balance = 0")
+        def broken(store, now, work):
+            store.conn.execute("UPDATE accounts SET balance = 0")
             raise RuntimeError("broken work")
 
         blocker = threading.Event()
-        first = ledger._submit(lambda conn, now, work: blocker.wait(10))
+        first = ledger._submit(lambda store, now, work: blocker.wait(10))
         ok = ledger.apply(purchase("000001", 100))
         bad = ledger._submit(broken)
         ok2 = ledger.apply(purchase("000002", 100))
@@ -480,7 +478,7 @@ class WriterTests(RealReactorTestCase):
     def test_writerSurvivesSystemExit(self):
         ledger = yield self.newLedger()
 
-        def exits(conn, now, work):
+        def exits(store, now, work):
             raise SystemExit(3)
 
         yield self.assertFailure(ledger._submit(exits), SystemExit)
@@ -516,7 +514,7 @@ class WriterTests(RealReactorTestCase):
         """
         ledger = yield self.newLedger()
         blocker = threading.Event()
-        busy = ledger._submit(lambda conn, now, work: blocker.wait(10))
+        busy = ledger._submit(lambda store, now, work: blocker.wait(10))
         buy = purchase("000001", 100)
         d = ledger.apply(buy)
         d.cancel()
@@ -529,7 +527,7 @@ class WriterTests(RealReactorTestCase):
         # Inquiries and reversals are applied all the same.
         reverse = reversal("000002", purchase("000003", 1))
         blocker.clear()
-        busy = ledger._submit(lambda conn, now, work: blocker.wait(10))
+        busy = ledger._submit(lambda store, now, work: blocker.wait(10))
         d = ledger.apply(reverse)
         d.cancel()
         self.failureResultOf(d, CancelledError)
@@ -592,7 +590,7 @@ class WriterTests(RealReactorTestCase):
 
     def test_openErrors(self):
         ledger = PaymentLedger(os.path.join(self.mktemp(), "missing-dir", "l.db"))
-        from tvlink.payment.ledger import LedgerError, NotALedger
+        from tvlink.payment.errors import LedgerError, NotALedger
 
         self.assertRaises(LedgerError, ledger.open)
         self.failureResultOf(ledger.apply(purchase("000001", 1)), LedgerError)

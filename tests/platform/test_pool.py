@@ -12,8 +12,8 @@ from zope.interface import implementer
 from tests.helpers import Events, HoldingHandler, PoolRig, RecordingHandler, purchase
 from tvlink.errors import DuplicateKey, LinkLost, NoLinkAvailable, RequestTimeout
 from tvlink.link.roundtrips import RoundTrips
+from tvlink.platform.breaker import CircuitBreaker
 from tvlink.platform.pool import (
-    CircuitBreaker,
     IBalancer,
     LeastPending,
     Primary,

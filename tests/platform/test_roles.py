@@ -16,7 +16,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from tvlink import PaymentService, PlatformService
 from tvlink.errors import NoLinkAvailable
 from tvlink.link.settings import LinkSettings
-from tvlink.platform.service import PlatformFactory, PlatformHandler, parseEndpoint
+from tvlink.platform.endpoints import parseEndpoint
+from tvlink.platform.factory import PlatformFactory
+from tvlink.platform.service import PlatformHandler
 
 
 class FakeConnector:
@@ -49,6 +51,17 @@ class BackoffTests(SynchronousTestCase):
         delays, connector = self.delays(self.factory(), 10)
         self.assertEqual(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60, 60])
         self.assertEqual(connector.attempts, 10)
+
+    def test_stop_trying_cancels_the_scheduled_reconnect(self):
+        f = self.factory()
+        connector = FakeConnector()
+        f.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        f.stopTrying()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertIsNone(f.reconnectCall)
+        self.reactor.advance(f.maxDelay)
+        self.assertEqual(connector.attempts, 0)
 
     def test_jitter_in_upper_half(self):
         delays, _ = self.delays(self.factory(random=lambda: 0.0), 8)

@@ -548,7 +548,7 @@ class HostilePeerTests(_GoodPlatform, ReactorTestCase):
         )
 
 
-#: L{tvlink.link.protocol.LimitLog.interval}: seconds between two reports of a limit.
+#: L{tvlink.link.limits.LimitLog.interval}: seconds between two reports of a limit.
 LIMIT_LOG_INTERVAL = 10.0
 
 

@@ -47,16 +47,18 @@ from tvlink.link import wire
 from tvlink.link.interfaces import IMessageHandler
 from tvlink.link.settings import LinkSettings
 from tvlink.payment.service import DemoHandler, PaymentService
-from tvlink.platform.service import PlatformFactory, PlatformHandler
+from tvlink.platform.factory import PlatformFactory
+from tvlink.platform.service import PlatformHandler
 from tvlink.testing.faultproxy import FaultProxy
 from tvlink.web import (
     HTTPService,
     ServiceStack,
-    parseHTTPEndpoint,
     paymentResource,
     platformResource,
 )
-from tvlink.web.terminal import TerminalAPI, _standing
+from tvlink.web.orders import standing
+from tvlink.web.service import parseHTTPEndpoint
+from tvlink.web.terminal import TerminalAPI
 
 OTHER_PAN = "6222020000000000026"
 MASKED = "622202*********0018"
@@ -317,9 +319,9 @@ class PurchaseTests(SynchronousTestCase):
             return {"state": state, "resp": resp, "reason": reason}
 
         unsent = entry("declined", "91", "no payment link available")
-        self.assertIsNone(_standing([unsent]))
+        self.assertIsNone(standing([unsent]))
         answered91 = entry("declined", "91", None)
-        self.assertIs(_standing([unsent, answered91]), answered91)
+        self.assertIs(standing([unsent, answered91]), answered91)
 
     def test_timedOutThenReversed(self):
         """
@@ -374,7 +376,7 @@ class PurchaseTests(SynchronousTestCase):
                 return defer.Deferred()
 
         service = Stuck()
-        from tvlink.web.terminal import V1Resource
+        from tvlink.web.resources import V1Resource
 
         api = TerminalAPI(service)
         root = V1Resource(api)

@@ -10,6 +10,8 @@ C{tvlink ledger}: the operator's command for the payment ledger.
     tvlink ledger --db PATH journal [--limit N]
     tvlink ledger --db PATH check
 
+A new ledger file is made by C{init} (or by the payment node's first
+start); every other command refuses a file that is not there, saying so.
 Amounts are whole fen (100000 is 1000.00 yuan). It works on the file of a
 running payment process: SQLite's WAL lets it read while the process
 writes, and its own writes wait (busy timeout) for the process's commit.
@@ -18,11 +20,16 @@ card, duplicate account, no ledger file ...), 2 bad arguments.
 """
 
 import argparse
+import shlex
 import sys
 import time
 
-from tvlink.payment import ledger
-from tvlink.payment.ledger import LedgerError, formatFen, maskPan
+from tvlink.masking import maskCard as maskPan
+from tvlink.payment import accounts
+from tvlink.payment.accounts import formatFen
+from tvlink.payment.errors import BadAmount, BadCardNumber, LedgerError, LedgerNotFound
+from tvlink.payment.rules import ACTIVE, FROZEN, wallclockText
+from tvlink.store.ledgersql import SQLiteLedgerStore
 
 #: Exit statuses.
 OK = 0
@@ -71,7 +78,7 @@ def _parser(out, err):
         sub.out, sub.err = out, err
         return sub
 
-    command("init", "create an empty ledger (nothing happens if it exists)")
+    command("init", "create an empty ledger, before the first open (nothing happens if it exists)")
     sub = command("open", "open an account with an opening balance")
     sub.add_argument("pan", metavar="PAN", help="card number, 12 to 19 digits")
     sub.add_argument("amount", metavar="AMOUNT", help="opening balance in fen, e.g. 100000")
@@ -113,47 +120,42 @@ def main(argv=None, out=None, err=None):
     try:
         if args.command == "init":
             return _init(path, args, out)
-        conn = ledger.connect(path, create=False, busy_timeout=args.busy_timeout)
-    except ledger.LedgerNotFound:
+        store = SQLiteLedgerStore.open(path, create=False, busy_timeout=args.busy_timeout)
+    except LedgerNotFound:
         err.write(
-            "tvlink ledger: no ledger at %s (create it with: tvlink ledger --db %s init,"
-            " or run the payment side with --ledger sqlite:%s)\n" % (path, path, path)
+            "tvlink ledger %s: no ledger at %s; create it first with: tvlink ledger --db %s init"
+            " (a payment node started with --ledger sqlite:%s creates it too)\n"
+            % (args.command, path, shlex.quote(args.db), path)
         )
         return REFUSED
     except LedgerError as e:
         err.write("tvlink ledger: %s\n" % (e,))
         return REFUSED
     try:
-        return COMMANDS[args.command](conn, args, out)
-    except (ledger.BadAmount, ledger.BadCardNumber) as e:
+        return COMMANDS[args.command](store, args, out)
+    except (BadAmount, BadCardNumber) as e:
         err.write("tvlink ledger %s: %s\n" % (args.command, e))
         return USAGE
     except LedgerError as e:
         err.write("tvlink ledger %s: %s\n" % (args.command, e))
         return REFUSED
-    except ledger.sqlite3.Error as e:
+    except store.Error as e:
         err.write("tvlink ledger %s: database error: %s\n" % (args.command, e))
         return REFUSED
     finally:
-        conn.close()
+        store.close()
 
 
-def _write(conn, work):
+def _write(store, work):
     """
     Run C{work()} in one transaction.
     """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = work()
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return result
+    with store.transaction():
+        return work()
 
 
 def _now():
-    return ledger.wallclockText(time.time())
+    return wallclockText(time.time())
 
 
 def _money(fen):
@@ -161,22 +163,21 @@ def _money(fen):
 
 
 def _init(path, args, out):
-    conn = ledger.connect(path, create=True, busy_timeout=args.busy_timeout)
-    conn.close()
+    SQLiteLedgerStore.open(path, create=True, busy_timeout=args.busy_timeout).close()
     out.write("ledger %s ready\n" % (path,))
     return OK
 
 
-def _open(conn, args, out):
-    account = _write(conn, lambda: ledger.openAccount(conn, args.pan, args.amount, _now()))
+def _open(store, args, out):
+    account = _write(store, lambda: accounts.openAccount(store, args.pan, args.amount, _now()))
     out.write(
         "opened card %s with balance %s\n" % (maskPan(account["pan"]), _money(account["balance"]))
     )
     return OK
 
 
-def _show(conn, args, out):
-    account = ledger.getAccount(conn, args.pan)
+def _show(store, args, out):
+    account = accounts.getAccount(store, args.pan)
     out.write(
         "card      %s\nstatus    %s\nbalance   %s\nopening   %s\nopened at %s\n"
         % (
@@ -190,24 +191,24 @@ def _show(conn, args, out):
     return OK
 
 
-def _list(conn, args, out):
-    accounts = ledger.listAccounts(conn)
-    if not accounts:
+def _list(store, args, out):
+    every = accounts.listAccounts(store)
+    if not every:
         out.write("no accounts\n")
         return OK
     out.write("%-22s %-7s %18s  %s\n" % ("card", "status", "balance (fen)", "opened at"))
-    for account in accounts:
+    for account in every:
         out.write(
             "%-22s %-7s %18d  %s\n"
             % (maskPan(account["pan"]), account["status"], account["balance"], account["opened_at"])
         )
-    out.write("%d account%s\n" % (len(accounts), "" if len(accounts) == 1 else "s"))
+    out.write("%d account%s\n" % (len(every), "" if len(every) == 1 else "s"))
     return OK
 
 
 def _status(status):
-    def change(conn, args, out):
-        before = _write(conn, lambda: ledger.setStatus(conn, args.pan, status))
+    def change(store, args, out):
+        before = _write(store, lambda: accounts.setStatus(store, args.pan, status))
         if before == status:
             out.write("card %s was already %s\n" % (maskPan(args.pan), status))
         else:
@@ -217,8 +218,8 @@ def _status(status):
     return change
 
 
-def _journal(conn, args, out):
-    entries = ledger.recentJournal(conn, args.limit)
+def _journal(store, args, out):
+    entries = accounts.recentJournal(store, args.limit)
     if not entries:
         out.write("the journal is empty\n")
         return OK
@@ -245,8 +246,8 @@ def _journal(conn, args, out):
     return OK
 
 
-def _check(conn, args, out):
-    report = ledger.reconcile(conn)
+def _check(store, args, out):
+    report = accounts.reconcile(store)
     totals = report["totals"]
     out.write(
         "%d account%s: opening %d - purchases %d + refunds %d = %d fen; balances %d fen\n"
@@ -276,8 +277,8 @@ COMMANDS = {
     "open": _open,
     "show": _show,
     "list": _list,
-    "freeze": _status(ledger.FROZEN),
-    "unfreeze": _status(ledger.ACTIVE),
+    "freeze": _status(FROZEN),
+    "unfreeze": _status(ACTIVE),
     "journal": _journal,
     "check": _check,
 }

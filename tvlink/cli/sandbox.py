@@ -10,8 +10,13 @@ import tempfile
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from tvlink.payment.ledger import DuplicateAccount, LedgerPaymentService, PaymentLedger, formatFen, maskPan
+from tvlink.masking import maskCard as maskPan
+from tvlink.payment.accounts import formatFen
+from tvlink.payment.errors import DuplicateAccount
+from tvlink.payment.ledger import PaymentLedger
+from tvlink.payment.service import LedgerPaymentService
 from tvlink.platform.service import PlatformService
 
 #: A card the sandbox ledger opens with 1000.00.
@@ -56,11 +61,11 @@ class SandboxService(MultiService):
         self.platform = None
         self.demo = Deferred()
         #: With C{http} (a server endpoint), the terminal API and both
-        #: status pages (L{tvlink.web.SandboxWeb}); the platform then keeps
+        #: status pages (L{tvlink.web.service.SandboxWeb}); the platform then keeps
         #: its journal next to the ledger.
         self.web = None
         if http is not None:
-            from tvlink.web import SandboxWeb
+            from tvlink.web.service import SandboxWeb
 
             self.web = SandboxWeb(http, self.payment, reactor=reactor, demo_card=DEMO_PAN)
             self.web.setServiceParent(self)
@@ -79,27 +84,29 @@ class SandboxService(MultiService):
         if self.demo.called:
             self.demo = Deferred()
         MultiService.startService(self)
-        d = gatherResults([self._openDemoAccounts(), self.payment.whenListening()], consumeErrors=True)
-        d.addCallback(lambda _: self._link())
-        d.addErrback(self._failed)
+        Deferred.fromCoroutine(self._start())
 
-    def _failed(self, failure):
-        self.log.failure("sandbox could not start", failure, sandbox_event="failed")
-        if not self.demo.called:
-            self.demo.callback(None)
+    async def _start(self):
+        """
+        Open the demo accounts, link the platform once the payment side
+        listens, and make the demo purchase once the link is ready.
+        """
+        try:
+            await gatherResults([self._openDemoAccounts(), self.payment.whenListening()], consumeErrors=True)
+            self._link()
+        except Exception:
+            self.log.failure("sandbox could not start", Failure(), sandbox_event="failed")
+            if not self.demo.called:
+                self.demo.callback(None)
+            return
+        await self.platform.whenReady()
+        await self._demo()
 
     def _openDemoAccounts(self):
-        def already(failure):
-            # A kept ledger file from an earlier run.
-            failure.trap(DuplicateAccount)
-
-        steps = []
-        for pan, balance, status in DEMO_ACCOUNTS:
-            d = self.ledger.openAccount(pan, balance)
-            d.addErrback(already)
-            if status == "frozen":
-                d.addCallback(lambda _, pan=pan: self.ledger.freeze(pan))
-            steps.append(d)
+        steps = [
+            Deferred.fromCoroutine(self._openDemoAccount(pan, balance, status))
+            for pan, balance, status in DEMO_ACCOUNTS
+        ]
         d = gatherResults(steps, consumeErrors=True)
 
         def done(_):
@@ -115,6 +122,14 @@ class SandboxService(MultiService):
 
         return d.addCallback(done)
 
+    async def _openDemoAccount(self, pan, balance, status):
+        try:
+            await self.ledger.openAccount(pan, balance)
+        except DuplicateAccount:
+            pass  # A kept ledger file from an earlier run.
+        if status == "frozen":
+            await self.ledger.freeze(pan)
+
     def _link(self):
         address = self.payment.address()
         options = dict(self.options)
@@ -124,14 +139,19 @@ class SandboxService(MultiService):
         self.platform.setServiceParent(self)
         if self.web is not None:
             self.web.attachPlatform(self.platform)
-        self.platform.whenReady().addCallback(self._demo)
 
-    def _demo(self, link):
-        d = self.platform.request(
-            {"mti": "0200", "proc": "000000", "pan": DEMO_PAN, "amount": "%012d" % 1234, "currency": "156"}
-        )
-
-        def answered(answer):
+    async def _demo(self):
+        """
+        Make the demo purchase and log its answer; fire L{demo} with it.
+        """
+        try:
+            answer = await self.platform.request(
+                {"mti": "0200", "proc": "000000", "pan": DEMO_PAN, "amount": "%012d" % 1234, "currency": "156"}
+            )
+        except Exception:
+            self.log.warn("sandbox demo purchase failed: {why}", why=Failure().getErrorMessage())
+            answer = None
+        else:
             self.log.info(
                 "sandbox ready: payment on {address}, platform linked; demo purchase of 12.34 answered {resp}",
                 address=self.payment.address(),
@@ -139,18 +159,8 @@ class SandboxService(MultiService):
             )
             if self.web is not None:
                 self.web.announce()
-            return answer
-
-        def failed(failure):
-            self.log.warn("sandbox demo purchase failed: {why}", why=failure.getErrorMessage())
-
-        def done(answer):
-            if not self.demo.called:
-                self.demo.callback(answer)
-
-        d.addCallbacks(answered, failed)
-        d.addCallback(done)
-        return d
+        if not self.demo.called:
+            self.demo.callback(answer)
 
     def stopService(self):
         d = MultiService.stopService(self)

@@ -12,9 +12,9 @@ from twisted.python import usage
 from tvlink.cli.codecopts import CodecOptions, EndpointCodecOptions
 from tvlink.link import wire
 from tvlink.link.settings import positive
+from tvlink.platform.endpoints import parseGroups
 from tvlink.platform.journal import parseJournalOption
 from tvlink.platform.pool import BALANCERS
-from tvlink.platform.service import parseGroups
 
 log = Logger(namespace="tvlink.tap")
 
@@ -33,7 +33,7 @@ def _httpOption(options):
     value = options["http"]
     if value is None:
         return None
-    from tvlink.web import parseHTTPEndpoint
+    from tvlink.web.service import parseHTTPEndpoint
 
     try:
         return parseHTTPEndpoint(value)
@@ -222,7 +222,7 @@ class PaymentOptions(_PaymentTLSOptions, _LinkOptions):
         except (ValueError, TypeError) as e:
             raise usage.UsageError("--listen: %s" % (e,)) from None
         _LinkOptions.postOptions(self)
-        from tvlink.payment.ledger import parseLedgerSpec
+        from tvlink.payment.service import parseLedgerSpec
 
         try:
             self.ledger = parseLedgerSpec(self["ledger"])
@@ -454,7 +454,8 @@ def _makeRoleService(config, reactor=None):
     if config.subCommand == "payment":
         kind, path = sub.ledger
         if kind == "sqlite":
-            from tvlink.payment.ledger import LedgerPaymentService, PaymentLedger
+            from tvlink.payment.ledger import PaymentLedger
+            from tvlink.payment.service import LedgerPaymentService
 
             return LedgerPaymentService(
                 sub["listen"],

@@ -1,7 +1,8 @@
 """
 The payment side (智能电视支付及账户管理系统): the server that listens,
 accepts every platform link at once, and forgets a broken one while it
-keeps listening.
+keeps listening; and L{LedgerPaymentService}, the same answering from a
+ledger it owns, as C{--ledger} chooses (L{parseLedgerSpec}).
 """
 
 from twisted.internet.defer import Deferred
@@ -16,6 +17,7 @@ from tvlink.link.factory import LinkFactory
 from tvlink.link.interfaces import IMessageHandler
 from tvlink.link.service import LinkService, failNow
 from tvlink.link.settings import PAYMENT, atLeast, positive, succeedWith
+from tvlink.payment.backend import DEFAULT_BACKEND_TIMEOUT, LedgerHandler
 
 
 class PaymentFactory(LinkFactory, ServerFactory):
@@ -299,3 +301,48 @@ class PaymentService(LinkService):
         A L{Deferred} firing with a ready link once a platform has signed on.
         """
         return self.factory.whenReady()
+
+
+def parseLedgerSpec(spec):
+    """
+    Parse a C{--ledger} value: C{"memory"} or C{"sqlite:PATH"}.
+
+    @return: C{("memory", None)} or C{("sqlite", PATH)}.
+    @raise ValueError: for anything else.
+    """
+    if spec == "memory":
+        return ("memory", None)
+    if isinstance(spec, str) and spec.startswith("sqlite:"):
+        path = spec[len("sqlite:"):]
+        if path:
+            return ("sqlite", path)
+        raise ValueError("sqlite: needs a path, e.g. sqlite:tvlink-ledger.db")
+    raise ValueError("expected sqlite:PATH or memory, not %r" % (spec,))
+
+
+class LedgerPaymentService(PaymentService):
+    """
+    A L{PaymentService} answering from a ledger it owns (a
+    L{tvlink.payment.ledger.PaymentLedger}): the ledger is opened before
+    the port listens (so a bad ledger stops C{twistd} at once) and closed
+    once every link has closed.
+
+    @param ledger: the L{tvlink.payment.ledger.PaymentLedger}.
+    @param backend: an L{tvlink.payment.backend.IAccountBackend} to forward
+        to instead of the ledger.
+    @param backend_timeout: the back end's budget in seconds.
+    """
+
+    def __init__(self, listen, ledger, backend=None, backend_timeout=DEFAULT_BACKEND_TIMEOUT, **options):
+        handler = LedgerHandler(ledger, backend, backend_timeout, reactor=options.get("reactor"))
+        PaymentService.__init__(self, listen, handler=handler, **options)
+        self.ledger = ledger
+
+    def privilegedStartService(self):
+        self.ledger.open()
+        PaymentService.privilegedStartService(self)
+
+    def stopService(self):
+        d = PaymentService.stopService(self)
+        d.addCallback(lambda _: self.ledger.close())
+        return d

@@ -12,7 +12,9 @@ entry ends as C{approved}, C{declined} or C{reversed}.
 
 import json
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from tvlink.link import wire
 from tvlink.masking import maskCard
@@ -294,10 +296,24 @@ class Reversals:
             return
         state["call"] = None
         self.journal.noteAttempt(key)
-        d = self.send(dict(state["message"]), self.timeout)
-        d.addCallbacks(self._answered, self._failed, (key,), None, (key,))
+        Deferred.fromCoroutine(self._send(key, dict(state["message"])))
 
-    def _answered(self, answer, key):
+    async def _send(self, key, message):
+        """
+        Send the reversal C{message} of C{key} once; finish it if it is
+        acknowledged, or repeat it later.
+        """
+        try:
+            answer = await self.send(message, self.timeout)
+        except Exception:
+            self.log.info(
+                "reversal of {key} not acknowledged yet: {why}",
+                link_event="reversal-retry",
+                key="/".join(key),
+                why=Failure().getErrorMessage(),
+            )
+            self._retry(key)
+            return
         resp = answer.get("resp")
         if resp in REVERSAL_DONE:
             self.finished(key, resp)
@@ -313,15 +329,6 @@ class Reversals:
             link_event="reversal-refused",
             key="/".join(key),
             resp=resp,
-        )
-        self._retry(key)
-
-    def _failed(self, failure, key):
-        self.log.info(
-            "reversal of {key} not acknowledged yet: {why}",
-            link_event="reversal-retry",
-            key="/".join(key),
-            why=failure.getErrorMessage(),
         )
         self._retry(key)
 

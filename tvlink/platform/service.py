@@ -1,327 +1,26 @@
 """
-The platform side (智能电视集成播控平台): the client that opens one
-persistent link per payment endpoint and keeps it open.
+The platform side (智能电视集成播控平台): the service that keeps links to
+one or more payment endpoints (one L{tvlink.platform.factory.PlatformFactory}
+per link slot) and spreads requests over them.
 """
 
 import random
-import sqlite3
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tvlink.errors import (
-    DuplicateKey,
-    InDoubt,
-    InDoubtAnswer,
-    InDoubtLinkLost,
-    InDoubtTimeout,
-    LinkBusy,
-    LinkLost,
-    NoLinkAvailable,
-    RequestError,
-    RequestTimeout,
-)
+from tvlink.errors import DuplicateKey, LinkBusy, NoLinkAvailable
 from tvlink.link import wire
-from tvlink.link.factory import LINK_COUNTERS, LinkFactory
 from tvlink.link.interfaces import IMessageHandler
-from tvlink.link.roundtrips import RoundTrips
 from tvlink.link.service import LinkService, failNow
 from tvlink.link.settings import PLATFORM, succeedWith
-from tvlink.platform.journal import (
-    APPROVED,
-    DECLINED,
-    PENDING,
-    REVERSAL_DONE,
-    PlatformJournal,
-    Reversals,
-    isMoneyMoving,
-)
-from tvlink.platform.pool import CircuitBreaker, RequestQueue, getBalancer
-
-
-def parseGroups(endpoints):
-    """
-    Parse endpoint configuration into priority groups: a list of
-    C{"HOST:PORT"} strings, each of which may name several endpoints
-    separated by commas (one group). Returns a list of groups, each a list
-    of C{(host, port)}.
-    """
-    if isinstance(endpoints, str):
-        endpoints = [endpoints]
-    groups = []
-    for entry in endpoints:
-        members = entry if isinstance(entry, (list, tuple)) else entry.split(",")
-        group = [parseEndpoint(m.strip() if isinstance(m, str) else m) for m in members if m]
-        if group:
-            groups.append(group)
-    if not groups:
-        raise ValueError("at least one payment endpoint is needed")
-    return groups
-
-
-def parseEndpoint(text):
-    """
-    Parse C{"HOST:PORT"} into C{(host, port)}.
-
-    @raise ValueError: naming what is wrong.
-    """
-    if not isinstance(text, str) or ":" not in text:
-        raise ValueError("endpoint %r is not HOST:PORT" % (text,))
-    host, _, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not host:
-        raise ValueError("endpoint %r has no host" % (text,))
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("endpoint %r has no valid port (1-65535)" % (text,))
-    return host, int(port)
-
-
-class PlatformFactory(LinkFactory, ReconnectingClientFactory):
-    """
-    One link slot: keeps one link to one payment endpoint. It connects,
-    signs on, and reconnects with jittered exponential backoff whenever the
-    link closes or goes silent.
-
-    The delay before attempt I{n} is drawn uniformly from the upper half of
-    C{min(maxDelay, initialDelay * factor ** (n - 1))}: the first retry
-    comes within C{initialDelay} (1 s), later ones never past C{maxDelay}
-    (60 s), and platforms restarted together spread out. It is reset once
-    the peer has sent a valid frame (L{linkProven}), not on connect.
-
-    The slot outlives its connections: its counters, round trips and
-    circuit breaker carry over reconnects.
-
-    @ivar group: the priority group (0 first) of the endpoint.
-    @ivar draining: no new requests go to this slot.
-    @ivar link: the current connection, or C{None}.
-    """
-
-    role = PLATFORM
-    noisy = False
-    initialDelay = 1.0
-    factor = 2.0
-    maxDelay = 60.0
-    log = Logger(namespace="tvlink.platform")
-
-    def __init__(
-        self, endpoint, settings, handler, random=random.random, group=0, slot=0, breaker=None
-    ):
-        self.setUp(settings, handler)
-        self.endpoint = endpoint
-        self.random = random
-        self.group = group
-        self.slot = slot
-        self.delay = self.initialDelay
-        self.reconnects = 0
-        self.draining = False
-        self.resumeWhenDrained = False
-        self.link = None
-        self.slotCounters = dict.fromkeys(LINK_COUNTERS, 0)
-        self.slotRoundTrips = RoundTrips()
-        self.breaker = breaker if breaker is not None else CircuitBreaker(settings.reactor)
-        self.onLate = None
-        #: Called with a count when that many requests on this slot end and
-        #: free room on it.
-        self.capacityFreed = lambda count=1: None
-        #: Callables given C{(rtt, factory)} for every answered request.
-        self.roundTripObservers = []
-
-    def countersFor(self, link):
-        return self.slotCounters
-
-    def roundTripsFor(self, link):
-        return self.slotRoundTrips
-
-    def startedConnecting(self, connector):
-        self.log.info(
-            "link to {endpoint} connecting", link_event="connecting", endpoint=self.endpoint
-        )
-
-    def clientConnectionFailed(self, connector, reason):
-        self.log.info(
-            "link to {endpoint} could not connect: {why}",
-            link_event="connect-failed",
-            endpoint=self.endpoint,
-            why=reason.getErrorMessage(),
-        )
-        ReconnectingClientFactory.clientConnectionFailed(self, connector, reason)
-
-    def retry(self, connector=None):
-        if not self.continueTrying:
-            return
-        if connector is None:
-            connector = self.connector
-        self.retries += 1
-        if self.maxRetries is not None and self.retries > self.maxRetries:
-            return
-        ceiling = min(self.maxDelay, self.initialDelay * self.factor ** min(self.retries - 1, 64))
-        self.delay = ceiling * (0.5 + 0.5 * self.random())
-        self.reconnects += 1
-        self.log.info(
-            "link to {endpoint} retrying in {delay:.2f}s",
-            link_event="retry",
-            endpoint=self.endpoint,
-            delay=self.delay,
-        )
-
-        def reconnect():
-            self._callID = None
-            connector.connect()
-
-        self._callID = self.clock.callLater(self.delay, reconnect)
-
-    def linkUp(self, link):
-        self.link = link
-        link.group = self.group
-        LinkFactory.linkUp(self, link)
-        d = link.request({"mti": "0800", "nmi": wire.SIGN_ON})
-        d.addCallbacks(self._signOnAnswered, self._signOnFailed, (link,), None, (link,))
-
-    def _signOnAnswered(self, answer, link):
-        if link.state != "up":
-            return
-        resp = answer.get("resp")
-        if resp == wire.APPROVED:
-            self.resetDelay()
-            link.becomeReady()
-        else:
-            self.log.warn(
-                "link {peer} sign-on refused with {resp}",
-                link_event="sign-on-refused",
-                peer=link.peer,
-                resp=resp,
-            )
-            link.close("sign-on refused with %s" % (resp,))
-
-    def _signOnFailed(self, failure, link):
-        failure.trap(RequestError)
-        if link.state == "up":
-            self.log.warn(
-                "link {peer} sign-on failed: {why}",
-                link_event="sign-on-failed",
-                peer=link.peer,
-                why=failure.getErrorMessage(),
-            )
-            link.close("sign-on failed")
-
-    def linkProven(self, link):
-        """
-        The peer sent a valid frame. The backoff is reset only once the
-        sign-on is accepted: a node that answers but refuses us must not be
-        hammered once a second.
-        """
-
-    def signOffReceived(self, link):
-        """
-        The payment node signed this link off: close it and connect again
-        (with backoff), signing on afresh.
-        """
-        self.clock.callLater(0, link.close, "signed off by the payment node")
-
-    def linkLost(self, link, why):
-        if self.link is link:
-            self.link = None
-        LinkFactory.linkLost(self, link, why)
-
-    def signOnReceived(self, link, message):
-        return wire.INVALID_TRANSACTION
-
-    def requestsAnswered(self, link, rtts):
-        if self.breaker.consecutive:
-            self.breaker.answered()
-        self.capacityFreed(len(rtts))
-        for observer in self.roundTripObservers:
-            for rtt in rtts:
-                observer(rtt, self)
-
-    def lateResponse(self, link, key, message):
-        LinkFactory.lateResponse(self, link, key, message)
-        if self.onLate is not None:
-            self.onLate(key, message)
-
-    def requestTimedOut(self, link, key):
-        LinkFactory.requestTimedOut(self, link, key)
-        self.capacityFreed()
-        breaker = self.breaker
-        wasDegraded = breaker.degraded
-        if breaker.timedOut():
-            self.log.warn(
-                "link to {endpoint} ejected after {count} timeouts in a row; probing in {cooldown}s",
-                link_event="ejected",
-                endpoint=self.endpoint,
-                count=breaker.consecutive,
-                cooldown=breaker.cooldown,
-            )
-            self.linkEvent("ejected", link)
-            self.clock.callLater(breaker.cooldown, self.probe)
-        elif breaker.degraded and not wasDegraded:
-            self.log.warn(
-                "link to {endpoint} degraded: a request timed out",
-                link_event="degraded",
-                endpoint=self.endpoint,
-            )
-            self.linkEvent("degraded", link)
-
-    def probe(self):
-        """
-        Send an echo test on an ejected link; bring it back gradually if
-        answered, try again after the cool-down if not.
-        """
-        breaker = self.breaker
-        if breaker.state != "ejected" or not self.continueTrying:
-            return
-        link = self.link
-        if link is None or not link.ready:
-            breaker.probeFailed()
-            self.clock.callLater(breaker.cooldown, self.probe)
-            return
-        d = link.request({"mti": "0800", "nmi": wire.ECHO_TEST}, timeout=min(self.settings.timeout, breaker.cooldown))
-        d.addCallbacks(self._probed, self._probeFailed, (link,), None, (link,))
-
-    def _probed(self, answer, link):
-        if answer.get("resp") != wire.APPROVED:
-            return self._probeFailed(None, link)
-        self.breaker.probeAnswered()
-        self.log.info(
-            "link to {endpoint} answered its probe; taking traffic again over {ramp}s",
-            link_event="recovering",
-            endpoint=self.endpoint,
-            ramp=self.breaker.ramp,
-        )
-        self.linkEvent("recovering", link)
-
-    def _probeFailed(self, failure, link):
-        self.breaker.probeFailed()
-        self.log.warn(
-            "link to {endpoint} failed its probe; still ejected",
-            link_event="probe-failed",
-            endpoint=self.endpoint,
-        )
-        self.clock.callLater(self.breaker.cooldown, self.probe)
-
-    def stateName(self):
-        """
-        The slot's state as an operator sees it: C{connecting}, C{up},
-        C{ready}, C{degraded}, C{ejected}, C{recovering}, C{draining},
-        C{drained}.
-        """
-        link = self.link
-        if self.draining:
-            return "draining" if link is not None else "drained"
-        if link is None:
-            return "connecting"
-        if link.state != "ready":
-            return link.state
-        if self.breaker.state == "ejected":
-            return "ejected"
-        if self.breaker.state == "recovering":
-            return "recovering"
-        if self.breaker.degraded:
-            return "degraded"
-        return "ready"
+from tvlink.platform.breaker import CircuitBreaker
+from tvlink.platform.endpoints import parseGroups
+from tvlink.platform.factory import PlatformFactory
+from tvlink.platform.journal import PlatformJournal, isMoneyMoving
+from tvlink.platform.pool import RequestQueue, getBalancer
+from tvlink.platform.settlement import Settlement
 
 
 @implementer(IMessageHandler)
@@ -345,20 +44,6 @@ class PlatformHandler:
         return {"resp": wire.INVALID_TRANSACTION}
 
 
-#: Answers to a purchase or refund that do not say whether money moved.
-UNCERTAIN_ANSWERS = frozenset((wire.DESTINATION_UNAVAILABLE, wire.SYSTEM_MALFUNCTION))
-
-
-class _Unsent(Exception):
-    """
-    Carries an error raised before a request was sent past the
-    in-doubt handling.
-    """
-
-    def __init__(self, error):
-        self.error = error
-
-
 class PlatformService(LinkService):
     """
     An L{IService} holding links to one or more payment endpoints and
@@ -375,14 +60,15 @@ class PlatformService(LinkService):
     @param cooldown: seconds an ejected link rests before its probe.
     @param ramp: seconds over which a recovered link regains full traffic.
     @param journal: C{"sqlite:PATH"} or a L{PlatformJournal}: journal
-        money-moving requests and reverse those left in doubt.
+        money-moving requests and reverse those left in doubt (see
+        L{tvlink.platform.settlement}).
     @param terminal_deadline: the TV terminal's own deadline; C{timeout}
         must be below it (the per-hop timeout ladder).
     @param endpoint_codecs: C{{"HOST:PORT": codec}} for endpoints whose
         codec differs from the service's C{codec}.
     @param options: C{heartbeat}, C{idle_timeout}, C{timeout},
         C{header}, C{max_frame}, C{frame_timeout}, C{sender},
-        C{echo_interval}, C{reactor} (see L{tvlink.link.protocol.LinkSettings}).
+        C{echo_interval}, C{reactor} (see L{tvlink.link.settings.LinkSettings}).
     """
 
     role = PLATFORM
@@ -433,6 +119,10 @@ class PlatformService(LinkService):
         self._healthy = None
         self._journalOption = journal
         self.journal = journal if isinstance(journal, PlatformJournal) else None
+        #: The L{Settlement} of money-moving requests while the service
+        #: keeps a journal (from its first start), else C{None}.
+        self.settlement = None
+        #: Its L{tvlink.platform.journal.Reversals}.
         self.reversals = None
         self.queue = RequestQueue(self.reactor, int(max_queued))
         self.stopping = False
@@ -474,37 +164,12 @@ class PlatformService(LinkService):
         if self._journalOption is not None:
             if self.journal is None:
                 self.journal = PlatformJournal(self._journalOption, reactor=self.reactor)
-            self.reversals = Reversals(
-                self.journal,
-                self._dispatch,
-                self.reactor,
-                self.settings.timeout,
-                onFinal=self._reversed,
-                newKey=self._rekeyReversal,
-            )
-            self.reversals.running = True
-            self.journal.unfinished().addCallback(self._resumeReversals)
+            self.settlement = Settlement(self.journal, self.settings, self._dispatch, self.reactor)
+            self.reversals = self.settlement.reversals
+            self.settlement.start()
         for factory in self.factories:
             self._connect(factory)
 
-    def _resumeReversals(self, entries):
-        """
-        After a restart: whatever was journalled but not settled is in
-        doubt (it may have been sent); reverse it.
-        """
-        for entry in entries:
-            if entry["sender"] == self.settings.sender and entry["reversal_stan"]:
-                self.settings.stans.reserve(entry["reversal_stan"])
-            if entry["state"] == PENDING or not entry["reversal_stan"]:
-                self._markInDoubt(entry["key"], "unfinished at restart")
-            else:
-                self.reversals.begin(entry)
-        if entries:
-            self.log.info(
-                "resuming {count} unfinished transactions from the journal",
-                link_event="journal-resume",
-                count=len(entries),
-            )
     def _connect(self, factory):
         factory.continueTrying = True
         factory.draining = False
@@ -599,8 +264,8 @@ class PlatformService(LinkService):
         if stan is None and self._inFlightAnywhere(key):
             # A caller-chosen key already on a link, whichever.
             return failNow(DuplicateKey("request %s is already in flight" % ("/".join(key),)))
-        if self.reversals is not None and isMoneyMoving(message):
-            return self._journalled(message, key, timeout, stan)
+        if self.settlement is not None and isMoneyMoving(message):
+            return self.settlement.request(message, key, timeout, stan, budget=self.minimumBudget)
         return self._dispatch(message, timeout, stan, None, False, key)
 
     def _releaseStan(self, stan):
@@ -643,12 +308,12 @@ class PlatformService(LinkService):
             self._releaseStan(stan)
             return failNow(e)
         return waiting.addCallbacks(
-            self._unqueued, self._queueFailed, (message, stan, flight), None, (stan,)
+            self._unqueued, self._queueFailed, callbackArgs=(message, stan, flight), errbackArgs=(stan,)
         )
 
-    #: A request that waited for a link until less than this is left of
-    #: its timeout is not sent: it could only time out (and, for money,
-    #: cost a reversal).
+    #: A request that waited for a link, or for its journal entry, until
+    #: less than this is left of its timeout is not sent: it could only
+    #: time out (and, for money, cost a reversal).
     minimumBudget = 0.05
 
     def _unqueued(self, remaining, message, stan, flight):
@@ -661,121 +326,9 @@ class PlatformService(LinkService):
         self._releaseStan(stan)
         return failure
 
-    # -- money-moving requests ------------------------------------------
-
-    def _journalled(self, message, key, timeout, stan):
-        started = self.reactor.seconds()
-        flight = [False]
-        d = self.journal.record(message)
-        d.addCallbacks(
-            self._recorded, self._notRecorded, (message, timeout, started, stan, flight), None, (key, stan)
-        )
-        d.addCallbacks(self._settled, self._unsettled, (key,), None, (key, flight))
-        return d
-
-    def _recorded(self, _, message, timeout, started, stan, flight):
-        left = timeout - (self.reactor.seconds() - started)
-        if left < self.minimumBudget:
-            # The journal write took the budget: sending now could only
-            # time out and cost a reversal.
-            self._releaseStan(stan)
-            raise NoLinkAvailable("no time left to send after journalling")
-        return self._dispatch(message, left, stan, flight)
-
-    def _notRecorded(self, failure, key, stan):
-        self._releaseStan(stan)
-        if failure.check(sqlite3.IntegrityError):
-            raise _Unsent(DuplicateKey("transaction %s is already journalled" % ("/".join(key),)))
-        return failure
-
-    def _settled(self, answer, key):
-        resp = answer.get("resp")
-        if resp in UNCERTAIN_ANSWERS:
-            # 91 or 96: the payment node could not finish, but its account
-            # back end may have applied the request all the same (a
-            # back-end timeout). Reversing what was never applied is
-            # harmless; leaving applied money unreversed is not.
-            error = InDoubtAnswer(
-                "transaction %s was answered %s by the payment node; its outcome at the "
-                "account back end is unknown, so it is in doubt and is being reversed"
-                % ("/".join(key), resp)
-            )
-            error.key = key
-            error.answer = answer
-            d = self._markInDoubt(key, "answered %s" % (resp,))
-            return d.addCallback(lambda _: Failure(error))
-        state = APPROVED if resp == wire.APPROVED else DECLINED
-        d = self.journal.settle(key, state, resp)
-        return d.addCallback(lambda _: answer)
-
-    def _unsettled(self, failure, key, flight):
-        if failure.check(_Unsent):
-            return Failure(failure.value.error)
-        if not flight[0]:
-            # Never written to a link: nothing can have moved.
-            d = self.journal.settle(key, DECLINED, wire.DESTINATION_UNAVAILABLE, failure.getErrorMessage())
-            return d.addCallback(lambda _: failure)
-        # Written, and no answer: timed out, link lost, or cancelled by the
-        # caller. The payment side may have applied it.
-        if failure.check(RequestTimeout):
-            error = InDoubtTimeout(key, failure.value.timeout)
-        elif failure.check(LinkLost):
-            error = InDoubtLinkLost(key, failure.getErrorMessage())
-        else:
-            error = InDoubt(
-                "request %s ended without an answer (%s) after it was sent; the transaction "
-                "is in doubt and is being reversed" % ("/".join(key), failure.getErrorMessage() or failure.type.__name__)
-            )
-            error.key = key
-        d = self._markInDoubt(key, failure.getErrorMessage())
-        return d.addCallback(lambda _: Failure(error))
-
-    def _markInDoubt(self, key, reason):
-        stan = self.settings.stans.allocate()
-        when = self.settings.transmissionTime()
-        self.log.warn(
-            "transaction {key} is in doubt ({reason}); reversing",
-            link_event="in-doubt",
-            key="/".join(key),
-            reason=reason,
-        )
-        d = self.journal.markInDoubt(key, reason, stan, when)
-        d.addCallback(lambda _: self.journal.get(key))
-        d.addCallback(self._beginReversal, stan)
-        return d
-
-    def _beginReversal(self, entry, allocated):
-        if entry["reversal_stan"] != allocated:
-            # Already in doubt before (a restart): keep its first reversal key.
-            self.settings.stans.release(allocated)
-        self.reversals.begin(entry)
-
-    def _rekeyReversal(self, key, message):
-        if message["sender"] == self.settings.sender:
-            self.settings.stans.release(message["stan"])
-        message = dict(message, stan=self.settings.stans.allocate(), time=self.settings.transmissionTime())
-        self.journal.rekeyReversal(key, message["stan"], message["time"])
-        return message
-
-    def _reversed(self, key, state, message):
-        if message["sender"] == self.settings.sender:
-            self.settings.stans.release(message["stan"])
-
     def _lateResponse(self, key, message):
-        if self.journal is None:
-            return
-        resp = message.get("resp")
-        if message.get("mti") == "0430":
-            d = self.journal.byReversalKey(key)
-            d.addCallback(self._lateReversalAnswer, resp)
-        else:
-            d = self.journal.noteLate(key, resp)
-        d.addErrback(lambda f: self.log.failure("recording a late answer failed", f))
-
-    def _lateReversalAnswer(self, entry, resp):
-        if entry is not None and entry["state"] not in (APPROVED, DECLINED) and resp in REVERSAL_DONE:
-            if self.reversals is not None:
-                return self.reversals.finished(entry["key"], resp)
+        if self.journal is not None and self.settlement is not None:
+            self.settlement.lateResponse(key, message)
 
     def outcome(self, key):
         """
@@ -886,8 +439,8 @@ class PlatformService(LinkService):
         stay in the journal and resume at the next start.
         """
         self.stopping = True
-        if self.reversals is not None:
-            self.reversals.stop()
+        if self.settlement is not None:
+            self.settlement.stop()
         self.queue.failAll(NoLinkAvailable("the platform service is stopping"))
         drains = [self._drainSlot(f) for f in self.factories]
         d = DeferredList(drains)

@@ -32,46 +32,23 @@ and C{halfclose} pass on nothing.
 Nothing is buffered without bound: a delay queue past L{FaultProxy.highWater}
 bytes, or a receiver whose send buffer is full, pauses the sender.
 
-A L{ControlServer} lets another process drive a proxy with line commands;
-C{python -m tvlink.testing.faultproxy --help} runs one from the command line.
+L{tvlink.testing.modes} names the modes and L{tvlink.testing.pipe}
+carries the bytes; L{tvlink.testing.control} lets another process drive a
+proxy with line commands, and C{python -m tvlink.testing.faultproxy
+--help} runs one from the command line.
 """
 
-import math
 import sys
-from collections import deque
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
-from twisted.internet.error import ConnectionDone, NotConnectingError
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.error import NotConnectingError
 from twisted.logger import Logger
-from twisted.protocols.basic import LineOnlyReceiver
-from twisted.python import usage
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-__all__ = [
-    "MODES",
-    "ControlServer",
-    "FaultProxy",
-    "Mode",
-    "ModeError",
-    "Options",
-    "main",
-    "runCommand",
-]
+from tvlink.testing.modes import DOWN, UP, Mode, affectedDirections
+from tvlink.testing.pipe import ClientSideFactory, Pipe, TargetSideFactory
 
-UP = "up"
-DOWN = "down"
-BOTH = "both"
-DIRECTIONS = (UP, DOWN)
-
-MODES = ("pass", "delay", "drop", "blackhole", "reset", "halfclose")
-
-# Modes that carry bytes to the other side, and modes that carry a close
-# (FIN, or the end of the connection) to the other side.
-_FORWARDING = ("pass", "delay")
-_CLOSE_FORWARDING = ("pass", "delay", "drop")
+__all__ = ["FaultProxy", "ProxiedConnection"]
 
 
 def _globalReactor():
@@ -81,467 +58,6 @@ def _globalReactor():
     import twisted.internet.reactor
 
     return twisted.internet.reactor
-
-
-class ModeError(ValueError):
-    """
-    A mode, a mode parameter or a direction that the proxy does not know.
-    """
-
-
-class Mode:
-    """
-    What happens to the bytes going one way: a name from L{MODES} and, for
-    C{delay}, the seconds each chunk is held.
-    """
-
-    __slots__ = ("name", "seconds")
-
-    def __init__(self, name, seconds=0.0):
-        self.name = name
-        self.seconds = seconds
-
-    @classmethod
-    def fromParameters(cls, name, params):
-        """
-        The L{Mode} C{name} with keyword parameters C{params}.
-
-        @raise ModeError: for an unknown name or a bad or missing parameter.
-        """
-        if name not in MODES:
-            raise ModeError("unknown mode %r (one of %s)" % (name, ", ".join(MODES)))
-        params = dict(params)
-        seconds = 0.0
-        if name == "delay":
-            if "seconds" not in params:
-                raise ModeError("mode delay needs seconds")
-            seconds = _seconds(params.pop("seconds"))
-        if params:
-            raise ModeError(
-                "mode %s takes no parameter %s" % (name, ", ".join(sorted(params)))
-            )
-        return cls(name, seconds)
-
-    def __eq__(self, other):
-        if not isinstance(other, Mode):
-            return NotImplemented
-        return (self.name, self.seconds) == (other.name, other.seconds)
-
-    def __hash__(self):
-        return hash((self.name, self.seconds))
-
-    def __str__(self):
-        if self.name == "delay":
-            return "delay:%g" % (self.seconds,)
-        return self.name
-
-    def __repr__(self):
-        return "<Mode %s>" % (self,)
-
-
-def _seconds(value):
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise ModeError("delay seconds must be a number, not %r" % (value,)) from None
-    if not (seconds >= 0 and math.isfinite(seconds)):
-        raise ModeError("delay seconds must be zero or more, not %r" % (value,))
-    return seconds
-
-
-def _directions(name, direction):
-    """
-    The directions a C{setMode(name, direction=direction)} changes.
-    """
-    if direction is None:
-        direction = DOWN if name == "halfclose" else BOTH
-    if direction not in (UP, DOWN, BOTH):
-        raise ModeError("direction must be up, down or both, not %r" % (direction,))
-    if name == "reset" and direction != BOTH:
-        raise ModeError("mode reset applies to both directions, not %s" % (direction,))
-    return DIRECTIONS if direction == BOTH else (direction,)
-
-
-@implementer(IHalfCloseableProtocol)
-class _Endpoint(Protocol):
-    """
-    One side of a proxied connection: the client's connection to the
-    proxy, or the proxy's connection to the target. It hands what it hears
-    to its L{ProxiedConnection}, and can be paused for several reasons at
-    once.
-    """
-
-    readClosed = False
-    writeClosed = False
-    lost = False
-    lostCleanly = False
-
-    def __init__(self, connection=None):
-        self.connection = connection
-        self._holds = set()
-        self._paused = False
-
-    @property
-    def held(self):
-        """
-        Why reading is paused now: a C{frozenset} of reasons
-        (C{"connecting"}, C{"sink-full"}, C{"queue-full"}), empty if it is
-        not.
-        """
-        return frozenset(self._holds)
-
-    def hold(self, reason):
-        """
-        Stop reading until every reason given here is released.
-        """
-        self._holds.add(reason)
-        self._applyHolds()
-
-    def release(self, reason):
-        self._holds.discard(reason)
-        self._applyHolds()
-
-    def _applyHolds(self):
-        # A transport whose read side is closed must never be resumed: it
-        # would read its end of file again.
-        if self.transport is None or self.lost or self.readClosed:
-            return
-        if self._holds and not self._paused:
-            self._paused = True
-            self.transport.pauseProducing()
-        elif not self._holds and self._paused:
-            self._paused = False
-            self.transport.resumeProducing()
-
-    def closeWrite(self):
-        """
-        Send FIN: close the write side, keep reading.
-        """
-        if self.lost or self.writeClosed:
-            return
-        self.writeClosed = True
-        self.transport.unregisterProducer()
-        self.transport.loseWriteConnection()
-
-    def close(self):
-        """
-        Close both sides once what is already written is sent.
-        """
-        if not self.lost:
-            self.transport.unregisterProducer()
-            self.transport.loseConnection()
-
-    def abort(self):
-        """
-        Close at once with a reset.
-        """
-        if not self.lost:
-            self.transport.abortConnection()
-
-    def dataReceived(self, data):
-        self.connection.received(self, data)
-
-    def readConnectionLost(self):
-        self.readClosed = True
-        self.connection.readLost(self)
-        self._closeIfDone()
-
-    def writeConnectionLost(self):
-        self.writeClosed = True
-        self._closeIfDone()
-
-    def _closeIfDone(self):
-        # Both halves are closed: nothing more can happen on this socket.
-        if self.readClosed and self.writeClosed and not self.lost:
-            self.transport.loseConnection()
-
-    def connectionLost(self, reason):
-        self.lost = True
-        self.lostCleanly = reason.check(ConnectionDone) is not None
-        self.connection.sideLost(self, reason)
-
-
-class _ClientSide(_Endpoint):
-    """
-    A client's connection to the proxy.
-    """
-
-    def connectionMade(self):
-        self.factory.proxy._accepted(self)
-
-
-class _TargetSide(_Endpoint):
-    """
-    The proxy's connection to the target, for one client.
-    """
-
-    def connectionMade(self):
-        self.connection.targetConnected(self)
-
-
-class _ClientSideFactory(Factory):
-    noisy = False
-
-    def __init__(self, proxy):
-        self.proxy = proxy
-
-    def buildProtocol(self, addr):
-        side = _ClientSide()
-        side.factory = self
-        return side
-
-
-class _TargetSideFactory(ClientFactory):
-    noisy = False
-
-    def __init__(self, connection):
-        self.connection = connection
-
-    def buildProtocol(self, addr):
-        return _TargetSide(self.connection)
-
-    def clientConnectionFailed(self, connector, reason):
-        self.connection.connectFailed(reason)
-
-
-@implementer(IPushProducer)
-class _Pipe:
-    """
-    One direction of a proxied connection: bytes read from C{source},
-    treated as the proxy's mode for this direction says, written to
-    C{sink}.
-
-    The pipe is the streaming producer registered on the sink's transport,
-    so a full send buffer pauses the source; its delay queue pauses the
-    source past the proxy's C{highWater} bytes too.
-
-    @ivar ended: the source sent FIN.
-    @ivar finished: the sink's write side is closed (or closing).
-    """
-
-    def __init__(self, connection, direction):
-        self.connection = connection
-        self.direction = direction
-        self.proxy = connection.proxy
-        self.clock = connection.proxy.reactor
-        self._queue = deque()
-        self._queued = 0
-        self._lastDue = 0.0
-        self._call = None
-        self._registered = False
-        self._closeWhenDrained = False
-        self.ended = False
-        self.finished = False
-
-    @property
-    def source(self):
-        connection = self.connection
-        return connection.client if self.direction == UP else connection.target
-
-    @property
-    def sink(self):
-        connection = self.connection
-        return connection.target if self.direction == UP else connection.client
-
-    @property
-    def mode(self):
-        return self.proxy._modes[self.direction]
-
-    def _sinkOpen(self):
-        sink = self.sink
-        return sink is not None and not sink.lost and not self.finished
-
-    # -- bytes ------------------------------------------------------------
-
-    def feed(self, data):
-        """
-        Bytes read from the source.
-        """
-        proxy = self.proxy
-        if self.direction == UP:
-            proxy.bytesUp += len(data)
-        else:
-            proxy.bytesDown += len(data)
-        mode = self.mode
-        if mode.name not in _FORWARDING or not self._sinkOpen():
-            proxy.bytesDropped += len(data)
-            return
-        if not self._queue and not (mode.name == "delay" and mode.seconds > 0):
-            self.sink.transport.write(data)
-            return
-        due = max(self.clock.seconds() + mode.seconds, self._lastDue)
-        self._lastDue = due
-        self._queue.append((due, data))
-        self._queued += len(data)
-        if self._queued > proxy.highWater:
-            self._holdSource("queue-full")
-        self._schedule()
-
-    def _schedule(self):
-        if self._call is None and self._queue:
-            delay = max(0.0, self._queue[0][0] - self.clock.seconds())
-            self._call = self.clock.callLater(delay, self._release)
-
-    def _release(self):
-        self._call = None
-        now = self.clock.seconds()
-        chunks = []
-        queue = self._queue
-        while queue and queue[0][0] <= now:
-            chunks.append(queue.popleft()[1])
-        if chunks:
-            self._sent(chunks)
-        self._schedule()
-        self._drained()
-
-    def _sent(self, chunks):
-        data = b"".join(chunks)
-        self._queued -= len(data)
-        if self._sinkOpen():
-            self.sink.transport.write(data)
-        else:
-            self.proxy.bytesDropped += len(data)
-        if self._queued <= self.proxy.highWater // 2:
-            self._releaseSource("queue-full")
-
-    def _flush(self):
-        """
-        Send everything queued now.
-        """
-        self._cancelCall()
-        if self._queue:
-            chunks = [data for due, data in self._queue]
-            self._queue.clear()
-            self._sent(chunks)
-        self._drained()
-
-    def _discard(self):
-        """
-        Forget everything queued.
-        """
-        self._cancelCall()
-        if self._queue:
-            self.proxy.bytesDropped += self._queued
-            self._queue.clear()
-            self._queued = 0
-        self._releaseSource("queue-full")
-
-    def _cancelCall(self):
-        if self._call is not None:
-            if self._call.active():
-                self._call.cancel()
-            self._call = None
-
-    def _drained(self):
-        # Once the queue is empty, pass on a close the source sent.
-        if self._queue:
-            return
-        if self._closeWhenDrained and self._sinkOpen():
-            self.finished = True
-            self._unregister()
-            self.sink.close()
-        elif self.ended and self.mode.name in _CLOSE_FORWARDING and self._sinkOpen():
-            self._closeSink()
-
-    # -- producer for the sink ----------------------------------------------
-
-    def attach(self):
-        """
-        Both sides are connected: apply backpressure from the sink.
-        """
-        if self._sinkOpen() and not self.sink.writeClosed and not self._registered:
-            self._registered = True
-            self.sink.transport.registerProducer(self, True)
-
-    def _unregister(self):
-        if self._registered:
-            self._registered = False
-            sink = self.sink
-            if sink is not None and not sink.lost:
-                sink.transport.unregisterProducer()
-        self._releaseSource("sink-full")
-
-    def _holdSource(self, reason):
-        source = self.source
-        if source is not None and reason not in source._holds:
-            if reason != "connecting":
-                self.proxy.pauses += 1
-            source.hold(reason)
-
-    def _releaseSource(self, reason):
-        source = self.source
-        if source is not None:
-            source.release(reason)
-
-    def pauseProducing(self):
-        self._holdSource("sink-full")
-
-    def resumeProducing(self):
-        self._releaseSource("sink-full")
-
-    def stopProducing(self):
-        self._registered = False
-        self._releaseSource("sink-full")
-
-    # -- state ------------------------------------------------------------
-
-    def sync(self):
-        """
-        Bring this direction in line with the proxy's current mode.
-        """
-        name = self.mode.name
-        if name == "pass":
-            self._flush()
-        elif name != "delay":
-            self._discard()
-        if name == "halfclose":
-            self._closeSink()
-        self._drained()
-
-    def _closeSink(self):
-        if self._sinkOpen():
-            self.finished = True
-            self._discard()
-            self._unregister()
-            self.sink.closeWrite()
-
-    def sourceEnded(self):
-        """
-        The source sent FIN.
-        """
-        self.ended = True
-        self._drained()
-
-    def sourceLost(self, cleanly):
-        """
-        The source is gone. A clean close is passed on once the queue is
-        sent; anything else resets the sink. A mode that keeps the sink
-        silent (C{blackhole}, C{halfclose}) passes on nothing.
-        """
-        self.ended = True
-        if self.mode.name not in _CLOSE_FORWARDING or not self._sinkOpen():
-            return
-        if cleanly:
-            self._closeWhenDrained = True
-            self._drained()
-        else:
-            self.finished = True
-            self._discard()
-            self.sink.abort()
-
-    def sinkLost(self):
-        self.finished = True
-        self._registered = False
-        self._discard()
-        self._releaseSource("sink-full")
-
-    def shutdown(self):
-        """
-        Forget queued bytes and the sink, ready for a close.
-        """
-        self._discard()
-        self._unregister()
-        self.finished = True
 
 
 class ProxiedConnection:
@@ -564,8 +80,8 @@ class ProxiedConnection:
         self.connector = None
         self.state = "parked"
         self.closing = False
-        self.up = _Pipe(self, UP)
-        self.down = _Pipe(self, DOWN)
+        self.up = Pipe(self, UP)
+        self.down = Pipe(self, DOWN)
 
     def __repr__(self):
         return "<ProxiedConnection #%d %s>" % (self.number, self.state)
@@ -578,17 +94,17 @@ class ProxiedConnection:
             self.client.abort()
             return
         self.down.sync()
-        if self.proxy._modes[UP].name != "blackhole":
+        if self.proxy.modeOf(UP).name != "blackhole":
             self.connect()
 
     def connect(self):
         proxy = self.proxy
         self.state = "connecting"
-        self.up._holdSource("connecting")
+        self.up.holdSource("connecting")
         self.connector = proxy.reactor.connectTCP(
             proxy.targetHost,
             proxy.targetPort,
-            _TargetSideFactory(self),
+            TargetSideFactory(self),
             timeout=proxy.connectTimeout,
         )
 
@@ -606,7 +122,7 @@ class ProxiedConnection:
         self.log.debug("connection #{number} connected to the target", number=self.number)
         self.up.attach()
         self.down.attach()
-        self.up._releaseSource("connecting")
+        self.up.releaseSource("connecting")
         self.up.sync()
         self.down.sync()
 
@@ -663,7 +179,7 @@ class ProxiedConnection:
         self.up.sync()
         if (
             self.state == "parked"
-            and self.proxy._modes[UP].name != "blackhole"
+            and self.proxy.modeOf(UP).name != "blackhole"
             and not self.client.lost
             and not self.closing
         ):
@@ -755,6 +271,12 @@ class FaultProxy:
         """
         return dict(self._modes)
 
+    def modeOf(self, direction):
+        """
+        The current L{Mode} of C{direction}, C{"up"} or C{"down"}.
+        """
+        return self._modes[direction]
+
     def start(self):
         """
         Start listening.
@@ -766,7 +288,7 @@ class FaultProxy:
         d = maybeDeferred(
             self.reactor.listenTCP,
             self.listenPort,
-            _ClientSideFactory(self),
+            ClientSideFactory(self._accepted),
             interface=self.interface,
         )
         d.addCallback(self._started)
@@ -839,7 +361,7 @@ class FaultProxy:
 
     def setMode(self, mode, direction=None, **params):
         """
-        Switch to C{mode} (one of L{MODES}) now, for existing and new
+        Switch to C{mode} (one of L{tvlink.testing.modes.MODES}) now, for existing and new
         connections.
 
         @param direction: C{"up"} (client to target), C{"down"} (target to
@@ -847,10 +369,11 @@ class FaultProxy:
             C{halfclose}, which closes the write side toward the client
             (C{"down"}). C{reset} applies to both directions only.
         @param params: C{seconds=S} for C{delay}.
-        @raise ModeError: for an unknown mode, direction or parameter.
+        @raise tvlink.testing.modes.ModeError: for an unknown mode, direction
+            or parameter.
         """
         new = Mode.fromParameters(mode, params)
-        for which in _directions(mode, direction):
+        for which in affectedDirections(mode, direction):
             self._modes[which] = new
         self.log.info(
             "fault proxy mode: up {up}, down {down}",
@@ -903,282 +426,9 @@ class FaultProxy:
                 d.callback(None)
 
 
-# -- remote control ---------------------------------------------------------
-
-CONTROL_HELP = "commands: mode NAME [SECONDS] [up|down|both]; stats; help; quit"
-
-
-def runCommand(proxy, line):
-    """
-    Run one control command on C{proxy}.
-
-    @return: the one-line answer (C{"ok …"} or C{"error …"}) and whether
-        the control connection should close.
-    """
-    words = line.split()
-    if not words:
-        return "error empty command (%s)" % (CONTROL_HELP,), False
-    command, args = words[0].lower(), words[1:]
-    if command == "mode":
-        return _modeCommand(proxy, args), False
-    if args and command in ("stats", "help", "quit"):
-        return "error %s takes no arguments" % (command,), False
-    if command == "stats":
-        return "ok " + " ".join("%s=%s" % item for item in proxy.stats().items()), False
-    if command == "help":
-        return "ok " + CONTROL_HELP, False
-    if command == "quit":
-        return "ok bye", True
-    return "error unknown command %r (%s)" % (words[0][:40], CONTROL_HELP), False
-
-
-def _modeCommand(proxy, args):
-    if not args:
-        return "error mode needs a NAME (one of %s)" % (", ".join(MODES),)
-    name, rest = args[0].lower(), args[1:]
-    params = {}
-    direction = None
-    for word in rest:
-        if word.lower() in (UP, DOWN, BOTH) and direction is None:
-            direction = word.lower()
-        elif name == "delay" and "seconds" not in params:
-            params["seconds"] = word
-        else:
-            return "error unexpected argument %r to mode %s" % (word[:40], name)
-    try:
-        proxy.setMode(name, direction=direction, **params)
-    except ModeError as e:
-        return "error %s" % (e,)
-    modes = proxy.modes
-    return "ok mode up=%s down=%s" % (modes[UP], modes[DOWN])
-
-
-class ControlProtocol(LineOnlyReceiver):
-    """
-    One control connection: a line in, a line out.
-    """
-
-    delimiter = b"\n"
-    MAX_LENGTH = 1024
-    log = Logger()
-
-    def connectionMade(self):
-        self.factory.server._controls.add(self)
-
-    def connectionLost(self, reason):
-        self.factory.server._controlLost(self)
-
-    def lineReceived(self, line):
-        try:
-            text = line.rstrip(b"\r").decode("ascii")
-        except UnicodeDecodeError:
-            self.answer("error commands are ASCII")
-            return
-        answer, close = runCommand(self.factory.server.proxy, text)
-        self.log.info("control {command!r}: {answer}", command=text, answer=answer)
-        self.answer(answer)
-        if close:
-            self.transport.loseConnection()
-
-    def answer(self, text):
-        self.sendLine(text.encode("ascii", "replace"))
-
-    def lineLengthExceeded(self, line):
-        self.answer("error line longer than %d bytes" % (self.MAX_LENGTH,))
-        self.transport.loseConnection()
-
-
-class _ControlFactory(Factory):
-    noisy = False
-    protocol = ControlProtocol
-
-    def __init__(self, server):
-        self.server = server
-
-
-class ControlServer:
-    """
-    Line commands for a L{FaultProxy}, on 127.0.0.1 only: C{mode NAME
-    [SECONDS] [up|down|both]}, C{stats}, C{help}, C{quit}. Each answers one
-    line, C{ok …} or C{error …}.
-
-    @ivar port: the listening port number once L{start} has fired.
-    """
-
-    log = Logger()
-    interface = "127.0.0.1"
-
-    def __init__(self, proxy, port=0, reactor=None):
-        self.proxy = proxy
-        self.reactor = reactor if reactor is not None else proxy.reactor
-        self.listenPort = int(port)
-        self.port = None
-        self._listening = None
-        self._controls = set()
-        self._idleWaiters = []
-
-    def start(self):
-        """
-        @return: a L{Deferred} firing with the listening port number.
-        """
-        if self._listening is not None:
-            return succeed(self.port)
-        d = maybeDeferred(
-            self.reactor.listenTCP, self.listenPort, _ControlFactory(self), interface=self.interface
-        )
-        d.addCallback(self._started)
-        return d
-
-    def _started(self, listening):
-        self._listening = listening
-        self.port = listening.getHost().port
-        self.log.info(
-            "fault proxy control on {interface}:{port}", interface=self.interface, port=self.port
-        )
-        return self.port
-
-    def stop(self):
-        """
-        Stop listening and close the control connections.
-
-        @return: a L{Deferred} firing with C{None} once all are closed.
-        """
-        waits = []
-        if self._listening is not None:
-            listening, self._listening = self._listening, None
-            waits.append(maybeDeferred(listening.stopListening))
-        if self._controls:
-            idle = Deferred()
-            self._idleWaiters.append(idle)
-            waits.append(idle)
-            for control in list(self._controls):
-                control.transport.abortConnection()
-        d = gatherResults(waits, consumeErrors=True)
-        d.addCallback(lambda _: None)
-        return d
-
-    def _controlLost(self, control):
-        self._controls.discard(control)
-        if not self._controls:
-            waiters, self._idleWaiters = self._idleWaiters, []
-            for d in waiters:
-                d.callback(None)
-
-
-# -- command line -----------------------------------------------------------
-
-
-def _port(text, name, allowZero=True):
-    try:
-        port = int(text)
-    except (TypeError, ValueError):
-        raise usage.UsageError("%s must be a port number, not %r" % (name, text)) from None
-    lowest = 0 if allowZero else 1
-    if not lowest <= port <= 65535:
-        raise usage.UsageError(
-            "%s must be a port number from %d to 65535, not %d" % (name, lowest, port)
-        )
-    return port
-
-
-def parseTarget(text):
-    """
-    C{"HOST:PORT"} (or C{"[V6HOST]:PORT"}) as C{(host, port)}.
-
-    @raise usage.UsageError: if it is not one.
-    """
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host:
-        raise usage.UsageError("--target must be HOST:PORT, not %r" % (text,))
-    return host, _port(port, "--target port", allowZero=False)
-
-
-class Options(usage.Options):
-    synopsis = (
-        "Usage: python -m tvlink.testing.faultproxy --listen PORT --target HOST:PORT [--control PORT]"
-    )
-    longdesc = (
-        "A TCP proxy that injects faults for tests and benchmarks. Prints one line, "
-        "'faultproxy listen=PORT control=PORT target=HOST:PORT', once listening. "
-        "The control port (127.0.0.1 only) takes line " + CONTROL_HELP + "."
-    )
-    optParameters = [
-        ["listen", "l", None, "Port to accept clients on (0: any free port)."],
-        ["target", "t", None, "HOST:PORT to forward to."],
-        ["control", "c", None, "Port for line commands, on 127.0.0.1 (0: any free port)."],
-        ["interface", "i", "127.0.0.1", "Address to accept clients on."],
-    ]
-
-    def postOptions(self):
-        if self["listen"] is None:
-            raise usage.UsageError("--listen PORT is required")
-        if self["target"] is None:
-            raise usage.UsageError("--target HOST:PORT is required")
-        self["listen"] = _port(self["listen"], "--listen")
-        self["target"] = parseTarget(self["target"])
-        if self["control"] is not None:
-            self["control"] = _port(self["control"], "--control")
-
-
-def main(argv=None, reactor=None, out=None, err=None):
-    """
-    Run a proxy until the process is interrupted.
-
-    @return: the exit status: 0, 1 if it could not start, 2 for bad
-        arguments.
-    """
-    argv = sys.argv[1:] if argv is None else argv
-    out = sys.stdout if out is None else out
-    err = sys.stderr if err is None else err
-    options = Options()
-    try:
-        options.parseOptions(argv)
-    except usage.UsageError as e:
-        err.write("%s\nfaultproxy: error: %s\n" % (options, e))
-        return 2
-
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(err)], redirectStandardIO=False)
-    reactor = reactor if reactor is not None else _globalReactor()
-    host, targetPort = options["target"]
-    proxy = FaultProxy(
-        host, targetPort, reactor, listen_port=options["listen"], interface=options["interface"]
-    )
-    control = ControlServer(proxy, options["control"]) if options["control"] is not None else None
-    status = []
-
-    def begin():
-        d = proxy.start()
-        if control is not None:
-            d.addCallback(lambda _: control.start())
-        d.addCallbacks(announce, failed)
-
-    def announce(_):
-        out.write(
-            "faultproxy listen=%d control=%s target=%s:%d\n"
-            % (proxy.port, control.port if control is not None else "-", host, targetPort)
-        )
-        out.flush()
-
-    def failed(failure):
-        FaultProxy.log.failure("fault proxy could not start", failure)
-        status.append(1)
-        reactor.stop()
-
-    def shutdown():
-        waits = [proxy.stop()]
-        if control is not None:
-            waits.append(control.stop())
-        return gatherResults(waits, consumeErrors=True)
-
-    reactor.addSystemEventTrigger("before", "shutdown", shutdown)
-    reactor.callWhenRunning(begin)
-    reactor.run()
-    return status[0] if status else 0
-
-
 if __name__ == "__main__":
+    # The command line lives with the control port, which imports this
+    # module: import it only when run as a program.
+    from tvlink.testing.control import main
+
     sys.exit(main())

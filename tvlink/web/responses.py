@@ -9,24 +9,24 @@ import weakref
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-
-#: For each request being watched (see L{watch}): whether its client went
-#: away before the answer was written.
+#: The requests L{watch} follows, each C{True} once its client has gone
+#: (kept here, not on the request: it is twisted.web's object).
 _watched = weakref.WeakKeyDictionary()
 
 
 def watch(request):
     """
-    Note when C{request}'s client goes away before the answer is written
-    (see L{gone}).
+    Note when the client of C{request} goes away before the answer is
+    written (see L{gone}).
     """
-    if request not in _watched:
-        _watched[request] = False
+    if request in _watched:
+        return
+    _watched[request] = False
 
-        def lost(failure):
-            _watched[request] = True
+    def lost(failure):
+        _watched[request] = True
 
-        request.notifyFinish().addErrback(lost)
+    request.notifyFinish().addErrback(lost)
 
 
 def gone(request):

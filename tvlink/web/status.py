@@ -40,6 +40,13 @@ def _ms(seconds):
     return None if seconds is None else round(seconds * 1000.0, 3)
 
 
+def _clockTime(seconds):
+    """
+    The local time of C{seconds} (the service's clock), for a person.
+    """
+    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(seconds))
+
+
 def platformSnapshot(service, started=None, journalCounts=None, api=None):
     """
     The status of a platform service as plain data.
@@ -77,7 +84,7 @@ def platformSnapshot(service, started=None, journalCounts=None, api=None):
         "running": bool(service.running),
         "stopping": bool(service.stopping),
         "uptime": _round(now - started) if started is not None else None,
-        "time": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "time": _clockTime(now),
         "links": links,
         "ready": ready,
         "total": len(links),
@@ -132,7 +139,7 @@ def paymentSnapshot(service, started=None):
         "running": bool(service.running),
         "listening": service.address(),
         "uptime": _round(now - started) if started is not None else None,
-        "time": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "time": _clockTime(now),
         "links": links,
         "ready": ready,
         "total": len(links),
@@ -416,8 +423,8 @@ def renderPage(data, refresh, source):
     meta = '<meta http-equiv="refresh" content="%d">' % (refresh,) if refresh else ""
     nav = ['<a href="status.json">status.json</a>', '<a href="metrics">metrics</a>']
     nav += ['<a href="%s">%s</a>' % (_e(href), _e(text)) for href, text in source.links]
-    footer = "%s \u00b7 %s%s" % (
-        _e(data["time"] if data else time.strftime("%Y-%m-%d %H:%M:%S %z")),
+    footer = "%s%s%s" % (
+        _e(data["time"]) + " \u00b7 " if data else "",
         " \u00b7 ".join(nav),
         " \u00b7 refreshes every %d s" % (refresh,) if refresh else "",
     )

@@ -22,175 +22,16 @@ in time (a purchase or refund is then in doubt and being reversed).
 """
 
 import collections
-import json
 
-from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
-from twisted.web.server import NOT_DONE_YET
+from twisted.python.failure import Failure
 
 from tvlink.errors import InDoubt, LinkLost, NoLinkAvailable, RequestError, RequestTimeout
 from tvlink.link import wire
-from tvlink.platform.journal import APPROVED, DECLINED, IN_DOUBT, PENDING, REVERSED, maskedPan
-from tvlink.web.responses import JSONResource, NotFound, watch, writeJSON
-
-#: What each response code means, for the C{message} of an answer.
-RESP_TEXT = {
-    wire.APPROVED: "approved",
-    wire.INVALID_TRANSACTION: "invalid transaction",
-    wire.INVALID_AMOUNT: "invalid amount",
-    wire.INVALID_CARD: "invalid or unknown card",
-    wire.ORIGINAL_NOT_FOUND: "original transaction not found",
-    wire.FORMAT_ERROR: "format error",
-    wire.INSUFFICIENT_FUNDS: "insufficient funds",
-    wire.LATE_RESPONSE: "response received too late",
-    wire.DESTINATION_UNAVAILABLE: "payment system unavailable",
-    wire.DUPLICATE: "duplicate transmission",
-    wire.SYSTEM_MALFUNCTION: "payment system malfunction",
-}
-
-MAX_AMOUNT = 999999999999
-MAX_BODY = 16 * 1024
-
-
-class APIError(Exception):
-    """
-    A call that cannot be carried out, with its HTTP status.
-
-    @ivar result: the word counted in the C{requests_total} metric.
-    """
-
-    def __init__(self, code, error, message, field=None, result=None, extra=None):
-        Exception.__init__(self, message)
-        self.code = code
-        self.error = error
-        self.message = message
-        self.field = field
-        self.result = result or error
-        self.extra = extra or {}
-
-    def reply(self):
-        body = {"error": self.error, "message": self.message}
-        if self.field is not None:
-            body["field"] = self.field
-        body.update(self.extra)
-        headers = [(b"retry-after", b"5")] if self.code == 503 else []
-        return Reply(self.code, body, self.result, headers)
-
-
-class Reply:
-    """
-    An answer: HTTP status, JSON body, and the result word for metrics.
-    """
-
-    def __init__(self, code, body, result, headers=()):
-        self.code = code
-        self.body = body
-        self.result = result
-        self.headers = list(headers)
-
-    def repeated(self):
-        body = dict(self.body)
-        body["repeated"] = True
-        return Reply(self.code, body, self.result, self.headers)
-
-
-def invalid(field, message):
-    return APIError(400, "invalid", message, field=field)
-
-
-# -- input ---------------------------------------------------------------
-
-
-def parseBody(request):
-    """
-    The request's JSON object body.
-
-    @raise APIError: 413 if too long, 400 if not a JSON object.
-    """
-    length = request.getHeader(b"content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY:
-        raise APIError(413, "too-large", "the body is over %d bytes" % (MAX_BODY,), field="body")
-    content = request.content
-    raw = content.read(MAX_BODY + 1) if content is not None else b""
-    if len(raw) > MAX_BODY:
-        raise APIError(413, "too-large", "the body is over %d bytes" % (MAX_BODY,), field="body")
-    if not raw.strip():
-        raise invalid("body", "the body must be a JSON object")
-    try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_noConstant)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise invalid("body", "the body is not valid JSON: %s" % (e,)) from None
-    if not isinstance(data, dict):
-        raise invalid("body", "the body must be a JSON object, not %s" % (type(data).__name__,))
-    return data
-
-
-def _noConstant(name):
-    raise ValueError("%s is not allowed" % (name,))
-
-
-def checkCard(value, field="card"):
-    if value is None:
-        raise invalid(field, "%s is required: the card number, 12 to 19 digits" % (field,))
-    if not isinstance(value, str) or not (value.isascii() and value.isdigit()) or not 12 <= len(value) <= 19:
-        raise invalid(field, "%s must be a string of 12 to 19 digits" % (field,))
-    return value
-
-
-def checkAmount(value, field="amount"):
-    if value is None:
-        raise invalid(field, "%s is required: whole fen, above zero" % (field,))
-    if isinstance(value, bool):
-        raise invalid(field, "%s must be whole fen, a JSON integer or a string of digits" % (field,))
-    if isinstance(value, int):
-        amount = value
-    elif isinstance(value, str) and value.isascii() and value.isdigit():
-        if len(value) > 12:
-            raise invalid(field, "%s must have at most 12 digits" % (field,))
-        amount = int(value)
-    else:
-        raise invalid(field, "%s must be whole fen, a JSON integer or a string of digits" % (field,))
-    if amount <= 0:
-        raise invalid(field, "%s must be above zero" % (field,))
-    if amount > MAX_AMOUNT:
-        raise invalid(field, "%s must have at most 12 digits" % (field,))
-    return amount
-
-
-def checkCurrency(value, field="currency"):
-    if value is None:
-        return "156"
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 999:
-        return "%03d" % (value,)
-    if isinstance(value, str) and len(value) == 3 and value.isascii() and value.isdigit():
-        return value
-    raise invalid(field, "%s must be an ISO 4217 numeric code of 3 digits, such as \"156\"" % (field,))
-
-
-def checkOrder(value, field="order"):
-    if value is None:
-        raise invalid(field, "%s is required: the merchant order id" % (field,))
-    if not isinstance(value, str) or not value:
-        raise invalid(field, "%s must be a non-empty string" % (field,))
-    if len(value) > 64:
-        raise invalid(field, "%s must be at most 64 characters" % (field,))
-    if not value.isprintable():
-        raise invalid(field, "%s must be printable characters only" % (field,))
-    return value
-
-
-def _fen(text):
-    try:
-        return int(text)
-    except (TypeError, ValueError):
-        return None
-
-
-def _reference(key):
-    return "/".join(key)
-
-
-# -- the calls -------------------------------------------------------------
+from tvlink.platform.journal import APPROVED, DECLINED, IN_DOUBT, maskedPan
+from tvlink.web.orders import RESP_TEXT, asFen, entryReply, purchasesIn, reference, refundsIn, standing, stateMessage
+from tvlink.web.validation import APIError, Reply, invalid
 
 
 class _Flight:
@@ -266,6 +107,13 @@ class TerminalAPI:
             return globalReactor()
         return service.reactor
 
+    def currentService(self):
+        """
+        The platform service as it is now, or C{None} while there is none
+        (without the checks of L{service}).
+        """
+        return self._service()
+
     def service(self):
         """
         The platform service, ready for calls.
@@ -321,25 +169,34 @@ class TerminalAPI:
         self._idleWaiters.append(d)
         return d
 
-    def _whenLinkReady(self, service):
+    async def _whenLinkReady(self, service):
+        """
+        Return once a payment link is ready, waiting for one up to
+        L{linkWait}.
+
+        @raise NoLinkAvailable: if none is ready in time.
+        """
         if service.candidates():
-            return succeed(None)
+            return
         wait = self.linkWait(service)
         if wait <= 0:
-            return fail(NoLinkAvailable("no payment link is ready"))
-        d = service.whenReady()
-        call = self.clock.callLater(wait, d.cancel)
-
-        def settled(result):
+            raise NoLinkAvailable("no payment link is ready")
+        ready = service.whenReady()
+        call = self.clock.callLater(wait, ready.cancel)
+        try:
+            await ready
+        except CancelledError:
+            raise NoLinkAvailable("no payment link became ready within %gs" % (wait,)) from None
+        finally:
             if call.active():
                 call.cancel()
-            return result
 
-        def noLink(failure):
-            failure.trap(CancelledError)
-            raise NoLinkAvailable("no payment link became ready within %gs" % (wait,))
-
-        return d.addBoth(settled).addErrback(noLink)
+    async def _send(self, service, message):
+        """
+        The answer to request C{message}, sent once a link is ready.
+        """
+        await self._whenLinkReady(service)
+        return await service.request(message)
 
     def _remember(self, order, card):
         cards = self.cards
@@ -348,99 +205,47 @@ class TerminalAPI:
         while len(cards) > self.cardLimit:
             cards.popitem(last=False)
 
-    # -- purchase --------------------------------------------------------
-
-    def purchase(self, order, card, amount, currency="156"):
+    def _fly(self, flights, order, details, call):
         """
-        Make (or repeat) the purchase C{order}.
+        Run C{call} (a coroutine) as the call in flight for C{order}: until
+        it lands, later calls for the order find it in C{flights} and wait
+        for its reply.
         """
-        service = self.service()
-        flight = self.purchases.get(order)
-        if flight is not None:
-            d = flight.wait()
-            d.addCallback(self._sameFlight, flight, order, card=card, amount=amount, currency=currency)
-            return d
-        flight = self.purchases[order] = _Flight(card=card, amount=amount, currency=currency)
-        d = service.journal.byOrder(order)
-        d.addCallback(self._purchaseFor, service, order, card, amount, currency)
-        d.addBoth(self._landed, self.purchases, order, flight)
-        return d
+        flight = flights[order] = _Flight(**details)
 
-    def _landed(self, result, flights, order, flight):
-        if flights.get(order) is flight:
-            del flights[order]
-        flight.land(result)
-        return result
+        def landed(result):
+            if flights.get(order) is flight:
+                del flights[order]
+            flight.land(result)
+            return result
 
-    def _sameFlight(self, reply, flight, order, **details):
+        return Deferred.fromCoroutine(call).addBoth(landed)
+
+    async def _repeat(self, flight, details, conflict):
+        """
+        The reply of the call in C{flight}, marked repeated; or, if this
+        call's C{details} are not the same, C{conflict} raised.
+        """
+        reply = await flight.wait()
         if details != flight.details:
-            raise self._conflict(order)
+            raise conflict
         return reply.repeated()
 
-    def _conflict(self, order):
-        return APIError(
-            409,
-            "conflict",
-            "order %s was already used for a payment with another card, amount or currency; "
-            "use a new order id" % (order,),
-            field="order",
-        )
-
-    def _purchaseFor(self, entries, service, order, card, amount, currency):
-        first = _standing(_purchases(entries))
-        if first is not None:
-            if (first["amount"], first["currency"], first["pan"]) != ("%012d" % (amount,), currency, maskedPan(card)):
-                raise self._conflict(order)
-            return self._entryReply(first, _refunds(entries)).repeated()
-        message = {
-            "mti": "0200",
-            "proc": "000000",
-            "pan": card,
-            "amount": "%012d" % (amount,),
-            "currency": currency,
-            "order": order,
-        }
-        d = self._whenLinkReady(service)
-        d.addCallback(lambda _: service.request(message))
-        d.addCallbacks(
-            self._purchased, self._notPurchased, (order, card, amount, currency), None, (order, card, amount, currency)
-        )
-        return d
-
-    def _purchased(self, answer, order, card, amount, currency):
-        resp = answer.get("resp")
-        state = APPROVED if resp == wire.APPROVED else DECLINED
-        if state == APPROVED:
-            self._remember(order, card)
-        body = {
-            "order": order,
-            "type": "purchase",
-            "state": state,
-            "resp": resp,
-            "message": _stateMessage(state, resp, "purchase"),
-            "amount": amount,
-            "currency": currency,
-            "card": maskedPan(card),
-            "reference": _reference(wire.messageKey(answer)),
-        }
-        return Reply(200, body, state)
-
-    def _notPurchased(self, failure, order, card, amount, currency):
-        body = {"order": order, "type": "purchase", "amount": amount, "currency": currency, "card": maskedPan(card)}
-        return self._failed(failure, body, "purchase")
-
-    def _failed(self, failure, body, kind):
+    def _unanswered(self, failure, body, kind):
         """
-        A money-moving request that got no answer.
+        The reply to a request that got no answer (C{failure} ended it):
+        a money-moving one is in doubt, or was never sent.
+
+        @raise APIError: when it was never sent, or failed otherwise.
         """
         if failure.check(APIError):
-            return failure
+            failure.raiseException()
         if failure.check(InDoubt):
             body.update(
                 state=IN_DOUBT,
                 resp=None,
-                message=_stateMessage(IN_DOUBT, None, kind),
-                reference=_reference(failure.value.key),
+                message=stateMessage(IN_DOUBT, None, kind),
+                reference=reference(failure.value.key),
             )
             return Reply(504, body, IN_DOUBT)
         if failure.check(NoLinkAvailable):
@@ -456,36 +261,65 @@ class TerminalAPI:
         self.log.failure("terminal API {kind} failed", failure, kind=kind)
         raise APIError(500, "error", "the platform failed to handle this %s; see its log" % (kind,))
 
-    def _entryReply(self, entry, refunds=()):
+    # -- purchase --------------------------------------------------------
+
+    def purchase(self, order, card, amount, currency="156"):
         """
-        The reply for a journalled purchase C{entry}.
+        Make (or repeat) the purchase C{order}.
         """
-        state = entry["state"]
-        resp = entry["resp"]
+        service = self.service()
+        details = dict(card=card, amount=amount, currency=currency)
+        flight = self.purchases.get(order)
+        if flight is not None:
+            return Deferred.fromCoroutine(self._repeat(flight, details, self._conflict(order)))
+        return self._fly(self.purchases, order, details, self._purchase(service, order, card, amount, currency))
+
+    def _conflict(self, order):
+        return APIError(
+            409,
+            "conflict",
+            "order %s was already used for a payment with another card, amount or currency; "
+            "use a new order id" % (order,),
+            field="order",
+        )
+
+    async def _purchase(self, service, order, card, amount, currency):
+        entries = await service.journal.byOrder(order)
+        first = standing(purchasesIn(entries))
+        if first is not None:
+            # Decided already, perhaps before a restart: its outcome again.
+            if (first["amount"], first["currency"], first["pan"]) != ("%012d" % (amount,), currency, maskedPan(card)):
+                raise self._conflict(order)
+            return entryReply(first, refundsIn(entries)).repeated()
+        message = {
+            "mti": "0200",
+            "proc": "000000",
+            "pan": card,
+            "amount": "%012d" % (amount,),
+            "currency": currency,
+            "order": order,
+        }
+        try:
+            answer = await self._send(service, message)
+        except Exception:
+            body = {"order": order, "type": "purchase", "amount": amount, "currency": currency, "card": maskedPan(card)}
+            return self._unanswered(Failure(), body, "purchase")
+        resp = answer.get("resp")
+        state = APPROVED if resp == wire.APPROVED else DECLINED
+        if state == APPROVED:
+            self._remember(order, card)
         body = {
-            "order": entry["order_id"],
+            "order": order,
             "type": "purchase",
             "state": state,
             "resp": resp,
-            "message": _stateMessage(state, resp, "purchase"),
-            "amount": _fen(entry["amount"]),
-            "currency": entry["currency"],
-            "card": entry["pan"],
-            "reference": _reference(entry["key"]),
+            "message": stateMessage(state, resp, "purchase"),
+            "amount": amount,
+            "currency": currency,
+            "card": maskedPan(card),
+            "reference": reference(wire.messageKey(answer)),
         }
-        if refunds:
-            body["refunds"] = [
-                {
-                    "state": r["state"],
-                    "resp": r["resp"],
-                    "amount": _fen(r["amount"]),
-                    "reference": _reference(r["key"]),
-                }
-                for r in refunds
-            ]
-            body["refunded"] = sum(_fen(r["amount"]) or 0 for r in refunds if r["state"] == APPROVED)
-        code = 504 if state in (IN_DOUBT, PENDING) else 200
-        return Reply(code, body, state)
+        return Reply(200, body, state)
 
     # -- outcome ---------------------------------------------------------
 
@@ -496,16 +330,15 @@ class TerminalAPI:
         service = self._service()
         if service is None or service.journal is None:
             raise APIError(503, "unavailable", "the platform's journal is not open yet; try again shortly")
-        d = service.journal.byOrder(order)
-        d.addCallback(self._outcomeOf, order)
-        return d
+        return Deferred.fromCoroutine(self._outcome(service, order))
 
-    def _outcomeOf(self, entries, order):
-        purchases = _purchases(entries)
-        entry = _standing(purchases) or (purchases[-1] if purchases else None)
+    async def _outcome(self, service, order):
+        entries = await service.journal.byOrder(order)
+        purchases = purchasesIn(entries)
+        entry = standing(purchases) or (purchases[-1] if purchases else None)
         if entry is None:
             raise APIError(404, "not-found", "no payment with order %s" % (order,), field="order", result="not-found")
-        reply = self._entryReply(entry, _refunds(entries))
+        reply = entryReply(entry, refundsIn(entries))
         # Reading is always a success: the state says where the payment is.
         return Reply(200, reply.body, reply.result)
 
@@ -516,27 +349,19 @@ class TerminalAPI:
         Refund C{amount} fen of purchase C{order}.
         """
         service = self.service()
+        details = dict(amount=amount, card=card)
         flight = self.refunds.get(order)
         if flight is not None:
-            d = flight.wait()
-            d.addCallback(self._sameRefund, flight, order, amount=amount, card=card)
-            return d
-        flight = self.refunds[order] = _Flight(amount=amount, card=card)
-        d = service.journal.byOrder(order)
-        d.addCallback(self._refundFor, service, order, amount, card)
-        d.addBoth(self._landed, self.refunds, order, flight)
-        return d
-
-    def _sameRefund(self, reply, flight, order, **details):
-        if details != flight.details:
-            raise APIError(
+            conflict = APIError(
                 409, "conflict", "another refund of order %s is in progress; try again once it is answered" % (order,),
                 field="order",
             )
-        return reply.repeated()
+            return Deferred.fromCoroutine(self._repeat(flight, details, conflict))
+        return self._fly(self.refunds, order, details, self._refund(service, order, amount, card))
 
-    def _refundFor(self, entries, service, order, amount, card):
-        purchase = _standing(_purchases(entries))
+    async def _refund(self, service, order, amount, card):
+        entries = await service.journal.byOrder(order)
+        purchase = standing(purchasesIn(entries))
         if purchase is None or purchase["state"] != APPROVED:
             why = "no payment with order %s" % (order,)
             if purchase is not None:
@@ -569,21 +394,19 @@ class TerminalAPI:
             "amount": amount,
             "currency": purchase["currency"],
             "card": purchase["pan"],
-            "original": _reference(purchase["key"]),
+            "original": reference(purchase["key"]),
         }
-        d = self._whenLinkReady(service)
-        d.addCallback(lambda _: service.request(message))
-        d.addCallbacks(self._refunded, self._failed, (body,), None, (dict(body), "refund"))
-        return d
-
-    def _refunded(self, answer, body):
+        try:
+            answer = await self._send(service, message)
+        except Exception:
+            return self._unanswered(Failure(), body, "refund")
         resp = answer.get("resp")
         state = APPROVED if resp == wire.APPROVED else DECLINED
         body.update(
             state=state,
             resp=resp,
-            message=_stateMessage(state, resp, "refund"),
-            reference=_reference(wire.messageKey(answer)),
+            message=stateMessage(state, resp, "refund"),
+            reference=reference(wire.messageKey(answer)),
         )
         return Reply(200, body, state)
 
@@ -593,289 +416,26 @@ class TerminalAPI:
         """
         Ask the payment side for the balance of C{card}.
         """
-        service = self.service()
+        return Deferred.fromCoroutine(self._balance(self.service(), card))
+
+    async def _balance(self, service, card):
         message = {"mti": "0200", "proc": "300000", "pan": card, "currency": "156"}
-        d = self._whenLinkReady(service)
-        d.addCallback(lambda _: service.request(message))
-        d.addCallbacks(self._balanced, self._noBalance, (card,), None, (card,))
-        return d
-
-    def _balanced(self, answer, card):
-        resp = answer.get("resp")
-        body = {"card": maskedPan(card), "resp": resp, "currency": answer.get("currency", "156")}
-        if resp == wire.APPROVED and _fen(answer.get("balance")) is not None:
-            body.update(state=APPROVED, balance=_fen(answer["balance"]), message="balance in fen")
-            return Reply(200, body, APPROVED)
-        body.update(state=DECLINED, message="declined: %s (%s)" % (RESP_TEXT.get(resp, "unknown code"), resp))
-        return Reply(200, body, DECLINED)
-
-    def _noBalance(self, failure, card):
-        if failure.check(RequestTimeout, LinkLost):
+        try:
+            answer = await self._send(service, message)
+        except (RequestTimeout, LinkLost) as e:
             raise APIError(
                 504,
                 "timeout",
                 "no answer from the payment system in time (%s); nothing moves on an inquiry, "
-                "try again" % (failure.getErrorMessage(),),
+                "try again" % (e,),
                 result="timeout",
-            )
-        return self._failed(failure, {}, "balance inquiry")
-
-
-def _purchases(entries):
-    return [e for e in entries if e["mti"] == "0200" and e["proc"] == "000000"]
-
-
-def _refunds(entries):
-    return [e for e in entries if e["mti"] == "0220"]
-
-
-def _neverSent(entry):
-    """
-    Whether a journal entry was declined by the platform itself before it
-    was written to any link (no link: nothing can have moved), so its
-    order may be tried again. (A C{91} from the payment side puts the
-    transaction in doubt instead; it ends reversed.)
-    """
-    return entry["state"] == DECLINED and entry["resp"] == wire.DESTINATION_UNAVAILABLE and bool(entry["reason"])
-
-
-def _standing(purchases):
-    """
-    The purchase that decides an order: the first one that was sent.
-    """
-    for entry in purchases:
-        if not _neverSent(entry):
-            return entry
-    return None
-
-
-def _stateMessage(state, resp, kind):
-    if state == APPROVED:
-        return "approved"
-    if state == DECLINED:
-        return "declined: %s (%s)" % (RESP_TEXT.get(resp, "unknown response code"), resp)
-    if state == IN_DOUBT:
-        if kind == "refund":
-            return (
-                "no answer from the payment system in time: the refund is in doubt and is being reversed, "
-                "so nothing will be refunded; read the order to see it reversed, then try again"
-            )
-        return (
-            "no answer from the payment system in time: the %s is in doubt and is being reversed, "
-            "so the card will not be charged; read the order to see it reversed" % (kind,)
-        )
-    if state == REVERSED:
-        return (
-            "reversed: the payment system did not answer in time and the %s was reversed; "
-            "the card was not charged" % (kind,)
-        )
-    if state == PENDING:
-        return "in progress: no outcome yet; read the order again shortly"
-    return state
-
-
-# -- resources -------------------------------------------------------------
-
-
-class _Call(JSONResource):
-    """
-    Runs one API call per request: bounded by the terminal deadline,
-    counted, answered in JSON.
-    """
-
-    isLeaf = False
-    kind = None
-    log = Logger(namespace="tvlink.web")
-
-    def __init__(self, api):
-        JSONResource.__init__(self)
-        self.api = api
-
-    def serve(self, request, call):
-        """
-        Answer C{request} with what C{call(context)} gives; C{context} is a
-        dict where the call notes the C{order} it is about, for the answer
-        given at the deadline.
-        """
-        api = self.api
-        watch(request)
-        api.begin()
-        context = {"order": getattr(self, "order", None)}
-        d = maybeDeferred(call, context)
-        d.addBoth(self._ended)
-        answer = self._bounded(d, context)
-        answer.addErrback(self._asReply)
-        answer.addCallback(self._write, request)
-        answer.addErrback(lambda f: self.log.failure("writing a terminal API answer failed", f))
-        return NOT_DONE_YET
-
-    def _ended(self, result):
-        self.api.end()
-        return result
-
-    def _bounded(self, d, context):
-        """
-        C{d}, or a C{504 pending} answer if it has not fired by the time the
-        terminal must be answered. C{d} is never cancelled: a purchase in
-        flight finishes, and the journal records it.
-        """
-        api = self.api
-        service = api._service()
-        if service is None:
-            return d
-        answer = Deferred()
-
-        def late():
-            order = context.get("order")
-            if not answer.called:
-                body = {
-                    "error": "deadline",
-                    "state": PENDING,
-                    "message": _stateMessage(PENDING, None, self.kind),
-                }
-                if order is not None:
-                    body["order"] = order
-                answer.callback(Reply(504, body, "timeout"))
-
-        call = api.clock.callLater(api.answerBy(service), late)
-
-        def fired(result):
-            if call.active():
-                call.cancel()
-            if not answer.called:
-                answer.callback(result)
-            elif hasattr(result, "check") and not result.check(APIError):
-                # Already answered 504 pending; the journal has the outcome,
-                # the log has this.
-                self.log.failure("terminal API call failed after its deadline answer", result)
-            return None
-
-        d.addBoth(fired)
-        return answer
-
-    def _asReply(self, failure):
-        if failure.check(APIError):
-            return failure.value.reply()
-        self.log.failure("terminal API call failed", failure)
-        return APIError(500, "error", "the platform failed to handle this call; see its log").reply()
-
-    def _write(self, reply, request):
-        self.api.count(self.kind, reply.result)
-        writeJSON(request, reply.code, reply.body, reply.headers)
-
-
-class PaymentsResource(_Call):
-    """
-    C{/v1/payments}: C{POST} a purchase; C{/v1/payments/ORDER} below it.
-    """
-
-    isLeaf = False
-    kind = "purchase"
-
-    def getChild(self, name, request):
-        try:
-            order = checkOrder(name.decode("utf-8"))
-        except (UnicodeDecodeError, APIError):
-            return NotFound("no payment with that order id (an order id is 1 to 64 printable characters)")
-        return OrderResource(self.api, order)
-
-    def render_POST(self, request):
-        def call(context):
-            data = parseBody(request)
-            card = checkCard(data.get("card"))
-            amount = checkAmount(data.get("amount"))
-            currency = checkCurrency(data.get("currency"))
-            order = context["order"] = checkOrder(data.get("order"))
-            return self.api.purchase(order, card, amount, currency)
-
-        return self.serve(request, call)
-
-
-class OrderResource(_Call):
-    """
-    C{/v1/payments/ORDER}: C{GET} its outcome; C{.../refund} below it.
-    """
-
-    isLeaf = False
-    kind = "outcome"
-
-    def __init__(self, api, order):
-        _Call.__init__(self, api)
-        self.order = order
-
-    def getChild(self, name, request):
-        if name == b"refund":
-            return RefundResource(self.api, self.order)
-        if name == b"":
-            return self
-        return NotFound()
-
-    def _bounded(self, d, context):
-        return d
-
-    def render_GET(self, request):
-        return self.serve(request, lambda context: self.api.outcome(self.order))
-
-
-class RefundResource(_Call):
-    """
-    C{/v1/payments/ORDER/refund}: C{POST} a refund.
-    """
-
-    kind = "refund"
-
-    def __init__(self, api, order):
-        _Call.__init__(self, api)
-        self.order = order
-
-    def render_POST(self, request):
-        def call(context):
-            data = parseBody(request)
-            amount = checkAmount(data.get("amount"))
-            card = data.get("card")
-            if card is not None:
-                card = checkCard(card)
-            return self.api.refund(self.order, amount, card)
-
-        return self.serve(request, call)
-
-
-class BalanceResource(_Call):
-    """
-    C{/v1/balance}: C{POST} a balance inquiry.
-    """
-
-    kind = "balance"
-
-    def render_POST(self, request):
-        def call(context):
-            data = parseBody(request)
-            return self.api.balance(checkCard(data.get("card")))
-
-        return self.serve(request, call)
-
-
-class V1Resource(JSONResource):
-    """
-    C{/v1}.
-    """
-
-    def __init__(self, api):
-        JSONResource.__init__(self)
-        self.putChild(b"payments", PaymentsResource(api))
-        self.putChild(b"balance", BalanceResource(api))
-
-    def render_GET(self, request):
-        writeJSON(
-            request,
-            200,
-            {
-                "endpoints": [
-                    "POST /v1/payments {card, amount, currency, order}",
-                    "GET /v1/payments/ORDER",
-                    "POST /v1/payments/ORDER/refund {amount, card}",
-                    "POST /v1/balance {card}",
-                ]
-            },
-        )
-        return NOT_DONE_YET
+            ) from None
+        except Exception:
+            return self._unanswered(Failure(), {}, "balance inquiry")
+        resp = answer.get("resp")
+        body = {"card": maskedPan(card), "resp": resp, "currency": answer.get("currency", "156")}
+        if resp == wire.APPROVED and asFen(answer.get("balance")) is not None:
+            body.update(state=APPROVED, balance=asFen(answer["balance"]), message="balance in fen")
+            return Reply(200, body, APPROVED)
+        body.update(state=DECLINED, message="declined: %s (%s)" % (RESP_TEXT.get(resp, "unknown code"), resp))
+        return Reply(200, body, DECLINED)

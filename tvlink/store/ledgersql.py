@@ -1,0 +1,463 @@
+"""
+The payment ledger's storage: every SQL statement the ledger runs, and
+every detail of the database under it, in one place.
+
+The ledger's rules (L{tvlink.payment.rules}, L{tvlink.payment.accounts})
+and its writer (L{tvlink.payment.ledger}) hold no SQL: they call the
+methods of a L{LedgerStore}, one open connection to the ledger's
+database. L{LedgerStore} holds the statements, written once; a store
+class says where its database differs, and only there:
+
+ - the driver: its C{Error} and C{IntegrityError}, and how a connection
+   is opened, checked and given its schema (L{SQLiteLedgerStore.open});
+ - placeholders: every statement is written with C{?}, and runs through
+   L{LedgerStore._execute} (a driver that wants C{%s} translates there);
+ - locking: C{BEGIN} starts a transaction that holds the write lock
+   (SQLite: C{BEGIN IMMEDIATE}, which locks the whole file, so no read
+   needs a lock of its own; a store with row locks overrides
+   C{ACCOUNT_FOR_CHANGE} and C{JOURNAL_ORIGINAL}, the reads of rows about
+   to be changed, with C{FOR UPDATE});
+ - duplicates: L{LedgerStore.insertAccount} reports an account already
+   open from the driver's C{IntegrityError} (a store may use
+   C{ON CONFLICT DO NOTHING} instead);
+ - the schema: its tables (C{SCHEMA}) and how its version is kept
+   (SQLite: C{PRAGMA user_version}).
+
+L{SQLiteLedgerStore} is the store there is: one SQLite file in WAL mode,
+C{synchronous=FULL}. Another database gets a sibling subclass of
+L{LedgerStore}; nothing above this module changes.
+
+A store is used from one thread at a time (the ledger's writer, or the
+admin command) and does not begin or end transactions by itself, except
+when L{SQLiteLedgerStore.open} creates the schema: its caller does, with
+L{LedgerStore.begin} and friends or L{LedgerStore.transaction}.
+"""
+
+import contextlib
+import json
+import os
+import pathlib
+import sqlite3
+
+from tvlink.payment.errors import LedgerError, LedgerNotFound, NotALedger
+
+__all__ = ["SCHEMA_VERSION", "LedgerStore", "SQLiteLedgerStore"]
+
+#: The schema the SQLite store writes (C{PRAGMA user_version}).
+SCHEMA_VERSION = 1
+
+#: The columns of a journal entry as L{LedgerStore.entry} returns them.
+JOURNAL_COLUMNS = (
+    "id", "sender", "stan", "time", "mti", "proc", "pan", "amount", "order_id",
+    "orig_mti", "orig_sender", "orig_stan", "orig_time", "resp", "state",
+    "refunded", "answer", "applied_at",
+)
+
+#: The columns of an account as L{LedgerStore.account} returns them.
+ACCOUNT_COLUMNS = ("pan", "balance", "opening", "status", "opened_at")
+
+_SELECT_JOURNAL = "SELECT %s FROM journal" % (", ".join(JOURNAL_COLUMNS),)
+_BY_KEY = " WHERE sender = ? AND stan = ? AND time = ?"
+
+
+def _journalDict(row):
+    entry = dict(zip(JOURNAL_COLUMNS, row))
+    entry["answer"] = json.loads(entry["answer"])
+    entry["key"] = (entry["sender"], entry["stan"], entry["time"])
+    if entry["orig_sender"] is not None:
+        entry["orig"] = (entry["orig_sender"], entry["orig_stan"], entry["orig_time"])
+    else:
+        entry["orig"] = None
+    return entry
+
+
+class LedgerStore:
+    """
+    One open connection to a ledger database, and every statement the
+    ledger runs on it.
+
+    Keys are C{(sender, stan, time)} tuples of strings. Amounts and
+    balances are C{int} fen. Values the rules decide (states, statuses,
+    processing codes) are passed in; the store only keeps them.
+
+    @ivar conn: the driver's connection.
+    @ivar path: what it was opened from, for messages.
+    """
+
+    # -- dialect: a store class sets these ---------------------------------
+
+    #: The driver's base error class.
+    Error = Exception
+    #: What the driver raises for a broken uniqueness constraint.
+    IntegrityError = Exception
+
+    #: Begins a transaction holding the write lock from its start.
+    BEGIN = "BEGIN"
+    COMMIT = "COMMIT"
+    ROLLBACK = "ROLLBACK"
+    #: One savepoint a piece of work runs in, inside the writer's batch.
+    SAVEPOINT = "SAVEPOINT work"
+    ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO work"
+    RELEASE_SAVEPOINT = "RELEASE work"
+
+    # -- the statements --------------------------------------------------
+
+    ACCOUNT_INSERT = "INSERT INTO accounts (pan, balance, opening, status, opened_at) VALUES (?, ?, ?, ?, ?)"
+    ACCOUNT = "SELECT pan, balance, opening, status, opened_at FROM accounts WHERE pan = ?"
+    ACCOUNTS = "SELECT pan, balance, opening, status, opened_at FROM accounts ORDER BY pan"
+    ACCOUNT_SET_STATUS = "UPDATE accounts SET status = ? WHERE pan = ?"
+    #: The account a purchase is about to debit.
+    ACCOUNT_FOR_CHANGE = "SELECT balance, status FROM accounts WHERE pan = ?"
+    ACCOUNT_BALANCE = "SELECT balance FROM accounts WHERE pan = ?"
+    ACCOUNT_CREDIT = "UPDATE accounts SET balance = balance + ? WHERE pan = ?"
+
+    JOURNAL_ENTRY = _SELECT_JOURNAL + _BY_KEY
+    JOURNAL_RECENT = _SELECT_JOURNAL + " ORDER BY id DESC LIMIT ?"
+    JOURNAL_ANSWER = "SELECT fingerprint, answer FROM journal" + _BY_KEY
+    JOURNAL_STATE = "SELECT state FROM journal" + _BY_KEY
+    #: The original a refund or reversal is about to change.
+    JOURNAL_ORIGINAL = (
+        "SELECT id, mti, proc, pan, amount, state, refunded, orig_sender, orig_stan, orig_time"
+        " FROM journal" + _BY_KEY
+    )
+    JOURNAL_REVERSAL_OF = (
+        "SELECT 1 FROM journal WHERE mti = '0420' AND orig_sender = ? AND orig_stan = ?"
+        " AND orig_time = ? LIMIT 1"
+    )
+    JOURNAL_INSERT = (
+        "INSERT INTO journal (sender, stan, time, mti, proc, pan, amount, order_id, orig_mti,"
+        " orig_sender, orig_stan, orig_time, resp, state, answer, fingerprint, applied_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    JOURNAL_ADD_REFUNDED = "UPDATE journal SET refunded = refunded + ?, state = ? WHERE id = ?"
+    JOURNAL_SET_STATE = "UPDATE journal SET state = ? WHERE id = ?"
+    JOURNAL_SET_STATE_UNREFUNDED = "UPDATE journal SET state = ?, refunded = 0 WHERE id = ?"
+    JOURNAL_SET_REFUNDS_STATE = (
+        "UPDATE journal SET state = ? WHERE mti = '0220' AND state = ? AND orig_sender = ?"
+        " AND orig_stan = ? AND orig_time = ?"
+    )
+    JOURNAL_TAKE_BACK_REFUND = (
+        "UPDATE journal SET refunded = refunded - ?,"
+        " state = CASE WHEN state = ? AND refunded - ? = 0 THEN ? ELSE state END" + _BY_KEY
+    )
+    PURCHASED_BY_CARD = (
+        "SELECT pan, SUM(amount) FROM journal WHERE mti = '0200' AND proc = ? AND state IN (?, ?)"
+        " GROUP BY pan"
+    )
+    REFUNDED_BY_CARD = "SELECT pan, SUM(amount) FROM journal WHERE mti = '0220' AND state = ? GROUP BY pan"
+
+    def __init__(self, conn, path):
+        self.conn = conn
+        self.path = path
+        if type(self)._execute is LedgerStore._execute:
+            # The same as the method below, one Python call less on the
+            # writer's path.
+            self._execute = conn.execute
+
+    def _execute(self, sql, params=()):
+        """
+        Run one statement written with C{?} placeholders; the cursor. A
+        store whose driver wants other placeholders overrides this.
+        """
+        return self.conn.execute(sql, params)
+
+    def close(self):
+        self.conn.close()
+
+    # -- transactions ------------------------------------------------------
+
+    def begin(self):
+        self._execute(self.BEGIN)
+
+    def commit(self):
+        self._execute(self.COMMIT)
+
+    def rollback(self):
+        self._execute(self.ROLLBACK)
+
+    def savepoint(self):
+        self._execute(self.SAVEPOINT)
+
+    def rollbackToSavepoint(self):
+        self._execute(self.ROLLBACK_TO_SAVEPOINT)
+
+    def releaseSavepoint(self):
+        self._execute(self.RELEASE_SAVEPOINT)
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """
+        One transaction around the C{with} block: committed if it ends
+        normally, rolled back if it raises.
+        """
+        self.begin()
+        try:
+            yield self
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
+
+    # -- accounts ----------------------------------------------------------
+
+    def insertAccount(self, pan, balance, status, now):
+        """
+        Add an account with C{balance} as its balance and opening balance.
+
+        @return: C{False} (and nothing changed) if C{pan} already has one.
+        """
+        try:
+            self._execute(self.ACCOUNT_INSERT, (pan, balance, balance, status, now))
+        except self.IntegrityError:
+            return False
+        return True
+
+    def account(self, pan):
+        """
+        The account of C{pan} as a C{dict} of L{ACCOUNT_COLUMNS}, or C{None}.
+        """
+        row = self._execute(self.ACCOUNT, (pan,)).fetchone()
+        return None if row is None else dict(zip(ACCOUNT_COLUMNS, row))
+
+    def accounts(self):
+        """
+        Every account, as C{dict}s ordered by card number.
+        """
+        return [dict(zip(ACCOUNT_COLUMNS, row)) for row in self._execute(self.ACCOUNTS).fetchall()]
+
+    def setStatus(self, pan, status):
+        self._execute(self.ACCOUNT_SET_STATUS, (status, pan))
+
+    def balanceAndStatus(self, pan):
+        """
+        C{(balance, status)} of the account of C{pan}, about to be
+        debited, or C{None}.
+        """
+        return self._execute(self.ACCOUNT_FOR_CHANGE, (pan,)).fetchone()
+
+    def balance(self, pan):
+        """
+        The balance of C{pan}, or C{None} if it has no account.
+        """
+        row = self._execute(self.ACCOUNT_BALANCE, (pan,)).fetchone()
+        return None if row is None else row[0]
+
+    def credit(self, pan, fen):
+        """
+        Add C{fen} (below zero: take it) to the balance of C{pan}.
+        """
+        self._execute(self.ACCOUNT_CREDIT, (fen, pan))
+
+    # -- the journal -------------------------------------------------------
+
+    def recorded(self, key):
+        """
+        C{(fingerprint, answer)} of the entry under C{key}, or C{None}.
+        """
+        row = self._execute(self.JOURNAL_ANSWER, key).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]))
+
+    def entry(self, key):
+        """
+        The entry under C{key} as a C{dict} of L{JOURNAL_COLUMNS} (its
+        C{answer} decoded) with its C{key} and C{orig} key, or C{None}.
+        """
+        row = self._execute(self.JOURNAL_ENTRY, key).fetchone()
+        return None if row is None else _journalDict(row)
+
+    def recent(self, limit):
+        """
+        The last C{limit} entries, newest first, as L{entry} gives them.
+        """
+        return [_journalDict(row) for row in self._execute(self.JOURNAL_RECENT, (int(limit),)).fetchall()]
+
+    def state(self, key):
+        """
+        The state of the entry under C{key}, or C{None}.
+        """
+        row = self._execute(self.JOURNAL_STATE, key).fetchone()
+        return None if row is None else row[0]
+
+    def original(self, key):
+        """
+        The entry under C{key} that a refund or reversal is about to
+        change, as C{(id, mti, proc, pan, amount, state, refunded,
+        orig_sender, orig_stan, orig_time)}, or C{None}.
+        """
+        return self._execute(self.JOURNAL_ORIGINAL, key).fetchone()
+
+    def reversalRecorded(self, key):
+        """
+        Whether a C{0420} reversal of C{key} is in the journal.
+        """
+        return self._execute(self.JOURNAL_REVERSAL_OF, key).fetchone() is not None
+
+    def record(self, key, mti, proc, pan, amount, order, origMti, origKey, state, answer, fingerprint, now):
+        """
+        Journal a request under C{key} with its C{answer} (a C{dict} with
+        its C{resp}). C{origKey} is a key or C{(None, None, None)}.
+        """
+        self._execute(
+            self.JOURNAL_INSERT,
+            tuple(key)
+            + (mti, proc, pan, amount, order, origMti)
+            + tuple(origKey)
+            + (answer["resp"], state, json.dumps(answer, separators=(",", ":")), fingerprint, now),
+        )
+
+    def addRefunded(self, entryId, fen, state):
+        """
+        Count C{fen} more refunded of the purchase entry C{entryId}, now in
+        C{state}.
+        """
+        self._execute(self.JOURNAL_ADD_REFUNDED, (fen, state, entryId))
+
+    def setState(self, entryId, state, clearRefunded=False):
+        """
+        Put entry C{entryId} in C{state} (and count nothing refunded of it
+        if C{clearRefunded}).
+        """
+        if clearRefunded:
+            self._execute(self.JOURNAL_SET_STATE_UNREFUNDED, (state, entryId))
+        else:
+            self._execute(self.JOURNAL_SET_STATE, (state, entryId))
+
+    def setRefundsState(self, purchaseKey, fromState, toState):
+        """
+        Put every refund of C{purchaseKey} in C{fromState} in C{toState}.
+        """
+        self._execute(self.JOURNAL_SET_REFUNDS_STATE, (toState, fromState) + tuple(purchaseKey))
+
+    def takeBackRefund(self, purchaseKey, fen, refunded, standing):
+        """
+        Count C{fen} less refunded of the purchase under C{purchaseKey};
+        if it was C{refunded} and nothing stays refunded, it is
+        C{standing} again.
+        """
+        self._execute(self.JOURNAL_TAKE_BACK_REFUND, (fen, refunded, fen, standing) + tuple(purchaseKey))
+
+    def purchasedByCard(self, proc, states):
+        """
+        C{{pan: fen}}: the sum of the C{0200} requests with processing
+        code C{proc} in one of the two C{states}, by card.
+        """
+        return dict(self._execute(self.PURCHASED_BY_CARD, (proc,) + tuple(states)).fetchall())
+
+    def refundedByCard(self, state):
+        """
+        C{{pan: fen}}: the sum of the C{0220} requests in C{state}, by card.
+        """
+        return dict(self._execute(self.REFUNDED_BY_CARD, (state,)).fetchall())
+
+
+#: The SQLite schema, as it was first written (C{sqlite_master} keeps this text).
+_SQLITE_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS accounts (
+        pan TEXT PRIMARY KEY,
+        balance INTEGER NOT NULL,
+        opening INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'frozen')),
+        opened_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS journal (
+        id INTEGER PRIMARY KEY,
+        sender TEXT NOT NULL,
+        stan TEXT NOT NULL,
+        time TEXT NOT NULL,
+        mti TEXT NOT NULL,
+        proc TEXT,
+        pan TEXT,
+        amount INTEGER,
+        order_id TEXT,
+        orig_mti TEXT,
+        orig_sender TEXT,
+        orig_stan TEXT,
+        orig_time TEXT,
+        resp TEXT NOT NULL,
+        state TEXT NOT NULL,
+        refunded INTEGER NOT NULL DEFAULT 0,
+        answer TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        applied_at TEXT NOT NULL,
+        UNIQUE (sender, stan, time))""",
+    "CREATE INDEX IF NOT EXISTS journal_orig ON journal (orig_sender, orig_stan, orig_time)",
+)
+
+
+class SQLiteLedgerStore(LedgerStore):
+    """
+    The ledger in one SQLite file: WAL, C{synchronous=FULL}, a busy
+    timeout, the schema version in C{PRAGMA user_version}.
+    """
+
+    Error = sqlite3.Error
+    IntegrityError = sqlite3.IntegrityError
+
+    #: Takes the file's write lock at once, so the whole transaction is
+    #: serialised against every other writer (the admin command too).
+    BEGIN = "BEGIN IMMEDIATE"
+
+    SCHEMA_VERSION = SCHEMA_VERSION
+
+    SCHEMA = _SQLITE_SCHEMA
+
+    @classmethod
+    def open(cls, path, create=True, busy_timeout=5.0):
+        """
+        Open the ledger at C{path}, its schema checked (and created when
+        C{create}).
+
+        @return: a store on a connection in autocommit mode (transactions
+            are begun explicitly), usable from one thread at a time.
+        @raise LedgerNotFound: if C{create} is false and there is no file.
+        @raise NotALedger: if the file is not a tvlink ledger.
+        @raise LedgerError: if it cannot be opened.
+        """
+        try:
+            if create:
+                conn = sqlite3.connect(
+                    path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+                )
+            else:
+                if not os.path.isfile(path):
+                    raise LedgerNotFound("no ledger at %s" % (path,))
+                uri = pathlib.Path(os.path.abspath(path)).as_uri() + "?mode=rw"
+                conn = sqlite3.connect(
+                    uri, uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+                )
+        except sqlite3.Error as e:
+            raise LedgerError("cannot open ledger %s: %s" % (path, e)) from None
+        store = cls(conn, path)
+        try:
+            conn.execute("PRAGMA busy_timeout = %d" % (int(busy_timeout * 1000),))
+            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            conn.execute("PRAGMA synchronous = FULL")
+            store._ensureSchema(create)
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            if "not a database" in str(e) or "malformed" in str(e):
+                raise NotALedger("%s is not a SQLite database: %s" % (path, e)) from None
+            raise LedgerError("cannot open ledger %s: %s" % (path, e)) from None
+        except LedgerError:
+            conn.close()
+            raise
+        return store
+
+    def _version(self):
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def _ensureSchema(self, create):
+        version = self._version()
+        if version == self.SCHEMA_VERSION:
+            return
+        if version > self.SCHEMA_VERSION:
+            raise LedgerError(
+                "ledger %s has schema version %d; this tvlink knows %d"
+                % (self.path, version, self.SCHEMA_VERSION)
+            )
+        if not create:
+            raise NotALedger("%s is not a tvlink ledger (no ledger tables)" % (self.path,))
+        with self.transaction():
+            if self._version() == 0:
+                for statement in self.SCHEMA:
+                    self.conn.execute(statement)
+                self.conn.execute("PRAGMA user_version = %d" % (self.SCHEMA_VERSION,))
