@@ -66,7 +66,7 @@ class EndpointCodecOptions(usage.Options):
         HOST:PORT=CODEC: this endpoint's codec, overriding --codec (repeat
         for more)
         """
-        from tvlink.platform.service import parseEndpoint
+        from tvlink.platform.endpoints import parseEndpoint
 
         endpoint, _, codec = value.rpartition("=")
         try:
