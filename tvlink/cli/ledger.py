@@ -37,9 +37,9 @@ REFUSED = 1
 USAGE = 2
 
 
-class _Parser(argparse.ArgumentParser):
+class CommandParser(argparse.ArgumentParser):
     """
-    argparse, but reporting to our own stream.
+    argparse, but reporting to our own stream (also used by C{tvlink journal}).
     """
 
     out = None
@@ -55,7 +55,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser(out, err):
-    parser = _Parser(
+    parser = CommandParser(
         prog="tvlink ledger",
         description="Look after the payment side's SQLite ledger (amounts in fen).",
     )
