@@ -131,7 +131,8 @@ class CardVault:
     Seals and opens card numbers under one AES-256-GCM key.
 
     @param key: the 32-byte key.
-    @param source: where the key came from (a file name), for messages.
+    @param source: where the key came from (a file name), for messages,
+        or C{None}.
 
     @ivar keyId: the key's id, stored with every value it seals.
     """
@@ -140,7 +141,7 @@ class CardVault:
         if not isinstance(key, bytes) or len(key) != KEY_BYTES:
             raise CardVaultError("a card key is %d bytes" % (KEY_BYTES,))
         self.keyId = keyIdOf(key)
-        self.source = source if source is not None else "key " + self.keyId
+        self.source = source
         self.aead = AESGCM(key)
 
     @classmethod
@@ -172,8 +173,9 @@ class CardVault:
         keyId = sealedKeyId(sealed)
         if keyId != self.keyId:
             raise WrongKey(
-                "the card of %s was sealed under key %s, not under %s (%s): a wrong card key "
-                "file, or a rekey not finished" % ("/".join(key), keyId, self.keyId, self.source)
+                "the card of %s was sealed under key %s, not under key %s%s: a wrong card key "
+                "file, or a rekey not finished"
+                % ("/".join(key), keyId, self.keyId, "" if self.source is None else " of " + self.source)
             )
         try:
             raw = base64.b64decode(sealed.split(":")[2], validate=True)
