@@ -54,6 +54,40 @@ class SilentThenDemo(DemoHandler):
         return answer
 
 
+def diesInFlight(path, handler, **options):
+    """
+    A platform journalling to C{path} sends a purchase to C{handler}, which
+    holds its answer, and dies with it in flight: no timeout, no reversal
+    yet. The purchase's key.
+    """
+    first = PoolRig(ports=(7001,), handlers=[handler], journalPath=path, timeout=5, **options)
+    handler.silent = True
+    d = first.service.request(purchase(400))
+    first.flush()
+    d.addErrback(lambda f: None)
+    key = list(first.service.factories[0].link.pending.entries)[0]
+    first.service.journal.close()
+    handler.silent = False
+    return key
+
+
+def timedOutThenAnswered(case, rig, handler, amount):
+    """
+    A purchase of C{amount} that C{handler} applies and answers only after
+    it timed out (and its reversal went out): held answers are released,
+    not yet delivered. The purchase's key.
+    """
+    handler.silent = True
+    d = rig.service.request(purchase(amount))
+    rig.flush()
+    rig.advance(5)
+    key = case.failureResultOf(d, InDoubt).value.key
+    handler.silent = False
+    for held, answer in handler.held:
+        held.callback(answer)
+    return key
+
+
 class JournalTests(SynchronousTestCase):
     def rig(self, handler=None, **options):
         self.path = self.mktemp()
@@ -207,14 +241,7 @@ class JournalTests(SynchronousTestCase):
             return original(m)
 
         handler.handle = handle
-        handler.silent = True
-        d = rig.service.request(purchase(300))
-        rig.flush()
-        rig.advance(5)
-        key = self.failureResultOf(d, InDoubt).value.key
-        handler.silent = False
-        for held, answer in handler.held:
-            held.callback(answer)
+        key = timedOutThenAnswered(self, rig, handler, 300)
         rig.advance(1)
         entry = self.outcome(rig, key)
         self.assertEqual(entry["state"], "reversed")
@@ -266,15 +293,7 @@ class JournalTests(SynchronousTestCase):
     def test_restart_resumes_unfinished(self):
         path = self.mktemp()
         handler = SilentThenDemo()
-        first = PoolRig(ports=(7001,), handlers=[handler], journalPath=path, timeout=5)
-        handler.silent = True
-        d = first.service.request(purchase(400))
-        first.flush()
-        # The platform process dies here: no timeout, no reversal yet.
-        d.addErrback(lambda f: None)
-        key = list(first.service.factories[0].link.pending.entries)[0]
-        first.service.journal.close()
-        handler.silent = False
+        key = diesInFlight(path, handler)
         second = PoolRig(ports=(7001,), handlers=[handler], journalPath=path, timeout=5)
         self.addCleanup(second.service.journal.close)
         second.flush()
@@ -366,14 +385,7 @@ class CardTests(SynchronousTestCase):
         return rig, handler, reversals
 
     def inDoubt(self, rig, handler, amount=700):
-        handler.silent = True
-        d = rig.service.request(purchase(amount))
-        rig.flush()
-        rig.advance(5)
-        key = self.failureResultOf(d, InDoubt).value.key
-        handler.silent = False
-        for held, answer in handler.held:
-            held.callback(answer)
+        key = timedOutThenAnswered(self, rig, handler, amount)
         rig.flush()
         return key
 
@@ -450,15 +462,7 @@ class CardTests(SynchronousTestCase):
         path = self.mktemp()
         key = os.urandom(32)
         handler = SilentThenDemo()
-        first = PoolRig(ports=(7001,), handlers=[handler], journalPath=path, timeout=5, vault=CardVault(key))
-        handler.silent = True
-        d = first.service.request(purchase(400))
-        first.flush()
-        # The platform process dies here, before any reversal.
-        d.addErrback(lambda f: None)
-        original = list(first.service.factories[0].link.pending.entries)[0]
-        first.service.journal.close()
-        handler.silent = False
+        original = diesInFlight(path, handler, vault=CardVault(key))
         second, handler, reversals = self.rig(path=path, vault=CardVault(key), handler=handler)
         self.assertEqual(self.successResultOf(second.service.outcome(original))["state"], "reversed")
         self.assertEqual([m["pan"] for m in reversals], [PAN])

@@ -18,7 +18,7 @@ import os
 import sqlite3
 import sys
 
-from tvlink.cli.ledger import CommandParser
+from tvlink.cli.commands import databaseParser
 from tvlink.platform.cardvault import CardVault, CardVaultError
 from tvlink.platform.journal import migrate, parseJournalOption, rekeyCards
 
@@ -29,23 +29,14 @@ USAGE = 2
 
 
 def _parser(out, err):
-    parser = CommandParser(prog="tvlink journal", description="Look after the platform's SQLite journal.")
-    parser.out, parser.err = out, err
-    parser.add_argument("--db", required=True, metavar="PATH", help="the journal file (PATH or sqlite:PATH)")
-    parser.add_argument(
-        "--busy-timeout",
-        type=float,
-        default=10.0,
-        metavar="S",
-        help="seconds to wait for a running platform process's commit (default 10)",
+    parser, command = databaseParser(
+        "tvlink journal",
+        "Look after the platform's SQLite journal.",
+        "the journal file",
+        "platform",
+        out,
+        err,
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-
-    def command(name, help):
-        sub = commands.add_parser(name, help=help, description=help)
-        sub.out, sub.err = out, err
-        return sub
 
     sub = command("list", "show the most recent entries, newest first (card numbers masked)")
     sub.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default 20)")
