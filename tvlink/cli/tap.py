@@ -259,6 +259,13 @@ class PlatformOptions(EndpointCodecOptions, _PlatformTLSOptions, _LinkOptions):
         _seconds("terminal-deadline", 60, "The TV terminal's deadline; --timeout must be below it"),
         ["journal", None, None, "Journal money-moving requests and reverse those in doubt: sqlite:PATH"],
         [
+            "card-key",
+            None,
+            None,
+            "Key file (32 random bytes as 64 hex digits, mode 600) under which the journal keeps card "
+            "numbers sealed, so that reversals carry the card (default: masked cards only)",
+        ],
+        [
             "http",
             None,
             None,
@@ -317,11 +324,20 @@ class PlatformOptions(EndpointCodecOptions, _PlatformTLSOptions, _LinkOptions):
             if not os.path.isdir(folder):
                 raise usage.UsageError("--journal: folder %r does not exist" % (folder,))
             self.linkOptions["journal"] = "sqlite:" + path
+        if self["card-key"] is not None:
+            from tvlink.platform.cardvault import CardVault, CardVaultError
+
+            try:
+                self.linkOptions["vault"] = CardVault.fromKeyFile(self["card-key"])
+            except CardVaultError as e:
+                raise usage.UsageError("--card-key: %s" % (e,)) from None
         self.http = _httpOption(self)
         if self.http is not None and "journal" not in self.linkOptions:
             # The terminal API is idempotent by order id, across restarts too:
             # that takes a durable journal.
             self.linkOptions["journal"] = "sqlite:" + DEFAULT_API_JOURNAL
+        if "vault" in self.linkOptions and "journal" not in self.linkOptions:
+            raise usage.UsageError("--card-key seals the cards of the journal: it needs --journal (or --http)")
 
 
 class SandboxOptions(_LinkOptions):

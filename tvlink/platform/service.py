@@ -62,6 +62,12 @@ class PlatformService(LinkService):
     @param journal: C{"sqlite:PATH"} or a L{PlatformJournal}: journal
         money-moving requests and reverse those left in doubt (see
         L{tvlink.platform.settlement}).
+    @param vault: a L{tvlink.platform.cardvault.CardVault}: the journal
+        keeps each card number sealed under it as well as masked, and the
+        C{0420} reversals it drives carry the card (ISO 8583 field 2).
+        Used by the journal the service opens, and given to a
+        L{PlatformJournal} passed in that has no vault of its own. Default
+        C{None}: masked card numbers only, reversals without the card.
     @param terminal_deadline: the TV terminal's own deadline; C{timeout}
         must be below it (the per-hop timeout ladder).
     @param endpoint_codecs: C{{"HOST:PORT": codec}} for endpoints whose
@@ -93,6 +99,7 @@ class PlatformService(LinkService):
         tls_hostname=None,
         tls_handshake_timeout=10.0,
         journal=None,
+        vault=None,
         terminal_deadline=60.0,
         endpoint_codecs=None,
         **options
@@ -118,6 +125,7 @@ class PlatformService(LinkService):
         self.balancer = getBalancer(balance)
         self._healthy = None
         self._journalOption = journal
+        self.vault = vault
         self.journal = journal if isinstance(journal, PlatformJournal) else None
         #: The L{Settlement} of money-moving requests while the service
         #: keeps a journal (from its first start), else C{None}.
@@ -163,7 +171,15 @@ class PlatformService(LinkService):
         self.stopping = False
         if self._journalOption is not None:
             if self.journal is None:
-                self.journal = PlatformJournal(self._journalOption, reactor=self.reactor)
+                self.journal = PlatformJournal(self._journalOption, reactor=self.reactor, vault=self.vault)
+            elif self.journal.vault is None:
+                self.journal.vault = self.vault
+            if self.journal.vault is None:
+                self.log.warn(
+                    "no card key (--card-key): the journal keeps masked card numbers only, and "
+                    "reversals will not carry the card",
+                    journal_event="no-card-key",
+                )
             self.settlement = Settlement(self.journal, self.settings, self._dispatch, self.reactor)
             self.reversals = self.settlement.reversals
             self.settlement.start()
