@@ -48,11 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 with atheris.instrument_imports(include=["tvlink", "iso8583"]):
     from tvlink.errors import CodecError, ProtocolViolation
     from tvlink.link import wire
-    from tvlink.link.codecs import makeCodec
-
-    # Imported here, not first by makeCodec, so that they are instrumented.
-    import tvlink.link.cups  # noqa: F401
-    import tvlink.link.iso8583  # noqa: F401
+    from tvlink.link import cups, iso8583
 
 #: See the module docstring.
 RECURSION_LIMIT = 64
@@ -64,9 +60,9 @@ CODECS = [wire.JSONCodec(), wire.JSONCodec(fast=False)]
 #: The ISO 8583 codecs: the default layout, BCD with a hex bitmap, and the
 #: CUPS header in front of the default layout.
 ISO_CODECS = [
-    makeCodec("iso8583", sender="10000001"),
-    makeCodec("iso8583", sender="10000001", numeric="bcd", bitmap="hex"),
-    makeCodec("cups", sender="10000001", destination="20000002"),
+    iso8583.ISO8583Codec(),
+    iso8583.ISO8583Codec(numeric="bcd", bitmap="hex"),
+    cups.CUPSCodec(source="10000001", destination="20000002", iso=iso8583.ISO8583Codec()),
 ]
 
 
