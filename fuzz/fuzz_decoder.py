@@ -90,27 +90,35 @@ def checkSalvaged(found):
         raise AssertionError("salvageKey salvaged %r" % (found,))
 
 
+def decodeChecked(codec, body, refusals):
+    """
+    C{codec}'s message dict for C{body}, or C{None} when it is refused
+    with one of C{refusals}; then the dict encoded again, or C{None} when
+    the codec cannot write it back (the link answers such a request 96).
+    """
+    try:
+        message = codec.decode(body)
+    except refusals:
+        return None, None
+    if type(message) is not dict:
+        raise AssertionError("decode gave %r" % (type(message),))
+    try:
+        return message, codec.encode(message)
+    except CodecError:
+        return message, None
+
+
 def checkBody(body):
     for codec in CODECS:
-        try:
-            message = codec.decode(body)
-        except CodecError:
-            message = None
-        if message is not None:
-            if type(message) is not dict:
-                raise AssertionError("decode gave %r" % (type(message),))
-            try:
-                encoded = codec.encode(message)
-            except CodecError:
-                # Decodable but not encodable (e.g. a number orjson cannot
-                # write back): the link answers such a request 96.
-                encoded = None
-            if encoded is not None:
-                for other in CODECS:
-                    again = other.decode(encoded)
-                    if codec.encode(again) != encoded:
-                        raise AssertionError("round trip changed %r" % (message,))
-            checkSalvaged(wire.salvageKey(message))
+        message, encoded = decodeChecked(codec, body, CodecError)
+        if message is None:
+            continue
+        if encoded is not None:
+            for other in CODECS:
+                again = other.decode(encoded)
+                if codec.encode(again) != encoded:
+                    raise AssertionError("round trip changed %r" % (message,))
+        checkSalvaged(wire.salvageKey(message))
     checkSalvaged(wire.salvageKey(body))
 
 
@@ -122,19 +130,9 @@ def checkISO(body):
     decodes to the same dict; salvaging a key never raises.
     """
     for codec in ISO_CODECS:
-        try:
-            message = codec.decode(body)
-        except (CodecError, ProtocolViolation):
-            message = None
-        if message is not None:
-            if type(message) is not dict:
-                raise AssertionError("decode gave %r" % (type(message),))
-            try:
-                encoded = codec.encode(message)
-            except CodecError:
-                encoded = None
-            if encoded is not None and codec.decode(encoded) != message:
-                raise AssertionError("round trip changed %r" % (message,))
+        message, encoded = decodeChecked(codec, body, (CodecError, ProtocolViolation))
+        if encoded is not None and codec.decode(encoded) != message:
+            raise AssertionError("round trip changed %r" % (message,))
         codec.salvage(body)
 
 

@@ -29,7 +29,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
-from tests.helpers import PoolRig
+from tests.helpers import Events, PoolRig
 from tests.processes import (
     ROOT,
     TWISTD,
@@ -518,8 +518,12 @@ class OutcomeAndRefundTests(SynchronousTestCase):
         first.close()
         other = WebRig(self, journalPath=path, vault=CardVault(os.urandom(32)))
         other.pool.advance(1)
+        events = Events(self)
         code, body = answer(other.call("POST", "/v1/payments/o-1/refund", {"amount": 1}))
         self.assertEqual((code, body["field"]), (400, "card"))
+        [refused] = [e for e in events.events if e.get("journal_event") == "card-unopened"]
+        self.assertEqual(refused["purpose"], "refund")
+        self.assertNotIn(PAN, str(refused))
         other.close()
         rig = WebRig(self, journalPath=path, vault=vault)
         rig.pool.advance(2)

@@ -210,6 +210,25 @@ class PlatformJournal:
             return None
         return self.vault.open(sealed, entry["key"])
 
+    def openedCard(self, entry, purpose):
+        """
+        The clear card of C{entry} for its C{purpose} (C{"reversal"},
+        C{"refund"}), or C{None}: no vault, nothing sealed, or a card that
+        does not open, which is logged (C{card-unopened}) and never raised,
+        since the caller goes on without the card.
+        """
+        try:
+            return self.cardOf(entry)
+        except CardVaultError as e:
+            self.log.error(
+                "the card of {key} does not open for its {purpose}: {why}",
+                journal_event="card-unopened",
+                key="/".join(entry["key"]),
+                purpose=purpose,
+                why=str(e),
+            )
+            return None
+
     def rekey(self, old, new):
         """
         Re-seal every sealed card from vault C{old} to vault C{new}, in one
@@ -397,28 +416,12 @@ class Reversals:
                 message[field] = entry[field]
         if entry.get("order_id") is not None:
             message["order"] = entry["order_id"]
-        pan = self._card(entry)
+        pan = self.journal.openedCard(entry, "reversal")
         if pan is not None:
             # Field 2 of the original, for an ISO 8583 0420.
             message["pan"] = pan
         self.active[key] = {"message": message, "delay": self.initialDelay, "call": None}
         self._attempt(key)
-
-    def _card(self, entry):
-        """
-        The clear card of C{entry} if the journal can open it, else
-        C{None} (the reversal goes out without it, as it must go out).
-        """
-        try:
-            return self.journal.cardOf(entry)
-        except CardVaultError as e:
-            self.log.error(
-                "reversal of {key} goes without its card: {why}",
-                journal_event="card-unopened",
-                key="/".join(entry["key"]),
-                why=str(e),
-            )
-            return None
 
     def _attempt(self, key):
         state = self.active.get(key)

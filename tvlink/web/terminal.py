@@ -29,7 +29,6 @@ from twisted.python.failure import Failure
 
 from tvlink.errors import InDoubt, LinkLost, NoLinkAvailable, RequestError, RequestTimeout
 from tvlink.link import wire
-from tvlink.platform.cardvault import CardVaultError
 from tvlink.platform.journal import APPROVED, DECLINED, IN_DOUBT, maskedPan
 from tvlink.web.orders import RESP_TEXT, asFen, entryReply, purchasesIn, reference, refundsIn, standing, stateMessage
 from tvlink.web.validation import APIError, Reply, invalid
@@ -360,23 +359,6 @@ class TerminalAPI:
             return Deferred.fromCoroutine(self._repeat(flight, details, conflict))
         return self._fly(self.refunds, order, details, self._refund(service, order, amount, card))
 
-    def _sealedCard(self, service, purchase):
-        """
-        The card of journal entry C{purchase}, opened from the journal's
-        vault, or C{None} (no vault, nothing sealed, or a card sealed
-        under another key: logged, and the caller asks for the card).
-        """
-        try:
-            return service.journal.cardOf(purchase)
-        except CardVaultError as e:
-            self.log.warn(
-                "the card of order {order} does not open: {why}",
-                api_event="card-unopened",
-                order=purchase.get("order_id"),
-                why=str(e),
-            )
-            return None
-
     async def _refund(self, service, order, amount, card):
         entries = await service.journal.byOrder(order)
         purchase = standing(purchasesIn(entries))
@@ -389,7 +371,7 @@ class TerminalAPI:
             if maskedPan(card) != purchase["pan"]:
                 raise invalid("card", "card is not the card of the purchase of order %s" % (order,))
         else:
-            card = self.cards.get(order) or self._sealedCard(service, purchase)
+            card = self.cards.get(order) or service.journal.openedCard(purchase, "refund")
             if card is None:
                 raise invalid(
                     "card",
