@@ -1,7 +1,9 @@
 """
 A coverage-guided fuzz target (atheris, libFuzzer) for what a peer's bytes
 reach first: L{tvlink.link.wire.FrameDecoder}, L{tvlink.link.wire.JSONCodec} (the
-orjson build and the standard-library one) and L{tvlink.link.wire.salvageKey}.
+orjson build and the standard-library one), L{tvlink.link.wire.salvageKey}, and
+the ISO 8583 codecs (L{tvlink.link.iso8583}, L{tvlink.link.cups}: ASCII with a
+binary bitmap, BCD with a hex bitmap, and the CUPS header).
 
 The first byte of each input chooses the header (ascii4, bin2, bin4), the
 maximum frame size and the size of the pieces the rest is fed in; the
@@ -43,9 +45,10 @@ import atheris
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-with atheris.instrument_imports(include=["tvlink"]):
-    from tvlink.link import wire
+with atheris.instrument_imports(include=["tvlink", "iso8583"]):
     from tvlink.errors import CodecError, ProtocolViolation
+    from tvlink.link import wire
+    from tvlink.link import cups, iso8583
 
 #: See the module docstring.
 RECURSION_LIMIT = 64
@@ -54,6 +57,13 @@ RECURSION_LIMIT = 64
 HEADERS = [wire.HEADERS[name] for name in ("ascii4", "bin2", "bin4")]
 MAX_FRAMES = [16, 300, 9999, wire.DEFAULT_MAX_FRAME]
 CODECS = [wire.JSONCodec(), wire.JSONCodec(fast=False)]
+#: The ISO 8583 codecs: the default layout, BCD with a hex bitmap, and the
+#: CUPS header in front of the default layout.
+ISO_CODECS = [
+    iso8583.ISO8583Codec(),
+    iso8583.ISO8583Codec(numeric="bcd", bitmap="hex"),
+    cups.CUPSCodec(source="10000001", destination="20000002", iso=iso8583.ISO8583Codec()),
+]
 
 
 def decodeStream(header, maxFrame, chunks):
@@ -80,28 +90,50 @@ def checkSalvaged(found):
         raise AssertionError("salvageKey salvaged %r" % (found,))
 
 
+def decodeChecked(codec, body, refusals):
+    """
+    C{codec}'s message dict for C{body}, or C{None} when it is refused
+    with one of C{refusals}; then the dict encoded again, or C{None} when
+    the codec cannot write it back (the link answers such a request 96).
+    """
+    try:
+        message = codec.decode(body)
+    except refusals:
+        return None, None
+    if type(message) is not dict:
+        raise AssertionError("decode gave %r" % (type(message),))
+    try:
+        return message, codec.encode(message)
+    except CodecError:
+        return message, None
+
+
 def checkBody(body):
     for codec in CODECS:
-        try:
-            message = codec.decode(body)
-        except CodecError:
-            message = None
-        if message is not None:
-            if type(message) is not dict:
-                raise AssertionError("decode gave %r" % (type(message),))
-            try:
-                encoded = codec.encode(message)
-            except CodecError:
-                # Decodable but not encodable (e.g. a number orjson cannot
-                # write back): the link answers such a request 96.
-                encoded = None
-            if encoded is not None:
-                for other in CODECS:
-                    again = other.decode(encoded)
-                    if codec.encode(again) != encoded:
-                        raise AssertionError("round trip changed %r" % (message,))
-            checkSalvaged(wire.salvageKey(message))
+        message, encoded = decodeChecked(codec, body, CodecError)
+        if message is None:
+            continue
+        if encoded is not None:
+            for other in CODECS:
+                again = other.decode(encoded)
+                if codec.encode(again) != encoded:
+                    raise AssertionError("round trip changed %r" % (message,))
+        checkSalvaged(wire.salvageKey(message))
     checkSalvaged(wire.salvageKey(body))
+
+
+def checkISO(body):
+    """
+    An ISO 8583 body decodes to a message dict or fails with
+    L{CodecError} (a CUPS header whose lengths disagree: with
+    L{ProtocolViolation}); a message that decodes and encodes again
+    decodes to the same dict; salvaging a key never raises.
+    """
+    for codec in ISO_CODECS:
+        message, encoded = decodeChecked(codec, body, (CodecError, ProtocolViolation))
+        if encoded is not None and codec.decode(encoded) != message:
+            raise AssertionError("round trip changed %r" % (message,))
+        codec.salvage(body)
 
 
 def TestOneInput(data):
@@ -123,7 +155,9 @@ def checkInput(data):
         raise AssertionError("feeding in pieces of %d changed the frames" % (step,))
     for body in whole[0]:
         checkBody(body)
+        checkISO(body)
     checkBody(stream)
+    checkISO(stream)
 
 
 def main():

@@ -275,10 +275,11 @@ class TwistdProcess(protocol.ProcessProtocol):
         return status
 
 
-def spawnTwistd(testCase, *args, name=None, cwd=None):
+def spawnPython(testCase, argv, name, cwd=None):
     """
-    Start C{twistd -n --pidfile= tvlink ARGS...} as a child process, kept
-    until the test's cleanup stops it.
+    Start this interpreter with C{argv} (its arguments) as a child
+    process, with the checkout first on its path, kept until the test's
+    cleanup stops it.
 
     @return: the L{TwistdProcess}.
     """
@@ -290,11 +291,21 @@ def spawnTwistd(testCase, *args, name=None, cwd=None):
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
-    child = TwistdProcess(name or " ".join(args[:1]) or "twistd")
-    argv = TWISTD + ["-n", "--pidfile=", "tvlink"] + [str(a) for a in args]
-    getReactor().spawnProcess(child, sys.executable, argv, env=env, path=cwd)
+    child = TwistdProcess(name)
+    getReactor().spawnProcess(child, sys.executable, [sys.executable] + list(argv), env=env, path=cwd)
     testCase.addCleanup(child.stop)
     return child
+
+
+def spawnTwistd(testCase, *args, name=None, cwd=None):
+    """
+    Start C{twistd -n --pidfile= tvlink ARGS...} as a child process, kept
+    until the test's cleanup stops it.
+
+    @return: the L{TwistdProcess}.
+    """
+    argv = TWISTD[1:] + ["-n", "--pidfile=", "tvlink"] + [str(a) for a in args]
+    return spawnPython(testCase, argv, name or " ".join(map(str, args[:1])) or "twistd", cwd=cwd)
 
 
 @defer.inlineCallbacks

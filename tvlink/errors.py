@@ -132,3 +132,25 @@ class InDoubtAnswer(InDoubt):
 
     @ivar answer: the answer C{dict}.
     """
+
+
+class HeaderRejected(RequestError):
+    """
+    The peer rejected a request's CUPS header: the request fails with the
+    header's reject code.
+
+    @ivar code: the five-character reject code.
+    @ivar key: the rejected request's correlation key, or C{None} when it
+        could not be read.
+    @ivar mti: the rejected request's MTI, or C{None}.
+    """
+
+    def __init__(self, code, key=None, mti=None):
+        self.code = code
+        self.key = key
+        self.mti = mti
+        RequestError.__init__(
+            self,
+            "peer rejected the header of %s %s with reject code %s"
+            % (mti or "a message", "/".join(map(str, key)) if key else "(key unreadable)", code),
+        )

@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tvlink import PaymentService, PlatformService
 from tvlink.cli.sandbox import SandboxService
 from tvlink.cli.tap import Options, makeService
+from tvlink.platform.cardvault import CardVault
 
 
 def parse(*argv):
@@ -64,6 +65,32 @@ class OptionsTests(SynchronousTestCase):
         service = makeService(config, reactor=MemoryReactorClock())
         self.assertEqual(service._journalOption, "sqlite:" + path)
         self.assertEqual(service.terminal_deadline, 90)
+
+    def test_platform_card_key(self):
+        import os
+
+        from tests.platform.test_cardvault import keyFile
+
+        key = os.urandom(32)
+        path = keyFile(self, key)
+        config = parse("platform", "--connect", "h:1", "--journal", "sqlite:" + self.mktemp(), "--card-key", path)
+        service = makeService(config, reactor=MemoryReactorClock())
+        self.assertEqual(service.vault.keyId, CardVault(key).keyId)
+        service = makeService(parse("platform", "--connect", "h:1"), reactor=MemoryReactorClock())
+        self.assertIsNone(service.vault)
+
+    def test_platform_bad_card_key(self):
+        from tests.platform.test_cardvault import keyFile
+
+        loose = keyFile(self, mode=0o644)
+        e = self.assertRaises(UsageError, parse, "platform", "--connect", "h:1", "--journal", self.mktemp(), "--card-key", loose)
+        self.assertIn("--card-key", str(e))
+        self.assertIn(loose, str(e))
+        missing = self.mktemp()
+        e = self.assertRaises(UsageError, parse, "platform", "--connect", "h:1", "--journal", self.mktemp(), "--card-key", missing)
+        self.assertIn(missing, str(e))
+        e = self.assertRaises(UsageError, parse, "platform", "--connect", "h:1", "--card-key", keyFile(self))
+        self.assertIn("needs --journal", str(e))
 
     def test_sandbox(self):
         service = makeService(parse("sandbox", "--echo-interval", "5"), reactor=MemoryReactorClock())

@@ -127,6 +127,11 @@ class _LinkBehaviours:
     #: Whether links are TLS.
     secured = False
 
+    #: The codec both ends use, and the senders it can carry.
+    codec = "json"
+    paymentSender = "PAYMENT"
+    platformSender = "PLATFORM"
+
     def serverTLS(self):
         """
         The C{tls_*} keywords of a L{PaymentService}.
@@ -172,6 +177,8 @@ class _LinkBehaviours:
         options.setdefault("idle_timeout", 5)
         options.setdefault("timeout", 5)
         options.update(self.serverTLS())
+        options.setdefault("codec", self.codec)
+        options.setdefault("sender", self.paymentSender)
         handler = handler if handler is not None else PaymentHandler()
         service = PaymentService("tcp:%d:interface=127.0.0.1" % (port,), handler=handler, **options)
         service.startService()
@@ -185,6 +192,8 @@ class _LinkBehaviours:
         options.setdefault("timeout", 5)
         options.setdefault("handler", RecordingPlatformHandler())
         options.update(self.clientTLS())
+        options.setdefault("codec", self.codec)
+        options.setdefault("sender", self.platformSender)
         service = PlatformService(["127.0.0.1:%d" % (p,) for p in ports], connect_timeout=3, **options)
         for factory in service.factories:
             factory.initialDelay = 0.05
@@ -235,7 +244,7 @@ class _LinkBehaviours:
         payment, port, platform, link, serverLink = yield self.linked()
         self.assertEqual(link.state, "ready")
         self.assertEqual(serverLink.state, "ready")
-        self.assertEqual(serverLink.platform, "PLATFORM")
+        self.assertEqual(serverLink.platform, self.platformSender)
         self.assertSecured(link, "CN=localhost")
         self.assertSecured(serverLink, "CN=platform TV01")
 
@@ -258,7 +267,7 @@ class _LinkBehaviours:
         answer = yield withDeadline(
             payment.request(serverLink, {"mti": "0820", "order": "N-1"}), 5, "the 0830"
         )
-        self.assertEqual((answer["mti"], answer["resp"], answer["sender"]), ("0830", "00", "PAYMENT"))
+        self.assertEqual((answer["mti"], answer["resp"], answer["sender"]), ("0830", "00", self.paymentSender))
         [seen] = platform.handler.seen
         self.assertEqual((seen["mti"], seen["order"], seen["stan"]), ("0820", "N-1", answer["stan"]))
 

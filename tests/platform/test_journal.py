@@ -3,6 +3,10 @@ Tests for the platform's in-doubt journal and reversals, on a Clock with
 the journal's SQLite work done synchronously.
 """
 
+import glob
+import os
+import sqlite3
+
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -17,7 +21,8 @@ from tvlink.errors import (
     RequestTimeout,
 )
 from tvlink.payment.service import DemoHandler
-from tvlink.platform.journal import PlatformJournal, isMoneyMoving
+from tvlink.platform.cardvault import CardVault
+from tvlink.platform.journal import COLUMNS, PlatformJournal, isMoneyMoving
 from tvlink.platform.service import PlatformService
 
 PAN = "6222020000000000018"
@@ -47,6 +52,40 @@ class SilentThenDemo(DemoHandler):
             self.held.append((d, answer))
             return d
         return answer
+
+
+def diesInFlight(path, handler, **options):
+    """
+    A platform journalling to C{path} sends a purchase to C{handler}, which
+    holds its answer, and dies with it in flight: no timeout, no reversal
+    yet. The purchase's key.
+    """
+    first = PoolRig(ports=(7001,), handlers=[handler], journalPath=path, timeout=5, **options)
+    handler.silent = True
+    d = first.service.request(purchase(400))
+    first.flush()
+    d.addErrback(lambda f: None)
+    key = list(first.service.factories[0].link.pending.entries)[0]
+    first.service.journal.close()
+    handler.silent = False
+    return key
+
+
+def timedOutThenAnswered(case, rig, handler, amount):
+    """
+    A purchase of C{amount} that C{handler} applies and answers only after
+    it timed out (and its reversal went out): held answers are released,
+    not yet delivered. The purchase's key.
+    """
+    handler.silent = True
+    d = rig.service.request(purchase(amount))
+    rig.flush()
+    rig.advance(5)
+    key = case.failureResultOf(d, InDoubt).value.key
+    handler.silent = False
+    for held, answer in handler.held:
+        held.callback(answer)
+    return key
 
 
 class JournalTests(SynchronousTestCase):
@@ -202,14 +241,7 @@ class JournalTests(SynchronousTestCase):
             return original(m)
 
         handler.handle = handle
-        handler.silent = True
-        d = rig.service.request(purchase(300))
-        rig.flush()
-        rig.advance(5)
-        key = self.failureResultOf(d, InDoubt).value.key
-        handler.silent = False
-        for held, answer in handler.held:
-            held.callback(answer)
+        key = timedOutThenAnswered(self, rig, handler, 300)
         rig.advance(1)
         entry = self.outcome(rig, key)
         self.assertEqual(entry["state"], "reversed")
@@ -261,15 +293,7 @@ class JournalTests(SynchronousTestCase):
     def test_restart_resumes_unfinished(self):
         path = self.mktemp()
         handler = SilentThenDemo()
-        first = PoolRig(ports=(7001,), handlers=[handler], journalPath=path, timeout=5)
-        handler.silent = True
-        d = first.service.request(purchase(400))
-        first.flush()
-        # The platform process dies here: no timeout, no reversal yet.
-        d.addErrback(lambda f: None)
-        key = list(first.service.factories[0].link.pending.entries)[0]
-        first.service.journal.close()
-        handler.silent = False
+        key = diesInFlight(path, handler)
         second = PoolRig(ports=(7001,), handlers=[handler], journalPath=path, timeout=5)
         self.addCleanup(second.service.journal.close)
         second.flush()
@@ -313,3 +337,155 @@ class StopTests(SynchronousTestCase):
         self.addCleanup(reopened.close)
         self.assertEqual(self.successResultOf(reopened.counts()), {"approved": 1})
         self.assertTrue(journal.store.closed)
+
+
+#: The entries table as tvlink made it before card numbers were sealed.
+OLD_SCHEMA = """CREATE TABLE entries (
+    sender TEXT NOT NULL, stan TEXT NOT NULL, time TEXT NOT NULL,
+    order_id TEXT, mti TEXT NOT NULL, proc TEXT, amount TEXT, currency TEXT,
+    pan TEXT, orig TEXT,
+    state TEXT NOT NULL, resp TEXT, late_resp TEXT, reason TEXT,
+    reversal_stan TEXT, reversal_time TEXT, reversal_attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (sender, stan, time))"""
+
+
+def fileBytes(path):
+    """
+    The bytes of the SQLite file at C{path} and of its WAL and other
+    companions.
+    """
+    data = b""
+    for name in sorted(glob.glob(path + "*")):
+        with open(name, "rb") as f:
+            data += f.read()
+    return data
+
+
+class CardTests(SynchronousTestCase):
+    """
+    The journal with a L{CardVault}: sealed cards, and reversals that
+    carry them.
+    """
+
+    def rig(self, path=None, vault=None, handler=None):
+        self.path = path if path is not None else self.mktemp()
+        handler = handler if handler is not None else SilentThenDemo()
+        reversals = []
+        original = handler.handle
+
+        def handle(message):
+            if message["mti"] == "0420":
+                reversals.append(message)
+            return original(message)
+
+        handler.handle = handle
+        rig = PoolRig(ports=(7001,), handlers=[handler], journalPath=self.path, timeout=5, vault=vault)
+        self.addCleanup(lambda: rig.service.journal and rig.service.journal.close())
+        return rig, handler, reversals
+
+    def inDoubt(self, rig, handler, amount=700):
+        key = timedOutThenAnswered(self, rig, handler, amount)
+        rig.flush()
+        return key
+
+    def test_sealedBesideMasked(self):
+        vault = CardVault(os.urandom(32))
+        rig, handler, _ = self.rig(vault=vault)
+        d = rig.service.request(purchase(100))
+        rig.flush()
+        answer = self.successResultOf(d)
+        key = (answer["sender"], answer["stan"], answer["time"])
+        entry = self.successResultOf(rig.service.outcome(key))
+        self.assertIn("pan_sealed", COLUMNS)
+        self.assertEqual(entry["pan"], "622202*********0018")
+        self.assertTrue(entry["pan_sealed"].startswith("v1:" + vault.keyId + ":"))
+        self.assertEqual(vault.open(entry["pan_sealed"], key), PAN)
+        self.assertNotIn(PAN.encode("ascii"), fileBytes(self.path))
+
+    def test_noVaultNoSealedCard(self):
+        events = Events(self)
+        rig, handler, _ = self.rig()
+        [warning] = [e for e in events.events if e.get("journal_event") == "no-card-key"]
+        self.assertIn("reversals will not carry the card", warning["log_format"])
+        d = rig.service.request(purchase(100))
+        rig.flush()
+        answer = self.successResultOf(d)
+        entry = self.successResultOf(rig.service.outcome((answer["sender"], answer["stan"], answer["time"])))
+        self.assertEqual(entry["pan"], "622202*********0018")
+        self.assertIsNone(entry["pan_sealed"])
+        self.assertNotIn(PAN.encode("ascii"), fileBytes(self.path))
+
+    def test_noCardKeyNotLoggedWithVault(self):
+        events = Events(self)
+        self.rig(vault=CardVault(os.urandom(32)))
+        self.assertEqual([e for e in events.events if e.get("journal_event") == "no-card-key"], [])
+
+    def test_reversalCarriesCard(self):
+        rig, handler, reversals = self.rig(vault=CardVault(os.urandom(32)))
+        events = Events(self)
+        key = self.inDoubt(rig, handler)
+        self.assertEqual(self.successResultOf(rig.service.outcome(key))["state"], "reversed")
+        self.assertEqual([m["pan"] for m in reversals], [PAN])
+        self.assertEqual(reversals[0]["orig"]["stan"], key[1])
+        self.assertNotIn(PAN.encode("ascii"), fileBytes(self.path))
+        for event in events.events:
+            self.assertNotIn(PAN, repr(event))
+
+    def test_reversalWithoutVault(self):
+        rig, handler, reversals = self.rig()
+        key = self.inDoubt(rig, handler)
+        self.assertEqual(self.successResultOf(rig.service.outcome(key))["state"], "reversed")
+        self.assertEqual(len(reversals), 1)
+        self.assertNotIn("pan", reversals[0])
+
+    def test_reversalWithWrongKeyGoesWithoutCard(self):
+        """
+        A card sealed under another key is not opened into garbage: the
+        reversal goes out (it must) without the card, and the journal
+        says why.
+        """
+        path = self.mktemp()
+        journal = PlatformJournal(path, threaded=False, vault=CardVault(os.urandom(32)))
+        message = dict(purchase(), sender="PLATFORM", stan="000900", time="1204120000")
+        self.successResultOf(journal.record(message))
+        self.successResultOf(journal.close())
+        events = Events(self)
+        rig, handler, reversals = self.rig(path=path, vault=CardVault(os.urandom(32)))
+        self.assertEqual(self.successResultOf(rig.service.outcome(("PLATFORM", "000900", "1204120000")))["state"], "reversed")
+        self.assertEqual(len(reversals), 1)
+        self.assertNotIn("pan", reversals[0])
+        [refused] = [e for e in events.events if e.get("journal_event") == "card-unopened"]
+        self.assertIn("sealed under key", refused["why"])
+
+    def test_restartResumedReversalCarriesCard(self):
+        path = self.mktemp()
+        key = os.urandom(32)
+        handler = SilentThenDemo()
+        original = diesInFlight(path, handler, vault=CardVault(key))
+        second, handler, reversals = self.rig(path=path, vault=CardVault(key), handler=handler)
+        self.assertEqual(self.successResultOf(second.service.outcome(original))["state"], "reversed")
+        self.assertEqual([m["pan"] for m in reversals], [PAN])
+        self.assertEqual(handler.spent[PAN], 0)
+
+    def test_migrateOldJournal(self):
+        path = self.mktemp()
+        conn = sqlite3.connect(path)
+        conn.execute(OLD_SCHEMA)
+        conn.execute(
+            "INSERT INTO entries (sender, stan, time, mti, pan, state, created, updated)"
+            " VALUES ('PLATFORM', '000001', '1204120000', '0200', '622202*********0018', 'approved', 1, 1)"
+        )
+        conn.commit()
+        conn.close()
+        for attempt in range(2):
+            journal = PlatformJournal(path, threaded=False, vault=CardVault(os.urandom(32)))
+            entry = self.successResultOf(journal.get(("PLATFORM", "000001", "1204120000")))
+            self.assertEqual((entry["state"], entry["pan"], entry["pan_sealed"]), ("approved", "622202*********0018", None))
+            message = dict(purchase(), sender="PLATFORM", stan="00000%d" % (2 + attempt,), time="1204120000")
+            self.successResultOf(journal.record(message))
+            self.successResultOf(journal.close())
+        conn = sqlite3.connect(path)
+        names = [row[1] for row in conn.execute("PRAGMA table_info(entries)")]
+        conn.close()
+        self.assertEqual(names.count("pan_sealed"), 1)

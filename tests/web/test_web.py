@@ -29,7 +29,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
-from tests.helpers import PoolRig
+from tests.helpers import Events, PoolRig
 from tests.processes import (
     ROOT,
     TWISTD,
@@ -47,6 +47,7 @@ from tvlink.link import wire
 from tvlink.link.interfaces import IMessageHandler
 from tvlink.link.settings import LinkSettings
 from tvlink.payment.service import DemoHandler, PaymentService
+from tvlink.platform.cardvault import CardVault
 from tvlink.platform.factory import PlatformFactory
 from tvlink.platform.service import PlatformHandler
 from tvlink.testing.faultproxy import FaultProxy
@@ -503,6 +504,33 @@ class OutcomeAndRefundTests(SynchronousTestCase):
         self.assertEqual("/".join((refund["orig"]["sender"], refund["orig"]["stan"], refund["orig"]["time"])), bought["reference"])
         self.assertEqual(refund["orig"]["mti"], "0200")
         self.assertEqual(rig.handler.inner.spent[PAN], 750)
+
+    def test_refundCardSealed(self):
+        """
+        With a card key the journal keeps the purchase's card sealed, so a
+        refund after a restart carries it without the terminal giving it;
+        under another key it does not open, and the card is asked for.
+        """
+        path = os.path.join(tempdir(self), "journal.db")
+        vault = CardVault(os.urandom(32))
+        first = WebRig(self, journalPath=path, vault=vault)
+        answer(first.purchase(amount=1000))
+        first.close()
+        other = WebRig(self, journalPath=path, vault=CardVault(os.urandom(32)))
+        other.pool.advance(1)
+        events = Events(self)
+        code, body = answer(other.call("POST", "/v1/payments/o-1/refund", {"amount": 1}))
+        self.assertEqual((code, body["field"]), (400, "card"))
+        [refused] = [e for e in events.events if e.get("journal_event") == "card-unopened"]
+        self.assertEqual(refused["purpose"], "refund")
+        self.assertNotIn(PAN, str(refused))
+        other.close()
+        rig = WebRig(self, journalPath=path, vault=vault)
+        rig.pool.advance(2)
+        code, body = answer(rig.call("POST", "/v1/payments/o-1/refund", {"amount": 100}))
+        self.assertEqual((code, body.get("state")), (200, "approved"), body)
+        [refund] = [m for m in rig.handler.seen if m["mti"] == "0220"]
+        self.assertEqual(refund["pan"], PAN)
 
     def test_refundOverTheOriginal(self):
         """

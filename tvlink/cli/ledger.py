@@ -19,11 +19,11 @@ Card numbers are shown masked. Exit status: 0 done, 1 refused (unknown
 card, duplicate account, no ledger file ...), 2 bad arguments.
 """
 
-import argparse
 import shlex
 import sys
 import time
 
+from tvlink.cli.commands import databaseParser
 from tvlink.masking import maskCard as maskPan
 from tvlink.payment import accounts
 from tvlink.payment.accounts import formatFen
@@ -37,46 +37,15 @@ REFUSED = 1
 USAGE = 2
 
 
-class _Parser(argparse.ArgumentParser):
-    """
-    argparse, but reporting to our own stream.
-    """
-
-    out = None
-    err = None
-
-    def _print_message(self, message, file=None):
-        if not message:
-            return
-        if file is None or file is sys.stdout:
-            (self.out or sys.stdout).write(message)
-        else:
-            (self.err or sys.stderr).write(message)
-
-
 def _parser(out, err):
-    parser = _Parser(
-        prog="tvlink ledger",
-        description="Look after the payment side's SQLite ledger (amounts in fen).",
+    parser, command = databaseParser(
+        "tvlink ledger",
+        "Look after the payment side's SQLite ledger (amounts in fen).",
+        "the ledger file",
+        "payment",
+        out,
+        err,
     )
-    parser.out, parser.err = out, err
-    parser.add_argument(
-        "--db", required=True, metavar="PATH", help="the ledger file (PATH or sqlite:PATH)"
-    )
-    parser.add_argument(
-        "--busy-timeout",
-        type=float,
-        default=10.0,
-        metavar="S",
-        help="seconds to wait for a running payment process's commit (default 10)",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-
-    def command(name, help):
-        sub = commands.add_parser(name, help=help, description=help)
-        sub.out, sub.err = out, err
-        return sub
 
     command("init", "create an empty ledger, before the first open (nothing happens if it exists)")
     sub = command("open", "open an account with an opening balance")

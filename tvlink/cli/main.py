@@ -12,6 +12,8 @@ commands:
   ledger    look after the payment side's SQLite ledger
             (tvlink ledger --db PATH open|show|list|freeze|unfreeze|journal|check|init ...;
             tvlink ledger --help for more)
+  journal   look after the platform's SQLite journal
+            (tvlink journal --db PATH list|rekey ...; tvlink journal --help for more)
 
 Run the roles with: twistd -n tvlink payment|platform|sandbox --help
 """
@@ -26,6 +28,10 @@ def main(argv=None):
         from tvlink.cli.ledger import main as ledger
 
         return ledger(argv[1:])
+    if argv[0] == "journal":
+        from tvlink.cli.journal import main as journal
+
+        return journal(argv[1:])
     sys.stderr.write("tvlink: unknown command %r (try --help)\n" % (argv[0],))
     return 2
 

@@ -9,6 +9,7 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
+from tvlink.cli.codecopts import CodecOptions, EndpointCodecOptions
 from tvlink.link import wire
 from tvlink.link.settings import positive
 from tvlink.platform.endpoints import parseGroups
@@ -40,7 +41,7 @@ def _httpOption(options):
         raise usage.UsageError("--http: %s" % (e,)) from None
 
 
-class _LinkOptions(usage.Options):
+class _LinkOptions(CodecOptions):
     """
     Options both roles take.
     """
@@ -90,6 +91,7 @@ class _LinkOptions(usage.Options):
         if not sender or not sender.isascii() or not sender.isprintable():
             raise usage.UsageError("--sender must be a non-empty printable ASCII id, not %r" % (sender,))
         self.linkOptions["sender"] = sender
+        self._codecOptions()
         for option, (keyword, least) in self.countOptions.items():
             value = self[option]
             if not value.isdigit() or int(value) < least:
@@ -231,7 +233,7 @@ class PaymentOptions(_PaymentTLSOptions, _LinkOptions):
         self.http = _httpOption(self)
 
 
-class PlatformOptions(_PlatformTLSOptions, _LinkOptions):
+class PlatformOptions(EndpointCodecOptions, _PlatformTLSOptions, _LinkOptions):
     synopsis = "--connect HOST:PORT[,HOST:PORT...] [--connect ...] [options]"
     longdesc = (
         "Run the platform side: keep links to each payment endpoint and spread "
@@ -257,6 +259,13 @@ class PlatformOptions(_PlatformTLSOptions, _LinkOptions):
         _seconds("terminal-deadline", 60, "The TV terminal's deadline; --timeout must be below it"),
         ["journal", None, None, "Journal money-moving requests and reverse those in doubt: sqlite:PATH"],
         [
+            "card-key",
+            None,
+            None,
+            "Key file (32 random bytes as 64 hex digits, mode 600) under which the journal keeps card "
+            "numbers sealed, so that reversals carry the card (default: masked cards only)",
+        ],
+        [
             "http",
             None,
             None,
@@ -277,6 +286,8 @@ class PlatformOptions(_PlatformTLSOptions, _LinkOptions):
     def __init__(self):
         _LinkOptions.__init__(self)
         self["connect"] = []
+        self.endpointCodecsInit()
+
 
     def opt_connect(self, endpoint):
         """
@@ -298,6 +309,7 @@ class PlatformOptions(_PlatformTLSOptions, _LinkOptions):
                 "--balance must be one of %s, not %r" % (", ".join(sorted(BALANCERS)), self["balance"])
             )
         self.linkOptions["balance"] = self["balance"]
+        self._endpointCodecs()
         if not self.linkOptions["timeout"] < self.linkOptions["terminal_deadline"]:
             raise usage.UsageError(
                 "--timeout (%gs) must be below --terminal-deadline (%gs)"
@@ -312,11 +324,20 @@ class PlatformOptions(_PlatformTLSOptions, _LinkOptions):
             if not os.path.isdir(folder):
                 raise usage.UsageError("--journal: folder %r does not exist" % (folder,))
             self.linkOptions["journal"] = "sqlite:" + path
+        if self["card-key"] is not None:
+            from tvlink.platform.cardvault import CardVault, CardVaultError
+
+            try:
+                self.linkOptions["vault"] = CardVault.fromKeyFile(self["card-key"])
+            except CardVaultError as e:
+                raise usage.UsageError("--card-key: %s" % (e,)) from None
         self.http = _httpOption(self)
         if self.http is not None and "journal" not in self.linkOptions:
             # The terminal API is idempotent by order id, across restarts too:
             # that takes a durable journal.
             self.linkOptions["journal"] = "sqlite:" + DEFAULT_API_JOURNAL
+        if "vault" in self.linkOptions and "journal" not in self.linkOptions:
+            raise usage.UsageError("--card-key seals the cards of the journal: it needs --journal (or --http)")
 
 
 class SandboxOptions(_LinkOptions):

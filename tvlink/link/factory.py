@@ -41,6 +41,9 @@ class LinkFactory:
 
     protocol = LinkProtocol
     role = None
+    #: This factory's own codec, when it differs from the settings' (a
+    #: platform endpoint with its own C{--endpoint-codec}).
+    codec = None
     log = Logger()
 
     #: Whether requests other than 0800 are refused (91) on a link that

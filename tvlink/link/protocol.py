@@ -15,16 +15,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from tvlink.errors import CodecError, LinkBusy, LinkLost, LinkNotReady, ProtocolViolation
+from tvlink.errors import CodecError, HeaderRejected, LinkBusy, LinkLost, LinkNotReady, ProtocolViolation
 from tvlink.link import wire
 from tvlink.link.flow import BACKLOG, Backpressure
+from tvlink.link.heartbeat import Heartbeat, Rejections
 from tvlink.link.idle import IdleTimeout
 from tvlink.link.pending import PendingRequests
 from tvlink.link.responder import Responder
 from tvlink.link.settings import succeedWith
 
 
-class LinkProtocol(Responder, Backpressure, Protocol, IdleTimeout):
+class LinkProtocol(Responder, Rejections, Heartbeat, Backpressure, Protocol, IdleTimeout):
     """
     One link, either role.
 
@@ -51,10 +52,8 @@ class LinkProtocol(Responder, Backpressure, Protocol, IdleTimeout):
         self.frameTimeout = settings.frame_timeout
         self.closeTimeout = settings.close_timeout
         self._header = settings.header
-        self._codec = settings.codec
-        self._encode, self._decode = getattr(
-            settings.codec, "raw", (settings.codec.encode, settings.codec.decode)
-        )
+        codec = self._codec = self.factory.codec or settings.codec
+        self._encode, self._decode = getattr(codec, "raw", (codec.encode, codec.decode))
         self._clock = self.clock
         self._decoder = wire.FrameDecoder(settings.header, settings.max_frame)
         self._maxFrame = self._decoder.maxFrame
@@ -188,7 +187,16 @@ class LinkProtocol(Responder, Backpressure, Protocol, IdleTimeout):
                     continue
                 try:
                     message = decode(body)
-                except (ValueError, RecursionError, CodecError) as e:
+                except HeaderRejected as rejected:
+                    self.headerRejected(rejected)
+                    continue
+                except ProtocolViolation as violation:
+                    self.protocolViolation(str(violation))
+                    return
+                except CodecError as e:
+                    self.formatError(body, str(e))
+                    continue
+                except (ValueError, RecursionError) as e:
                     self.formatError(body, "body is not UTF-8 JSON: %s" % (e,))
                     continue
                 try:
@@ -407,11 +415,6 @@ class LinkProtocol(Responder, Backpressure, Protocol, IdleTimeout):
             "link {peer} ready ({role})", link_event="ready", peer=self.peer, role=self.factory.role
         )
         self.factory.linkReady(self)
-
-    def writeIdle(self):
-        self.transport.write(self._header.encode(0))
-        self.counters["heartbeatsOut"] += 1
-        self.counters["framesOut"] += 1
 
     def readIdle(self, silence):
         self.log.warn(

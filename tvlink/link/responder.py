@@ -182,7 +182,8 @@ class Responder:
         read, else log and drop it. The link stays up.
         """
         self.counters["formatErrors"] += 1
-        found = wire.salvageKey(body)
+        salvage = getattr(self._codec, "salvage", None) or wire.salvageKey
+        found = salvage(body)
         self.log.warn(
             "format error from {peer}: {reason}; {action}",
             link_event="format-error",

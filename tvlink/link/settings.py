@@ -8,6 +8,7 @@ import time
 from twisted.internet.defer import Deferred
 
 from tvlink.link import wire
+from tvlink.link.codecs import checkHeartbeatFrame, makeCodec
 
 PLATFORM = "platform"
 
@@ -22,7 +23,9 @@ class LinkSettings:
 
     Option names follow the command line (C{heartbeat}, C{idle_timeout},
     C{timeout}, C{header}, C{max_frame}, C{frame_timeout}, C{sender},
-    C{max_in_flight}, C{max_handling}, C{max_batch}).
+    C{max_in_flight}, C{max_handling}, C{max_batch}, C{codec},
+    C{heartbeat_frame}, C{iso_numeric}, C{iso_bitmap},
+    C{cups_destination}).
 
     C{max_batch} is how many frames a link handles in one turn of the
     reactor: what that batch writes leaves in one write before the next
@@ -46,6 +49,10 @@ class LinkSettings:
         max_in_flight=1000,
         max_handling=1000,
         max_batch=12,
+        heartbeat_frame="empty",
+        iso_numeric="ascii",
+        iso_bitmap="binary",
+        cups_destination="",
     ):
         self.reactor = reactor if reactor is not None else globalReactor()
         self.heartbeat = positive("heartbeat", heartbeat)
@@ -60,7 +67,10 @@ class LinkSettings:
         if not isinstance(sender, str) or not sender or not sender.isascii():
             raise ValueError("sender must be a non-empty ASCII string, not %r" % (sender,))
         self.sender = sender
-        self.codec = codec if codec is not None else wire.JSONCodec()
+        #: How the codecs named by L{makeCodec} are built (see L{codecFor}).
+        self.codecOptions = {"numeric": iso_numeric, "bitmap": iso_bitmap, "destination": cups_destination}
+        self.codec = self.codecFor(codec if codec is not None else "json")
+        self.heartbeat_frame = checkHeartbeatFrame(heartbeat_frame)
         self.max_in_flight = atLeast("max_in_flight", max_in_flight, 1)
         self.max_handling = atLeast("max_handling", max_handling, 1)
         self.max_batch = atLeast("max_batch", max_batch, 1)
@@ -68,6 +78,15 @@ class LinkSettings:
         # STANs it used earlier in the day again straight away.
         self.stans = wire.StanAllocator(start=int(self.reactor.seconds() * 10) % wire.StanAllocator.modulus + 1)
         self.localtime = localtime
+
+    def codecFor(self, codec):
+        """
+        C{codec} itself, or the codec it names (C{json}, C{iso8583},
+        C{cups}) built for this node's sender.
+        """
+        if not isinstance(codec, str):
+            return codec
+        return makeCodec(codec, sender=self.sender, **self.codecOptions)
 
     _timeCache = (None, None)
 

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from tvlink.link import wire
 from tvlink.masking import maskCard
+from tvlink.platform.cardvault import CardVaultError, WrongKey, sealedKeyId
 from tvlink.store.sqlite import SQLiteStore
 
 #: Entry states. The first two are not final.
@@ -36,7 +37,7 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS entries (
         sender TEXT NOT NULL, stan TEXT NOT NULL, time TEXT NOT NULL,
         order_id TEXT, mti TEXT NOT NULL, proc TEXT, amount TEXT, currency TEXT,
-        pan TEXT, orig TEXT,
+        pan TEXT, pan_sealed TEXT, orig TEXT,
         state TEXT NOT NULL, resp TEXT, late_resp TEXT, reason TEXT,
         reversal_stan TEXT, reversal_time TEXT, reversal_attempts INTEGER NOT NULL DEFAULT 0,
         created REAL NOT NULL, updated REAL NOT NULL,
@@ -47,10 +48,67 @@ SCHEMA = (
 )
 
 COLUMNS = (
-    "sender", "stan", "time", "order_id", "mti", "proc", "amount", "currency", "pan", "orig",
+    "sender", "stan", "time", "order_id", "mti", "proc", "amount", "currency", "pan", "pan_sealed", "orig",
     "state", "resp", "late_resp", "reason", "reversal_stan", "reversal_time",
     "reversal_attempts", "created", "updated",
 )
+
+
+#: Columns added since the first schema, with their types: a journal file
+#: made before them gets them when it is opened (L{migrate}).
+ADDED_COLUMNS = (("pan_sealed", "TEXT"),)
+
+
+def migrate(conn):
+    """
+    Bring the C{entries} table of an older journal file up to date on the
+    connection C{conn}, inside its transaction: add each of
+    L{ADDED_COLUMNS} it lacks. Idempotent.
+
+    @return: the names of the columns added.
+    """
+    present = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
+    added = []
+    for name, kind in ADDED_COLUMNS:
+        if name not in present:
+            conn.execute("ALTER TABLE entries ADD COLUMN %s %s" % (name, kind))
+            added.append(name)
+    return added
+
+
+def rekeyCards(conn, old, new):
+    """
+    Re-seal, on the connection C{conn} and inside its transaction, every
+    sealed card of the journal from the vault C{old} to the vault C{new}.
+    A card already sealed under C{new} is left as it is, so an
+    interrupted rekey can be run again.
+
+    @return: C{(resealed, already)}: how many were re-sealed, and how many
+        were under C{new} already.
+    @raise tvlink.platform.cardvault.WrongKey: if a card is sealed under
+        neither key; the caller rolls the transaction back.
+    """
+    resealed = already = 0
+    rows = conn.execute(
+        "SELECT sender, stan, time, pan_sealed FROM entries WHERE pan_sealed IS NOT NULL"
+    ).fetchall()
+    for sender, stan, time, sealed in rows:
+        key = (sender, stan, time)
+        keyId = sealedKeyId(sealed)
+        if keyId == new.keyId:
+            already += 1
+            continue
+        if keyId != old.keyId:
+            raise WrongKey(
+                "the card of %s is sealed under key %s: neither the old key %s nor the new key %s"
+                % ("/".join(key), keyId, old.keyId, new.keyId)
+            )
+        conn.execute(
+            "UPDATE entries SET pan_sealed=? WHERE sender=? AND stan=? AND time=?",
+            (new.seal(old.open(sealed, key), key),) + key,
+        )
+        resealed += 1
+    return resealed, already
 
 
 def isMoneyMoving(message):
@@ -98,17 +156,86 @@ class PlatformJournal:
     """
     The durable record of money-moving requests, on SQLite.
 
-    Card numbers are kept masked: a reversal names its original by key and
-    needs no card number.
+    Card numbers are kept masked (column C{pan}). With a C{vault}, each is
+    also kept sealed (column C{pan_sealed}, see
+    L{tvlink.platform.cardvault}), so that the C{0420} reversal of an entry
+    can carry the card of its original; the clear number is never written.
 
-    @param path: the SQLite file.
+    @param path: the SQLite file. One made by an older tvlink is brought up
+        to date (L{migrate}) before any other work.
+    @param vault: a L{tvlink.platform.cardvault.CardVault}, or C{None} to
+        keep masked card numbers only.
     """
 
     log = Logger(namespace="tvlink.journal")
 
-    def __init__(self, path, reactor=None, threaded=True):
+    def __init__(self, path, reactor=None, threaded=True, vault=None):
         self.store = SQLiteStore(parseJournalOption(path), SCHEMA, reactor=reactor, threaded=threaded)
         self.reactor = self.store.reactor
+        self.vault = vault
+        # The store runs work in order: this comes before anything else.
+        self.store.submit(migrate).addCallbacks(self._migrated, self._notMigrated)
+
+    def _migrated(self, added):
+        if added:
+            self.log.info(
+                "journal {path} brought up to date: added {columns}",
+                journal_event="migrated",
+                path=self.store.path,
+                columns=", ".join(added),
+            )
+
+    def _notMigrated(self, failure):
+        self.log.failure("bringing journal {path} up to date failed", failure, path=self.store.path)
+
+    def sealCard(self, pan, key):
+        """
+        C{pan} sealed for the entry C{key}, or C{None} without a vault or
+        a card number.
+        """
+        if self.vault is None or maskedPan(pan) is None:
+            return None
+        return self.vault.seal(pan, key)
+
+    def cardOf(self, entry):
+        """
+        The clear card number of the journal C{entry}, or C{None} if it
+        has no sealed card or the journal no vault.
+
+        @raise tvlink.platform.cardvault.CardVaultError: if the sealed
+            card does not open (another key, or moved or altered).
+        """
+        sealed = entry.get("pan_sealed")
+        if sealed is None or self.vault is None:
+            return None
+        return self.vault.open(sealed, entry["key"])
+
+    def openedCard(self, entry, purpose):
+        """
+        The clear card of C{entry} for its C{purpose} (C{"reversal"},
+        C{"refund"}), or C{None}: no vault, nothing sealed, or a card that
+        does not open, which is logged (C{card-unopened}) and never raised,
+        since the caller goes on without the card.
+        """
+        try:
+            return self.cardOf(entry)
+        except CardVaultError as e:
+            self.log.error(
+                "the card of {key} does not open for its {purpose}: {why}",
+                journal_event="card-unopened",
+                key="/".join(entry["key"]),
+                purpose=purpose,
+                why=str(e),
+            )
+            return None
+
+    def rekey(self, old, new):
+        """
+        Re-seal every sealed card from vault C{old} to vault C{new}, in one
+        transaction (see L{rekeyCards}); a L{Deferred} of C{(resealed,
+        already)}.
+        """
+        return self.store.submit(rekeyCards, old, new)
 
     def close(self):
         return self.store.close()
@@ -120,17 +247,19 @@ class PlatformJournal:
         """
         now = self.reactor.seconds()
         orig = message.get("orig")
-        row = (
-            message["sender"], message["stan"], message["time"], message.get("order"),
+        key = (message["sender"], message["stan"], message["time"])
+        row = key + (
+            message.get("order"),
             message["mti"], message.get("proc"), message.get("amount"), message.get("currency"),
-            maskedPan(message.get("pan")), json.dumps(orig) if isinstance(orig, dict) else None,
+            maskedPan(message.get("pan")), self.sealCard(message.get("pan"), key),
+            json.dumps(orig) if isinstance(orig, dict) else None,
             PENDING, now, now,
         )
 
         def insert(conn):
             conn.execute(
                 "INSERT INTO entries (sender, stan, time, order_id, mti, proc, amount, currency, pan,"
-                " orig, state, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " pan_sealed, orig, state, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 row,
             )
 
@@ -287,6 +416,10 @@ class Reversals:
                 message[field] = entry[field]
         if entry.get("order_id") is not None:
             message["order"] = entry["order_id"]
+        pan = self.journal.openedCard(entry, "reversal")
+        if pan is not None:
+            # Field 2 of the original, for an ISO 8583 0420.
+            message["pan"] = pan
         self.active[key] = {"message": message, "delay": self.initialDelay, "call": None}
         self._attempt(key)
 

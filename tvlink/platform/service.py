@@ -62,8 +62,16 @@ class PlatformService(LinkService):
     @param journal: C{"sqlite:PATH"} or a L{PlatformJournal}: journal
         money-moving requests and reverse those left in doubt (see
         L{tvlink.platform.settlement}).
+    @param vault: a L{tvlink.platform.cardvault.CardVault}: the journal
+        keeps each card number sealed under it as well as masked, and the
+        C{0420} reversals it drives carry the card (ISO 8583 field 2).
+        Used by the journal the service opens, and given to a
+        L{PlatformJournal} passed in that has no vault of its own. Default
+        C{None}: masked card numbers only, reversals without the card.
     @param terminal_deadline: the TV terminal's own deadline; C{timeout}
         must be below it (the per-hop timeout ladder).
+    @param endpoint_codecs: C{{"HOST:PORT": codec}} for endpoints whose
+        codec differs from the service's C{codec}.
     @param options: C{heartbeat}, C{idle_timeout}, C{timeout},
         C{header}, C{max_frame}, C{frame_timeout}, C{sender},
         C{echo_interval}, C{reactor} (see L{tvlink.link.settings.LinkSettings}).
@@ -91,7 +99,9 @@ class PlatformService(LinkService):
         tls_hostname=None,
         tls_handshake_timeout=10.0,
         journal=None,
+        vault=None,
         terminal_deadline=60.0,
+        endpoint_codecs=None,
         **options
     ):
         self.groups = parseGroups(endpoints)
@@ -115,6 +125,7 @@ class PlatformService(LinkService):
         self.balancer = getBalancer(balance)
         self._healthy = None
         self._journalOption = journal
+        self.vault = vault
         self.journal = journal if isinstance(journal, PlatformJournal) else None
         #: The L{Settlement} of money-moving requests while the service
         #: keeps a journal (from its first start), else C{None}.
@@ -138,6 +149,10 @@ class PlatformService(LinkService):
                         ),
                     )
                     factory.host, factory.port = host, port
+                    codec = (endpoint_codecs or {}).get(factory.endpoint)
+                    if codec is not None:
+                        # This endpoint's own codec (--endpoint-codec).
+                        factory.codec = self.settings.codecFor(codec)
                     factory.observers.append(self._linkEvent)
                     factory.onLate = self._lateResponse
                     factory.capacityFreed = self._capacityFreed
@@ -156,7 +171,15 @@ class PlatformService(LinkService):
         self.stopping = False
         if self._journalOption is not None:
             if self.journal is None:
-                self.journal = PlatformJournal(self._journalOption, reactor=self.reactor)
+                self.journal = PlatformJournal(self._journalOption, reactor=self.reactor, vault=self.vault)
+            elif self.journal.vault is None:
+                self.journal.vault = self.vault
+            if self.journal.vault is None:
+                self.log.warn(
+                    "no card key (--card-key): the journal keeps masked card numbers only, and "
+                    "reversals will not carry the card",
+                    journal_event="no-card-key",
+                )
             self.settlement = Settlement(self.journal, self.settings, self._dispatch, self.reactor)
             self.reversals = self.settlement.reversals
             self.settlement.start()

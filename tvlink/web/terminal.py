@@ -371,12 +371,13 @@ class TerminalAPI:
             if maskedPan(card) != purchase["pan"]:
                 raise invalid("card", "card is not the card of the purchase of order %s" % (order,))
         else:
-            card = self.cards.get(order)
+            card = self.cards.get(order) or service.journal.openedCard(purchase, "refund")
             if card is None:
                 raise invalid(
                     "card",
-                    "card is required to refund order %s: the platform keeps card numbers masked, "
-                    "and this purchase's is no longer in memory" % (order,),
+                    "card is required to refund order %s: the platform keeps card numbers masked "
+                    "(give it a --card-key to keep them sealed), and this purchase's is no longer in memory"
+                    % (order,),
                 )
         sender, stan, time = purchase["key"]
         message = {
