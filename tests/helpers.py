@@ -60,18 +60,25 @@ class PoolRig:
     is joined by iosim to an in-memory payment factory for its endpoint.
     """
 
-    def __init__(self, ports=(7001, 7002, 7003), handlers=None, journalPath=None, **options):
+    def __init__(self, ports=(7001, 7002, 7003), handlers=None, journalPath=None, codec=None, **options):
         from twisted.internet.testing import MemoryReactorClock
 
         from tvlink.platform.service import PlatformService
 
         self.reactor = MemoryReactorClock()
         options.setdefault("random", lambda: 0.5)
+        payment = {}
+        if codec is not None:
+            # Both ends on one codec; the ISO 8583 ones carry the senders
+            # in fields 32/33, so digits.
+            payment["codec"] = options["codec"] = codec
+            options.setdefault("sender", "10000001")
         self.payments = {}
         for i, port in enumerate(ports):
             handler = handlers[i] if handlers else DemoHandler(limit=10**12)
+            sender = ("%d" if codec is not None else "PAY%d") % (port,)
             self.payments[port] = PaymentFactory(
-                LinkSettings(reactor=self.reactor, sender="PAY%d" % port), handler
+                LinkSettings(reactor=self.reactor, sender=sender, **payment), handler
             )
         if journalPath is not None:
             from tvlink.platform.journal import PlatformJournal

@@ -368,7 +368,7 @@ class CardTests(SynchronousTestCase):
     carry them.
     """
 
-    def rig(self, path=None, vault=None, handler=None):
+    def rig(self, path=None, vault=None, handler=None, codec=None):
         self.path = path if path is not None else self.mktemp()
         handler = handler if handler is not None else SilentThenDemo()
         reversals = []
@@ -380,7 +380,7 @@ class CardTests(SynchronousTestCase):
             return original(message)
 
         handler.handle = handle
-        rig = PoolRig(ports=(7001,), handlers=[handler], journalPath=self.path, timeout=5, vault=vault)
+        rig = PoolRig(ports=(7001,), handlers=[handler], journalPath=self.path, timeout=5, vault=vault, codec=codec)
         self.addCleanup(lambda: rig.service.journal and rig.service.journal.close())
         return rig, handler, reversals
 
@@ -431,6 +431,19 @@ class CardTests(SynchronousTestCase):
         self.assertNotIn(PAN.encode("ascii"), fileBytes(self.path))
         for event in events.events:
             self.assertNotIn(PAN, repr(event))
+
+    def test_reversalCarriesCardOverISO8583(self):
+        """
+        Under the C{iso8583} and C{cups} codecs the reversal's card crosses
+        the link in field 2: the payment side, which decoded the bytes,
+        sees it.
+        """
+        for codec in ("iso8583", "cups"):
+            rig, handler, reversals = self.rig(vault=CardVault(os.urandom(32)), codec=codec)
+            key = self.inDoubt(rig, handler)
+            self.assertEqual(self.successResultOf(rig.service.outcome(key))["state"], "reversed", codec)
+            self.assertEqual([m["pan"] for m in reversals], [PAN], codec)
+            self.assertEqual(reversals[0]["orig"]["stan"], key[1], codec)
 
     def test_reversalWithoutVault(self):
         rig, handler, reversals = self.rig()
