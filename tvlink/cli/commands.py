@@ -9,19 +9,32 @@ import sys
 
 class CommandParser(argparse.ArgumentParser):
     """
-    argparse, but reporting to our own stream.
+    argparse, but writing its help to C{out} and its usage errors to C{err}
+    (our own streams, so that a test or an embedding caller sees them).
     """
 
     out = None
     err = None
 
-    def _print_message(self, message, file=None):
-        if not message:
-            return
-        if file is None or file is sys.stdout:
-            (self.out or sys.stdout).write(message)
-        else:
+    def print_usage(self, file=None):
+        argparse.ArgumentParser.print_usage(self, self._stream(file))
+
+    def print_help(self, file=None):
+        argparse.ArgumentParser.print_help(self, self._stream(file))
+
+    def exit(self, status=0, message=None):
+        if message:
             (self.err or sys.stderr).write(message)
+        sys.exit(status)
+
+    def error(self, message):
+        self.print_usage(self.err or sys.stderr)
+        self.exit(2, "%s: error: %s\n" % (self.prog, message))
+
+    def _stream(self, file):
+        if file is None or file is sys.stdout:
+            return self.out or sys.stdout
+        return file
 
 
 def databaseParser(prog, description, what, writer, out, err):
@@ -53,3 +66,28 @@ def databaseParser(prog, description, what, writer, out, err):
         return sub
 
     return parser, command
+
+
+def parseCommand(name, parser, argv, err, usage):
+    """
+    Parse C{argv} with C{parser} (from L{databaseParser}) and check the
+    options every such command shares.
+
+    @param name: the command, as in C{"ledger"}, for the messages.
+    @param usage: the exit status of a usage error.
+    @return: C{(args, None)}, or C{(None, status)} when the command must
+        exit with C{status} (help given, or a usage error reported on
+        C{err}).
+    """
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    except SystemExit as e:
+        return None, (e.code if isinstance(e.code, int) else usage)
+    if args.busy_timeout <= 0:
+        err.write("tvlink %s: --busy-timeout must be positive\n" % (name,))
+        return None, usage
+    limit = getattr(args, "limit", None)
+    if limit is not None and limit < 1:
+        err.write("tvlink %s: --limit must be at least 1, not %d\n" % (name, limit))
+        return None, usage
+    return args, None

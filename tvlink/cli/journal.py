@@ -18,7 +18,7 @@ import os
 import sqlite3
 import sys
 
-from tvlink.cli.commands import databaseParser
+from tvlink.cli.commands import databaseParser, parseCommand
 from tvlink.platform.cardvault import CardVault, CardVaultError
 from tvlink.platform.journal import migrate, parseJournalOption, rekeyCards
 
@@ -52,21 +52,13 @@ def main(argv=None, out=None, err=None):
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        args = _parser(out, err).parse_args(argv)
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else USAGE
+    args, status = parseCommand("journal", _parser(out, err), argv, err, USAGE)
+    if args is None:
+        return status
     try:
         path = parseJournalOption(args.db)
     except ValueError as e:
         err.write("tvlink journal: --db: %s\n" % (e,))
-        return USAGE
-    if args.busy_timeout <= 0:
-        err.write("tvlink journal: --busy-timeout must be positive\n")
-        return USAGE
-    if args.command == "list" and args.limit < 1:
-        err.write("tvlink journal: --limit must be at least 1, not %d\n" % (args.limit,))
         return USAGE
     if not os.path.isfile(path):
         err.write("tvlink journal %s: no journal at %s\n" % (args.command, path))

@@ -23,7 +23,7 @@ import shlex
 import sys
 import time
 
-from tvlink.cli.commands import databaseParser
+from tvlink.cli.commands import databaseParser, parseCommand
 from tvlink.masking import maskCard as maskPan
 from tvlink.payment import accounts
 from tvlink.payment.accounts import formatFen
@@ -70,21 +70,12 @@ def main(argv=None, out=None, err=None):
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = _parser(out, err)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else USAGE
+    args, status = parseCommand("ledger", _parser(out, err), argv, err, USAGE)
+    if args is None:
+        return status
     path = args.db[len("sqlite:"):] if args.db.startswith("sqlite:") else args.db
     if not path:
         err.write("tvlink ledger: --db needs a path\n")
-        return USAGE
-    if args.command == "journal" and args.limit < 1:
-        err.write("tvlink ledger: --limit must be at least 1, not %d\n" % (args.limit,))
-        return USAGE
-    if args.busy_timeout <= 0:
-        err.write("tvlink ledger: --busy-timeout must be positive\n")
         return USAGE
     try:
         if args.command == "init":
