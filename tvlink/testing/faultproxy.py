@@ -45,19 +45,11 @@ from twisted.internet.error import NotConnectingError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tvlink.link.settings import globalReactor
 from tvlink.testing.modes import DOWN, UP, Mode, affectedDirections
 from tvlink.testing.pipe import ClientSideFactory, Pipe, TargetSideFactory
 
 __all__ = ["FaultProxy", "ProxiedConnection"]
-
-
-def _globalReactor():
-    """
-    The global reactor, imported only when a caller injected none.
-    """
-    import twisted.internet.reactor
-
-    return twisted.internet.reactor
 
 
 class ProxiedConnection:
@@ -239,7 +231,7 @@ class FaultProxy:
     def __init__(
         self, target_host, target_port, reactor=None, listen_port=0, interface="127.0.0.1"
     ):
-        self.reactor = reactor if reactor is not None else _globalReactor()
+        self.reactor = reactor if reactor is not None else globalReactor()
         self.targetHost = target_host
         self.targetPort = int(target_port)
         self.listenPort = int(listen_port)
