@@ -162,7 +162,8 @@ class PlatformJournal:
     can carry the card of its original; the clear number is never written.
 
     @param path: the SQLite file. One made by an older tvlink is brought up
-        to date (L{migrate}) before any other work.
+        to date (L{migrate}) as it is opened, before any other work; if
+        that fails, the journal is not made (the error is raised).
     @param vault: a L{tvlink.platform.cardvault.CardVault}, or C{None} to
         keep masked card numbers only.
     """
@@ -170,23 +171,18 @@ class PlatformJournal:
     log = Logger(namespace="tvlink.journal")
 
     def __init__(self, path, reactor=None, threaded=True, vault=None):
-        self.store = SQLiteStore(parseJournalOption(path), SCHEMA, reactor=reactor, threaded=threaded)
+        self.store = SQLiteStore(
+            parseJournalOption(path), SCHEMA, reactor=reactor, threaded=threaded, migrate=migrate
+        )
         self.reactor = self.store.reactor
         self.vault = vault
-        # The store runs work in order: this comes before anything else.
-        self.store.submit(migrate).addCallbacks(self._migrated, self._notMigrated)
-
-    def _migrated(self, added):
-        if added:
+        if self.store.migrated:
             self.log.info(
                 "journal {path} brought up to date: added {columns}",
                 journal_event="migrated",
                 path=self.store.path,
-                columns=", ".join(added),
+                columns=", ".join(self.store.migrated),
             )
-
-    def _notMigrated(self, failure):
-        self.log.failure("bringing journal {path} up to date failed", failure, path=self.store.path)
 
     def sealCard(self, pan, key):
         """
@@ -228,14 +224,6 @@ class PlatformJournal:
                 why=str(e),
             )
             return None
-
-    def rekey(self, old, new):
-        """
-        Re-seal every sealed card from vault C{old} to vault C{new}, in one
-        transaction (see L{rekeyCards}); a L{Deferred} of C{(resealed,
-        already)}.
-        """
-        return self.store.submit(rekeyCards, old, new)
 
     def close(self):
         return self.store.close()

@@ -34,7 +34,9 @@ class SQLiteStore:
 
     log = Logger(namespace="tvlink.store")
 
-    def __init__(self, path, schema=(), reactor=None, group_commit=True, threaded=True, busy_timeout=10.0):
+    def __init__(
+        self, path, schema=(), reactor=None, group_commit=True, threaded=True, busy_timeout=10.0, migrate=None
+    ):
         if reactor is None:
             from tvlink.link.settings import globalReactor
 
@@ -52,6 +54,19 @@ class SQLiteStore:
         self._conn.execute("PRAGMA synchronous=FULL")
         for statement in schema:
             self._conn.execute(statement)
+        #: What C{migrate(connection)} returned, if one was given: it brings
+        #: an older file up to date, in one transaction, before any work;
+        #: when it fails the store is not made (the error is raised).
+        self.migrated = None
+        if migrate is not None:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.migrated = migrate(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                self._conn.close()
+                raise
+            self._conn.execute("COMMIT")
         self._queue = queue.Queue()
         self._closed = Deferred()
         if threaded:
