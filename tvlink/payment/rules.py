@@ -58,18 +58,15 @@ class Outcome:
 
     @ivar answer: the answer C{dict}.
     @ivar key: the request's key.
-    @ivar moved: whether this application moved money (a fresh approved
-        purchase or refund).
     @ivar events: log events, emitted later on the reactor thread, as
         C{(level, format, fields)}.
     """
 
-    __slots__ = ("answer", "key", "moved", "events")
+    __slots__ = ("answer", "key", "events")
 
-    def __init__(self, answer, key=None, moved=False, events=()):
+    def __init__(self, answer, key=None, events=()):
         self.answer = answer
         self.key = key
-        self.moved = moved
         self.events = list(events)
 
 
@@ -183,7 +180,7 @@ def applyMessage(store, message, now, cancelled=False):
     else:
         entry.decline(wire.INVALID_TRANSACTION, "0200 with processing code %r" % (proc,))
     entry.record(fingerprint)
-    return Outcome(entry.answer, key, entry.moved, entry.events)
+    return Outcome(entry.answer, key, entry.events)
 
 
 class _Entry:
@@ -201,7 +198,6 @@ class _Entry:
         self.orig = _origKey(message)
         self.answer = None
         self.state = None
-        self.moved = False
         self.events = []
 
     # outcomes
@@ -289,7 +285,6 @@ class _Entry:
             return
         self.store.credit(self.pan, -self.amount)
         self.approve()
-        self.moved = True
 
     def refund(self):
         if self.orig is None:
@@ -320,7 +315,6 @@ class _Entry:
         self.store.credit(pan, self.amount)
         self.store.addRefunded(oid, self.amount, REFUNDED)
         self.approve()
-        self.moved = True
 
     def balanceInquiry(self):
         if self.pan is None or not self.pan:

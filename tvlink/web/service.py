@@ -48,10 +48,11 @@ class _Site(Site):
     access = Logger(namespace="tvlink.web.access")
 
     def log(self, request):
+        address = request.getClientAddress()
         self.access.info(
             "{client} {method} {path} {code} {length}",
             http_event="request",
-            client=request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "-",
+            client=getattr(address, "host", "-"),
             method=request.method.decode("ascii", "replace"),
             path=request.uri.decode("ascii", "replace")[:200],
             code=request.code,

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from tvlink.errors import InDoubt, LinkLost, NoLinkAvailable, RequestError, RequestTimeout
 from tvlink.link import wire
 from tvlink.platform.journal import APPROVED, DECLINED, IN_DOUBT, maskedPan
-from tvlink.web.orders import RESP_TEXT, asFen, entryReply, purchasesIn, reference, refundsIn, standing, stateMessage
+from tvlink.web.orders import asFen, entryReply, purchasesIn, reference, refundsIn, standing, stateMessage
 from tvlink.web.validation import APIError, Reply, invalid
 
 
@@ -435,8 +435,9 @@ class TerminalAPI:
             return self._unanswered(Failure(), {}, "balance inquiry")
         resp = answer.get("resp")
         body = {"card": maskedPan(card), "resp": resp, "currency": answer.get("currency", "156")}
-        if resp == wire.APPROVED and asFen(answer.get("balance")) is not None:
-            body.update(state=APPROVED, balance=asFen(answer["balance"]), message="balance in fen")
+        balance = asFen(answer.get("balance"))
+        if resp == wire.APPROVED and balance is not None:
+            body.update(state=APPROVED, balance=balance, message="balance in fen")
             return Reply(200, body, APPROVED)
-        body.update(state=DECLINED, message="declined: %s (%s)" % (RESP_TEXT.get(resp, "unknown code"), resp))
+        body.update(state=DECLINED, message=stateMessage(DECLINED, resp, "balance inquiry"))
         return Reply(200, body, DECLINED)

@@ -57,7 +57,6 @@ def platformResource(service, api=None, link_wait=None, links=()):
     root = _Root()
     root.putChild(b"v1", V1Resource(api))
     _statusTree(root, StatusSource(service, api, links=links), registry, collector)
-    root.api = api
     root.registry = registry
     return root, api
 
