@@ -131,8 +131,6 @@ class PlatformService(Draining, LinkService):
         #: The L{Settlement} of money-moving requests while the service
         #: keeps a journal (from its first start), else C{None}.
         self.settlement = None
-        #: Its L{tvlink.platform.journal.Reversals}.
-        self.reversals = None
         self.queue = RequestQueue(self.reactor, int(max_queued))
         self.stopping = False
         for group, members in enumerate(self.groups):
@@ -182,7 +180,6 @@ class PlatformService(Draining, LinkService):
                     journal_event="no-card-key",
                 )
             self.settlement = Settlement(self.journal, self.settings, self._dispatch, self.reactor)
-            self.reversals = self.settlement.reversals
             self.settlement.start()
         for factory in self.factories:
             self._connect(factory)
@@ -404,6 +401,14 @@ class PlatformService(Draining, LinkService):
             # it are still journalled.
             d.addCallback(self._closeJournal)
         return d
+
+    @property
+    def reversals(self):
+        """
+        The settlement's L{tvlink.platform.journal.Reversals}, or C{None}
+        without a journal.
+        """
+        return self.settlement.reversals if self.settlement is not None else None
 
     def _closeJournal(self, _):
         journal, self.journal = self.journal, None
