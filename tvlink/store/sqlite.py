@@ -11,6 +11,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tvlink.link.settings import globalReactor
+
 
 class SQLiteStore:
     """
@@ -37,11 +39,7 @@ class SQLiteStore:
     def __init__(
         self, path, schema=(), reactor=None, group_commit=True, threaded=True, busy_timeout=10.0, migrate=None
     ):
-        if reactor is None:
-            from tvlink.link.settings import globalReactor
-
-            reactor = globalReactor()
-        self.reactor = reactor
+        self.reactor = reactor if reactor is not None else globalReactor()
         self.path = path
         self.group_commit = group_commit
         self.threaded = threaded

@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.web.server import Site
 
+from tvlink.link.settings import globalReactor
 from tvlink.web.terminal import TerminalAPI
 from tvlink.web.tree import platformResource, sandboxResource
 
@@ -77,11 +78,7 @@ class HTTPService(Service):
     log = Logger(namespace="tvlink.web")
 
     def __init__(self, description, resource, reactor=None, api=None, grace=60.0, what="status page, metrics"):
-        if reactor is None:
-            from tvlink.link.settings import globalReactor
-
-            reactor = globalReactor()
-        self.reactor = reactor
+        self.reactor = reactor if reactor is not None else globalReactor()
         self.description = description
         self.resource = resource
         self.api = api
@@ -89,7 +86,7 @@ class HTTPService(Service):
         self.what = what
         self.site = _Site(resource)
         self.factory = _Connections(self.site)
-        self.endpoint = serverFromString(reactor, description)
+        self.endpoint = serverFromString(self.reactor, description)
         self.port = None
         self._listenCalled = False
 
