@@ -83,6 +83,19 @@ class DuplicateKey(RequestError):
     """
 
 
+class OrderTaken(RequestError):
+    """
+    A purchase of the same merchant order is already journalled (by this
+    process or another on a shared journal); this one was not sent.
+
+    @ivar order: the order.
+    """
+
+    def __init__(self, order):
+        RequestError.__init__(self, "a purchase of order %s is already journalled; this one was not sent" % (order,))
+        self.order = order
+
+
 class SignOnRefused(TVLinkError):
     """
     The payment side answered the sign-on with a code other than C{00}.

@@ -49,13 +49,19 @@ def databaseParser(prog, description, what, writer, out, err):
     """
     parser = CommandParser(prog=prog, description=description)
     parser.out, parser.err = out, err
-    parser.add_argument("--db", required=True, metavar="PATH", help="%s (PATH or sqlite:PATH)" % (what,))
+    parser.add_argument(
+        "--db",
+        required=True,
+        metavar="PATH|URL",
+        help="%s (PATH, sqlite:PATH, or postgresql://USER@HOST:PORT/DB)" % (what,),
+    )
     parser.add_argument(
         "--busy-timeout",
         type=float,
         default=10.0,
         metavar="S",
-        help="seconds to wait for a running %s process's commit (default 10)" % (writer,),
+        help="seconds to wait for a running %s process's commit, or to connect to PostgreSQL (default 10)"
+        % (writer,),
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True

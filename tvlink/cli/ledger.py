@@ -1,6 +1,8 @@
 """
 C{tvlink ledger}: the operator's command for the payment ledger.
 
+    tvlink ledger --db PATH|postgresql://USER@HOST:PORT/DB COMMAND ...
+
     tvlink ledger --db PATH init
     tvlink ledger --db PATH open PAN AMOUNT
     tvlink ledger --db PATH show PAN
@@ -15,6 +17,8 @@ start); every other command refuses a file that is not there, saying so.
 Amounts are whole fen (100000 is 1000.00 yuan). It works on the file of a
 running payment process: SQLite's WAL lets it read while the process
 writes, and its own writes wait (busy timeout) for the process's commit.
+With a C{postgresql://} URL it works on the database several payment
+nodes share, while they run; C{check} reads one consistent snapshot.
 Card numbers are shown masked. Exit status: 0 done, 1 refused (unknown
 card, duplicate account, no ledger file ...), 2 bad arguments.
 """
@@ -29,7 +33,8 @@ from tvlink.payment import accounts
 from tvlink.payment.accounts import formatFen
 from tvlink.payment.errors import BadAmount, BadCardNumber, LedgerError, LedgerNotFound
 from tvlink.payment.rules import ACTIVE, FROZEN, wallclockText
-from tvlink.store.ledgersql import SQLiteLedgerStore
+from tvlink.store.ledgersql import openLedgerStore
+from tvlink.store.postgresql import isURL, maskURL
 
 #: Exit statuses.
 OK = 0
@@ -80,12 +85,13 @@ def main(argv=None, out=None, err=None):
     try:
         if args.command == "init":
             return _init(path, args, out)
-        store = SQLiteLedgerStore.open(path, create=False, busy_timeout=args.busy_timeout)
+        store = openLedgerStore(path, create=False, busy_timeout=args.busy_timeout)
     except LedgerNotFound:
+        shown = maskURL(path) if isURL(path) else path
         err.write(
             "tvlink ledger %s: no ledger at %s; create it first with: tvlink ledger --db %s init"
-            " (a payment node started with --ledger sqlite:%s creates it too)\n"
-            % (args.command, path, shlex.quote(args.db), path)
+            " (a payment node started with --ledger %s creates it too)\n"
+            % (args.command, shown, shlex.quote(shown), shown if isURL(path) else "sqlite:" + path)
         )
         return REFUSED
     except LedgerError as e:
@@ -123,8 +129,9 @@ def _money(fen):
 
 
 def _init(path, args, out):
-    SQLiteLedgerStore.open(path, create=True, busy_timeout=args.busy_timeout).close()
-    out.write("ledger %s ready\n" % (path,))
+    store = openLedgerStore(path, create=True, busy_timeout=args.busy_timeout)
+    out.write("ledger %s ready\n" % (store.path,))
+    store.close()
     return OK
 
 
@@ -207,7 +214,8 @@ def _journal(store, args, out):
 
 
 def _check(store, args, out):
-    report = accounts.reconcile(store)
+    with store.snapshot():
+        report = accounts.reconcile(store)
     totals = report["totals"]
     out.write(
         "%d account%s: opening %d - purchases %d + refunds %d = %d fen; balances %d fen\n"

@@ -14,6 +14,7 @@ from tvlink.link import wire
 from tvlink.link.settings import positive
 from tvlink.platform.endpoints import parseGroups
 from tvlink.platform.journal import parseJournalOption
+from tvlink.store.postgresql import checkURL, isURL
 from tvlink.platform.pool import BALANCERS
 
 log = Logger(namespace="tvlink.tap")
@@ -190,8 +191,9 @@ class PaymentOptions(_PaymentTLSOptions, _LinkOptions):
             None,
             "sqlite:tvlink-ledger.db",
             "Account ledger: sqlite:PATH (durable, created if missing; open accounts with "
-            "'tvlink ledger --db PATH open PAN AMOUNT'), or memory (the demo handler: "
-            "every card has 1000.00, nothing is kept)",
+            "'tvlink ledger --db PATH open PAN AMOUNT'), postgresql://USER@HOST:PORT/DB (one ledger "
+            "several payment nodes share; see 'Scaling out' in the operations guide), or memory "
+            "(the demo handler: every card has 1000.00, nothing is kept)",
         ],
         _seconds("backend-timeout", 30, "Time to wait for the account back end before answering 91"),
         ["max-links", None, "1000", "Platform connections accepted at once (beyond: refused)"],
@@ -257,7 +259,27 @@ class PlatformOptions(EndpointCodecOptions, _PlatformTLSOptions, _LinkOptions):
         _seconds("cooldown", 30, "Rest of an ejected link before its echo-test probe"),
         _seconds("ramp", 30, "Time over which a recovered link regains its full share"),
         _seconds("terminal-deadline", 60, "The TV terminal's deadline; --timeout must be below it"),
-        ["journal", None, None, "Journal money-moving requests and reverse those in doubt: sqlite:PATH"],
+        [
+            "journal",
+            None,
+            None,
+            "Journal money-moving requests and reverse those in doubt: sqlite:PATH, or "
+            "postgresql://USER@HOST:PORT/DB (one journal several platform processes share)",
+        ],
+        [
+            "journal-owner",
+            None,
+            None,
+            "The name this process holds its journal entries under (default: 'local' on SQLite, "
+            "HOST:PID on PostgreSQL; give each process of a shared journal a stable name of its own "
+            "to resume its entries at once after a restart)",
+        ],
+        _seconds(
+            "journal-lease",
+            15,
+            "How long this process's unfinished journal entries stay its own without its renewing "
+            "the lease; another process takes them over after that",
+        ),
         [
             "card-key",
             None,
@@ -318,12 +340,22 @@ class PlatformOptions(EndpointCodecOptions, _PlatformTLSOptions, _LinkOptions):
         if self["journal"] is not None:
             try:
                 path = parseJournalOption(self["journal"])
+                if isURL(path):
+                    checkURL(path)
             except ValueError as e:
                 raise usage.UsageError("--journal: %s" % (e,)) from None
-            folder = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(folder):
-                raise usage.UsageError("--journal: folder %r does not exist" % (folder,))
-            self.linkOptions["journal"] = "sqlite:" + path
+            if isURL(path):
+                self.linkOptions["journal"] = path
+            else:
+                folder = os.path.dirname(os.path.abspath(path))
+                if not os.path.isdir(folder):
+                    raise usage.UsageError("--journal: folder %r does not exist" % (folder,))
+                self.linkOptions["journal"] = "sqlite:" + path
+        self.linkOptions["journal_lease"] = self._positive("journal-lease")
+        if self["journal-owner"] is not None:
+            if not self["journal-owner"].strip():
+                raise usage.UsageError("--journal-owner must not be empty")
+            self.linkOptions["journal_owner"] = self["journal-owner"]
         if self["card-key"] is not None:
             from tvlink.platform.cardvault import CardVault, CardVaultError
 
@@ -469,7 +501,7 @@ def _makeRoleService(config, reactor=None):
         options["reactor"] = reactor
     if config.subCommand == "payment":
         kind, path = sub.ledger
-        if kind == "sqlite":
+        if kind in ("sqlite", "postgresql"):
             from tvlink.payment.ledger import PaymentLedger
             from tvlink.payment.service import LedgerPaymentService
 

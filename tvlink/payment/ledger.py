@@ -39,7 +39,8 @@ from tvlink.payment import accounts
 from tvlink.payment.backend import IAbandonableBackend
 from tvlink.payment.errors import LedgerClosed, LedgerError, StillApplying
 from tvlink.payment.rules import ACTIVE, FROZEN, Outcome, applyMessage, stateOf, wallclockText
-from tvlink.store.ledgersql import SQLiteLedgerStore
+from tvlink.store.ledgersql import openLedgerStore
+from tvlink.store.postgresql import isURL, maskURL
 
 __all__ = ["PaymentLedger"]
 
@@ -57,10 +58,12 @@ class _Work:
     C{started}. C{done}: its transaction has ended and C{result} is final.
     """
 
-    __slots__ = ("run", "deferred", "cancelled", "abandoned", "started", "done", "result")
+    __slots__ = ("run", "pans", "deferred", "cancelled", "abandoned", "started", "done", "result")
 
-    def __init__(self, run):
+    def __init__(self, run, pans=()):
         self.run = run
+        #: The accounts it may change, locked before the batch runs.
+        self.pans = pans
         self.deferred = None
         self.cancelled = False
         self.abandoned = False
@@ -104,6 +107,13 @@ class PaymentLedger:
     #: The most pieces of work one transaction takes.
     maxBatch = 1000
 
+    #: How many times a batch rolled back by a deadlock with another
+    #: node is run again before its work fails.
+    maxRetries = 5
+    #: Seconds between attempts to reach a database that went away (the
+    #: pool backs off on its own under this).
+    reconnectDelay = 0.5
+
     def __init__(self, path, reactor=None, group_commit=True, busy_timeout=5.0, wallclock=time.time):
         if not isinstance(path, str) or not path:
             raise ValueError("ledger path must be a non-empty string, not %r" % (path,))
@@ -120,6 +130,10 @@ class PaymentLedger:
         self.commitSeconds = 0.0
         self.voids = 0
         self.abandonedLate = 0
+        self.retriedBatches = 0
+        self.databaseUp = True
+        self.reconnects = 0
+        self._wake = threading.Event()
         self._queue = None
         self._thread = None
         self._lock = threading.Lock()
@@ -132,6 +146,19 @@ class PaymentLedger:
         # COMMIT, before any answer is delivered.
         self._beforeCommit = None
         self._afterCommit = None
+
+    @property
+    def path(self):
+        """
+        Where the ledger is, as messages name it: a SQLite path, or a
+        PostgreSQL URL with its password masked (the URL itself is
+        L{where}).
+        """
+        return maskURL(self.where) if isURL(self.where) else self.where
+
+    @path.setter
+    def path(self, where):
+        self.where = where
 
     @property
     def reactor(self):
@@ -155,7 +182,8 @@ class PaymentLedger:
             raise LedgerClosed("ledger %s is closing" % (self.path,))
         if self._reactor is None:
             self._reactor = globalReactor()
-        store = SQLiteLedgerStore.open(self.path, create=True, busy_timeout=self.busy_timeout)
+        self._wake.clear()
+        store = openLedgerStore(self.where, create=True, busy_timeout=self.busy_timeout)
         self._queue = queue.SimpleQueue()
         self._thread = threading.Thread(
             target=self._run, args=(store, self._queue), name="tvlink-ledger-writer", daemon=True
@@ -186,6 +214,8 @@ class PaymentLedger:
         self.state = "closing"
         self._closing = [d]
         self._queue.put(_STOP)
+        # A writer waiting for a database that went away gives up.
+        self._wake.set()
         return d
 
     def _closed(self, thread, q):
@@ -225,12 +255,15 @@ class PaymentLedger:
             "commitSeconds": self.commitSeconds,
             "voids": self.voids,
             "abandonedLate": self.abandonedLate,
+            "retriedBatches": self.retriedBatches,
+            "databaseUp": 1 if self.databaseUp else 0,
+            "reconnects": self.reconnects,
             "queued": self._queue.qsize() if self._queue is not None else 0,
         }
 
     # -- submitting --------------------------------------------------------
 
-    def _submit(self, run):
+    def _submit(self, run, pans=()):
         if self.state == "new":
             try:
                 self.open()
@@ -238,7 +271,7 @@ class PaymentLedger:
                 return fail(e)
         if self.state != "open":
             return fail(LedgerClosed("ledger %s is %s" % (self.path, self.state)))
-        work = _Work(run)
+        work = _Work(run, pans)
         work.deferred = Deferred(lambda d: self._cancel(work))
         self._works[work.deferred] = work
         self._queue.put(work)
@@ -317,7 +350,11 @@ class PaymentLedger:
         uses L{abandon} instead, which waits for the durable truth.
         """
         message = dict(message)
-        return self._submit(lambda store, now, work: applyMessage(store, message, now, work.cancelled))
+        pan = message.get("pan")
+        return self._submit(
+            lambda store, now, work: applyMessage(store, message, now, work.cancelled),
+            (pan,) if isinstance(pan, str) else (),
+        )
 
     def openAccount(self, pan, balance):
         """
@@ -408,40 +445,36 @@ class PaymentLedger:
     def _commit(self, store, batch):
         now = wallclockText(self._wallclock())
         started = time.perf_counter()
-        results = []
-        try:
-            store.begin()
-            for work in batch:
-                # From here on an abandon() cannot stop this work: it is
-                # applied (or not, if abandoned already) and committed as
-                # it is, and its caller gets the real answer.
-                with self._lock:
-                    work.started = True
-                store.savepoint()
-                try:
-                    result = work.run(store, now, work)
-                except BaseException:
-                    result = Failure()
-                    store.rollbackToSavepoint()
-                store.releaseSavepoint()
-                results.append(result)
-            if self._beforeCommit is not None:
-                self._beforeCommit(batch)
-            store.commit()
-        except Exception as e:
+        retries = 0
+        while True:
             try:
-                store.rollback()
-            except store.Error:
-                pass
-            self.failedCommits += 1
-            failure = Failure(LedgerError("ledger %s: transaction failed: %s" % (self.path, e)))
-            results = [failure] * len(batch)
-        else:
-            self.commits += 1
-            self.requests += len(batch)
-            self.largestBatch = max(self.largestBatch, len(batch))
-            if self._afterCommit is not None:
-                self._afterCommit(batch)
+                results = self._transaction(store, batch, now)
+            except Exception as e:
+                if store.lost(e):
+                    # Nothing of this batch is known to be durable: once
+                    # connected again, run it again. Every request is
+                    # idempotent by its key, so what did commit is found
+                    # in the journal and answered as it was.
+                    if self._reconnected(store, e):
+                        continue
+                elif store.retryable(e) and retries < self.maxRetries:
+                    # A deadlock with another node: rolled back whole.
+                    retries += 1
+                    self.retriedBatches += 1
+                    self._rollback(store)
+                    continue
+                else:
+                    self._rollback(store)
+                self.failedCommits += 1
+                failure = Failure(LedgerError("ledger %s: transaction failed: %s" % (self.path, e)))
+                results = [failure] * len(batch)
+            else:
+                self.commits += 1
+                self.requests += len(batch)
+                self.largestBatch = max(self.largestBatch, len(batch))
+                if self._afterCommit is not None:
+                    self._afterCommit(batch)
+            break
         self.commitSeconds += time.perf_counter() - started
         with self._lock:
             for work, result in zip(batch, results):
@@ -453,6 +486,82 @@ class PaymentLedger:
                     else:
                         self.abandonedLate += 1
         self.reactor.callFromThread(self._deliver, batch)
+
+    def _transaction(self, store, batch, now):
+        """
+        Apply C{batch} in one transaction, a savepoint per piece; the
+        results. Raises what fails the transaction as a whole.
+        """
+        results = []
+        store.begin()
+        store.lockAccounts([pan for work in batch for pan in work.pans])
+        for work in batch:
+            # From here on an abandon() cannot stop this work: it is
+            # applied (or not, if abandoned already) and committed as it
+            # is, and its caller gets the real answer.
+            with self._lock:
+                work.started = True
+            for attempt in (1, 2):
+                store.savepoint()
+                try:
+                    result = work.run(store, now, work)
+                except BaseException as e:
+                    if isinstance(e, Exception) and (store.lost(e) or store.retryable(e)):
+                        raise
+                    result = Failure()
+                    store.rollbackToSavepoint()
+                    store.releaseSavepoint()
+                    if attempt == 1 and isinstance(e, store.IntegrityError):
+                        # Another node committed the same key meanwhile:
+                        # run it again, and it finds that answer.
+                        continue
+                else:
+                    store.releaseSavepoint()
+                break
+            results.append(result)
+        if self._beforeCommit is not None:
+            self._beforeCommit(batch)
+        store.commit()
+        return results
+
+    def _rollback(self, store):
+        try:
+            store.rollback()
+        except store.Error:
+            pass
+
+    def _reconnected(self, store, error):
+        """
+        Wait (on the writer thread) until the database is reachable again,
+        or the ledger closes.
+
+        @return: whether it is connected again.
+        """
+        if self.databaseUp:
+            self.databaseUp = False
+            self.reactor.callFromThread(
+                self.log.error,
+                "ledger {path}: connection to the database lost ({why}); answers wait until it is back",
+                ledger_event="database-lost",
+                path=self.path,
+                why=str(error).strip() or type(error).__name__,
+            )
+        while not self._wake.is_set():
+            try:
+                store.reconnect()
+            except LedgerError:
+                self._wake.wait(self.reconnectDelay)
+                continue
+            self.databaseUp = True
+            self.reconnects += 1
+            self.reactor.callFromThread(
+                self.log.info,
+                "ledger {path}: connected to the database again",
+                ledger_event="reconnected",
+                path=self.path,
+            )
+            return True
+        return False
 
     # -- back on the reactor thread --------------------------------------
 

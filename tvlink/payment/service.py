@@ -305,19 +305,25 @@ class PaymentService(LinkService):
 
 def parseLedgerSpec(spec):
     """
-    Parse a C{--ledger} value: C{"memory"} or C{"sqlite:PATH"}.
+    Parse a C{--ledger} value: C{"memory"}, C{"sqlite:PATH"} or
+    C{"postgresql://USER@HOST:PORT/DB"}.
 
-    @return: C{("memory", None)} or C{("sqlite", PATH)}.
+    @return: C{("memory", None)}, C{("sqlite", PATH)} or C{("postgresql",
+        URL)}.
     @raise ValueError: for anything else.
     """
+    from tvlink.store.postgresql import checkURL, isURL
+
     if spec == "memory":
         return ("memory", None)
+    if isURL(spec):
+        return ("postgresql", checkURL(spec))
     if isinstance(spec, str) and spec.startswith("sqlite:"):
         path = spec[len("sqlite:"):]
         if path:
             return ("sqlite", path)
         raise ValueError("sqlite: needs a path, e.g. sqlite:tvlink-ledger.db")
-    raise ValueError("expected sqlite:PATH or memory, not %r" % (spec,))
+    raise ValueError("expected sqlite:PATH, postgresql://USER@HOST:PORT/DB or memory, not %r" % (spec,))
 
 
 class LedgerPaymentService(PaymentService):

@@ -11,7 +11,11 @@ entry ends as C{approved}, C{declined} or C{reversed}.
 """
 
 import json
+import os
+import socket
+import sqlite3
 
+import psycopg
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -19,6 +23,8 @@ from twisted.python.failure import Failure
 from tvlink.link import wire
 from tvlink.masking import maskCard
 from tvlink.platform.cardvault import CardVaultError, WrongKey, sealedKeyId
+from tvlink.errors import OrderTaken
+from tvlink.store.postgresql import PostgreSQLStore, isURL
 from tvlink.store.sqlite import SQLiteStore
 
 #: Entry states. The first two are not final.
@@ -45,29 +51,51 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS entries_order ON entries (order_id)",
     "CREATE INDEX IF NOT EXISTS entries_state ON entries (state)",
     "CREATE INDEX IF NOT EXISTS entries_reversal ON entries (sender, reversal_stan, reversal_time)",
+    # At most one purchase stands for a merchant order, whichever process
+    # journals it: a second one fails to insert (L{OrderTaken}). One the
+    # platform declined before sending it (no link: DESTINATION_UNAVAILABLE
+    # with a reason) leaves the index, so the order may be tried again.
+    "CREATE UNIQUE INDEX IF NOT EXISTS " + "entries_order_once ON entries (order_id)"
+    " WHERE mti = '0200' AND proc = '000000' AND order_id IS NOT NULL"
+    " AND NOT (state = 'declined' AND COALESCE(resp, '') = '91' AND COALESCE(reason, '') <> '')",
+    # Which process holds the entries it owns, and until when: one whose
+    # lease ran out is dead, and another takes its unfinished entries.
+    "CREATE TABLE IF NOT EXISTS owners (name TEXT PRIMARY KEY, lease_until REAL NOT NULL)",
 )
+
+#: The unique index that keeps one purchase per order.
+ORDER_INDEX = "entries_order_once"
+
+#: What the drivers raise for a broken uniqueness constraint.
+INTEGRITY_ERRORS = (sqlite3.IntegrityError, psycopg.IntegrityError)
 
 COLUMNS = (
     "sender", "stan", "time", "order_id", "mti", "proc", "amount", "currency", "pan", "pan_sealed", "orig",
     "state", "resp", "late_resp", "reason", "reversal_stan", "reversal_time",
-    "reversal_attempts", "created", "updated",
+    "reversal_attempts", "created", "updated", "owner",
 )
 
 
 #: Columns added since the first schema, with their types: a journal file
 #: made before them gets them when it is opened (L{migrate}).
-ADDED_COLUMNS = (("pan_sealed", "TEXT"),)
+ADDED_COLUMNS = (("pan_sealed", "TEXT"), ("owner", "TEXT"))
+
+#: The schema version a PostgreSQL journal records: one more for each
+#: column added since the first.
+SCHEMA_VERSION = 1 + len(ADDED_COLUMNS)
 
 
-def migrate(conn):
+def migrate(conn, columnsOf=SQLiteStore.columnsOf):
     """
-    Bring the C{entries} table of an older journal file up to date on the
+    Bring the C{entries} table of an older journal up to date on the
     connection C{conn}, inside its transaction: add each of
     L{ADDED_COLUMNS} it lacks. Idempotent.
 
+    @param columnsOf: C{columnsOf(conn, table)}, the store's way of
+        listing a table's columns.
     @return: the names of the columns added.
     """
-    present = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
+    present = columnsOf(conn, "entries")
     added = []
     for name, kind in ADDED_COLUMNS:
         if name not in present:
@@ -131,10 +159,13 @@ def maskedPan(pan):
 
 def parseJournalOption(value):
     """
-    C{"sqlite:PATH"} (or a bare path) to a path.
+    C{"sqlite:PATH"} (or a bare path) to a path; a C{postgresql://} URL as
+    it is.
     """
     if not isinstance(value, str) or not value:
-        raise ValueError("journal must be sqlite:PATH, not %r" % (value,))
+        raise ValueError("journal must be sqlite:PATH or postgresql://USER@HOST:PORT/DB, not %r" % (value,))
+    if isURL(value):
+        return value
     if value.startswith("sqlite:"):
         value = value[len("sqlite:"):]
     if not value:
@@ -166,14 +197,38 @@ class PlatformJournal:
         that fails, the journal is not made (the error is raised).
     @param vault: a L{tvlink.platform.cardvault.CardVault}, or C{None} to
         keep masked card numbers only.
+    @param owner: the name this process holds its entries under, in a
+        journal several processes share (PostgreSQL); C{None}: C{"local"}
+        on SQLite (one process), the host name and process id on
+        PostgreSQL. A process restarted under the same name resumes its
+        entries at once; under another, once the old lease runs out.
+    @param lease: seconds an owner's entries stay its own without its
+        renewing the lease (L{renewLease}).
     """
 
     log = Logger(namespace="tvlink.journal")
 
-    def __init__(self, path, reactor=None, threaded=True, vault=None):
-        self.store = SQLiteStore(
-            parseJournalOption(path), SCHEMA, reactor=reactor, threaded=threaded, migrate=migrate
-        )
+    #: Seconds an owner's lease lasts by default.
+    defaultLease = 15.0
+
+    def __init__(self, path, reactor=None, threaded=True, vault=None, owner=None, lease=None):
+        target = parseJournalOption(path)
+        if isURL(target):
+            self.store = PostgreSQLStore(
+                target,
+                SCHEMA,
+                reactor=reactor,
+                threaded=threaded,
+                migrate=lambda conn: migrate(conn, PostgreSQLStore.columnsOf),
+                component="journal",
+                version=SCHEMA_VERSION,
+            )
+            defaultOwner = "%s:%d" % (socket.gethostname(), os.getpid())
+        else:
+            self.store = SQLiteStore(target, SCHEMA, reactor=reactor, threaded=threaded, migrate=migrate)
+            defaultOwner = "local"
+        self.owner = owner or defaultOwner
+        self.lease = self.defaultLease if lease is None else lease
         self.reactor = self.store.reactor
         self.vault = vault
         if self.store.migrated:
@@ -230,8 +285,10 @@ class PlatformJournal:
 
     def record(self, message):
         """
-        Write a request before it is sent. Fails with
-        L{sqlite3.IntegrityError} if its key is already journalled.
+        Write a request before it is sent, owned by this process. Fails
+        with L{OrderTaken} if it is a purchase of an order that already
+        has one standing, with one of L{INTEGRITY_ERRORS} if its key is
+        already journalled.
         """
         now = self.reactor.seconds()
         orig = message.get("orig")
@@ -241,15 +298,20 @@ class PlatformJournal:
             message["mti"], message.get("proc"), message.get("amount"), message.get("currency"),
             maskedPan(message.get("pan")), self.sealCard(message.get("pan"), key),
             json.dumps(orig) if isinstance(orig, dict) else None,
-            PENDING, now, now,
+            PENDING, now, now, self.owner,
         )
 
         def insert(conn):
-            conn.execute(
-                "INSERT INTO entries (sender, stan, time, order_id, mti, proc, amount, currency, pan,"
-                " pan_sealed, orig, state, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                row,
-            )
+            try:
+                conn.execute(
+                    "INSERT INTO entries (sender, stan, time, order_id, mti, proc, amount, currency, pan,"
+                    " pan_sealed, orig, state, created, updated, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    row,
+                )
+            except INTEGRITY_ERRORS as e:
+                if _brokeOrderIndex(e):
+                    raise OrderTaken(message.get("order")) from None
+                raise
 
         return self.store.submit(insert)
 
@@ -323,6 +385,74 @@ class PlatformJournal:
         """
         return self._many("state IN (?, ?) ORDER BY created", (PENDING, IN_DOUBT))
 
+    def renewLease(self):
+        """
+        Hold this process's entries for another L{lease} seconds. A
+        L{Deferred}.
+        """
+        until = self.reactor.seconds() + self.lease
+
+        def renew(conn):
+            conn.execute(
+                "INSERT INTO owners (name, lease_until) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET lease_until = excluded.lease_until",
+                (self.owner, until),
+            )
+
+        return self.store.submit(renew)
+
+    def releaseLease(self):
+        """
+        Give up this process's lease (a clean stop): another process may
+        take its unfinished entries at once. A L{Deferred}.
+        """
+        return self.store.submit(lambda conn: conn.execute("DELETE FROM owners WHERE name = ?", (self.owner,)))
+
+    def claim(self, mine=True):
+        """
+        Take the unfinished entries of owners whose lease has run out (and
+        of none), and renew this process's lease, in one transaction.
+        Exactly one process takes each: the update is conditional on the
+        owner it read, so a second claimer finds it changed.
+
+        @param mine: also return the unfinished entries this process owns
+            already (at start: those of an earlier run under its name).
+        @return: a L{Deferred} of the entries now this process's to finish,
+            oldest first.
+        """
+        now = self.reactor.seconds()
+        owner = self.owner
+        select = "SELECT %s FROM entries WHERE state IN (?, ?)" % (", ".join(COLUMNS),)
+
+        def claim(conn):
+            conn.execute(
+                "INSERT INTO owners (name, lease_until) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET lease_until = excluded.lease_until",
+                (owner, now + self.lease),
+            )
+            alive = {row[0] for row in conn.execute("SELECT name FROM owners WHERE lease_until > ?", (now,))}
+            taken = []
+            for row in conn.execute(select + " ORDER BY created", (PENDING, IN_DOUBT)).fetchall():
+                entry = _row(row)
+                if entry["owner"] == owner:
+                    if mine:
+                        taken.append(entry)
+                    continue
+                if entry["owner"] in alive:
+                    continue
+                cursor = conn.execute(
+                    "UPDATE entries SET owner = ? WHERE sender = ? AND stan = ? AND time = ?"
+                    " AND state IN (?, ?) AND " + ("owner IS NULL" if entry["owner"] is None else "owner = ?"),
+                    (owner,) + entry["key"] + (PENDING, IN_DOUBT) + (() if entry["owner"] is None else (entry["owner"],)),
+                )
+                if cursor.rowcount == 1:
+                    entry["taken_from"] = entry["owner"]
+                    entry["owner"] = owner
+                    taken.append(entry)
+            return taken
+
+        return self.store.submit(claim)
+
     def counts(self):
         """
         A L{Deferred} of C{{state: count}}.
@@ -337,6 +467,17 @@ class PlatformJournal:
     def _many(self, where, params):
         d = self.store.query("SELECT %s FROM entries WHERE %s" % (", ".join(COLUMNS), where), params)
         return d.addCallback(lambda rows: [_row(r) for r in rows])
+
+
+def _brokeOrderIndex(error):
+    """
+    Whether the uniqueness C{error} is that of L{ORDER_INDEX} (PostgreSQL
+    names the index; SQLite its column).
+    """
+    diag = getattr(error, "diag", None)
+    if diag is not None:
+        return diag.constraint_name == ORDER_INDEX
+    return "entries.order_id" in str(error)
 
 
 class Reversals:

@@ -60,9 +60,14 @@ class PlatformService(Draining, LinkService):
     @param eject_after: timeouts in a row that eject a link.
     @param cooldown: seconds an ejected link rests before its probe.
     @param ramp: seconds over which a recovered link regains full traffic.
-    @param journal: C{"sqlite:PATH"} or a L{PlatformJournal}: journal
-        money-moving requests and reverse those left in doubt (see
-        L{tvlink.platform.settlement}).
+    @param journal: C{"sqlite:PATH"}, C{"postgresql://USER@HOST:PORT/DB"}
+        (a journal several platform processes share) or a
+        L{PlatformJournal}: journal money-moving requests and reverse those
+        left in doubt (see L{tvlink.platform.settlement}).
+    @param journal_owner: the name this process holds its journal entries
+        under (L{PlatformJournal}'s C{owner}).
+    @param journal_lease: seconds its entries stay its own without its
+        renewing the lease (L{PlatformJournal}'s C{lease}).
     @param vault: a L{tvlink.platform.cardvault.CardVault}: the journal
         keeps each card number sealed under it as well as masked, and the
         C{0420} reversals it drives carry the card (ISO 8583 field 2).
@@ -101,6 +106,8 @@ class PlatformService(Draining, LinkService):
         tls_handshake_timeout=10.0,
         journal=None,
         vault=None,
+        journal_owner=None,
+        journal_lease=None,
         terminal_deadline=60.0,
         endpoint_codecs=None,
         **options
@@ -126,6 +133,7 @@ class PlatformService(Draining, LinkService):
         self.balancer = getBalancer(balance)
         self._healthy = None
         self._journalOption = journal
+        self._journalLease = (journal_owner, journal_lease)
         self.vault = vault
         self.journal = journal if isinstance(journal, PlatformJournal) else None
         #: The L{Settlement} of money-moving requests while the service
@@ -165,13 +173,26 @@ class PlatformService(Draining, LinkService):
             for factory in self.factories:
                 self.tls.configure(factory, factory.host)
 
+    def privilegedStartService(self):
+        # Opened before anything listens or connects, so that a journal
+        # that cannot be opened (a database that is not there) stops
+        # twistd at once.
+        self._openJournal()
+        LinkService.privilegedStartService(self)
+
+    def _openJournal(self):
+        if self._journalOption is not None and self.journal is None:
+            owner, lease = self._journalLease
+            self.journal = PlatformJournal(
+                self._journalOption, reactor=self.reactor, vault=self.vault, owner=owner, lease=lease
+            )
+
     def startService(self):
         LinkService.startService(self)
         self.stopping = False
         if self._journalOption is not None:
-            if self.journal is None:
-                self.journal = PlatformJournal(self._journalOption, reactor=self.reactor, vault=self.vault)
-            elif self.journal.vault is None:
+            self._openJournal()
+            if self.journal.vault is None:
                 self.journal.vault = self.vault
             if self.journal.vault is None:
                 self.log.warn(

@@ -7,8 +7,7 @@ doubt: it is marked so and reversed until the payment side acknowledges
 the reversal.
 """
 
-import sqlite3
-
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -20,10 +19,11 @@ from tvlink.errors import (
     InDoubtTimeout,
     LinkLost,
     NoLinkAvailable,
+    OrderTaken,
     RequestTimeout,
 )
 from tvlink.link import wire
-from tvlink.platform.journal import APPROVED, DECLINED, PENDING, REVERSAL_DONE, Reversals
+from tvlink.platform.journal import APPROVED, DECLINED, INTEGRITY_ERRORS, PENDING, REVERSAL_DONE, Reversals
 
 #: Answers to a purchase or refund that do not say whether money moved.
 UNCERTAIN_ANSWERS = frozenset((wire.DESTINATION_UNAVAILABLE, wire.SYSTEM_MALFUNCTION))
@@ -77,16 +77,48 @@ class Settlement:
 
     def start(self):
         """
-        Start reversing, beginning with what the journal holds unfinished.
+        Start reversing, beginning with what the journal holds unfinished
+        of this process (and of any whose lease ran out); then, every
+        third of the lease, renew this process's lease and take over the
+        entries of processes whose lease ran out (a journal several
+        processes share).
         """
         self.reversals.running = True
-        self.journal.unfinished().addCallback(self._resume)
+        self.journal.claim(mine=True).addCallback(self._resume).addErrback(self._claimFailed)
+        self._leases = LoopingCall(self._takeOver)
+        self._leases.clock = self.reactor
+        self._leases.start(self.journal.lease / 3.0, now=False)
 
     def stop(self):
         """
-        Stop reversing; unfinished reversals stay in the journal.
+        Stop reversing; unfinished reversals stay in the journal, and this
+        process's lease is given up so that another may take them at once.
         """
         self.reversals.stop()
+        leases = getattr(self, "_leases", None)
+        if leases is not None and leases.running:
+            leases.stop()
+            self.journal.releaseLease().addErrback(self._claimFailed)
+
+    def _takeOver(self):
+        d = self.journal.claim(mine=False)
+        d.addCallback(self._tookOver)
+        d.addErrback(self._claimFailed)
+
+    def _tookOver(self, entries):
+        for entry in entries:
+            self.log.warn(
+                "took over {key} from {owner}, whose lease ran out",
+                link_event="journal-takeover",
+                key="/".join(entry["key"]),
+                owner=entry.get("taken_from") or "no owner",
+            )
+        self._resume(entries)
+
+    def _claimFailed(self, failure):
+        self.log.error(
+            "journal lease or takeover failed: {why}", link_event="journal-lease-failed", why=failure.getErrorMessage()
+        )
 
     def _resume(self, entries):
         """
@@ -145,7 +177,9 @@ class Settlement:
 
     def _notRecorded(self, failure, key, stan):
         self._releaseStan(stan)
-        if failure.check(sqlite3.IntegrityError):
+        if failure.check(OrderTaken):
+            raise _Unsent(failure.value)
+        if failure.check(*INTEGRITY_ERRORS):
             raise _Unsent(DuplicateKey("transaction %s is already journalled" % ("/".join(key),)))
         return failure
 

@@ -24,12 +24,13 @@ in time (a purchase or refund is then in doubt and being reversed).
 import collections
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tvlink.errors import InDoubt, LinkLost, NoLinkAvailable, RequestError, RequestTimeout
+from tvlink.errors import InDoubt, LinkLost, NoLinkAvailable, OrderTaken, RequestError, RequestTimeout
 from tvlink.link import wire
-from tvlink.platform.journal import APPROVED, DECLINED, IN_DOUBT, maskedPan
+from tvlink.platform.journal import APPROVED, DECLINED, IN_DOUBT, PENDING, maskedPan
 from tvlink.web.orders import asFen, entryReply, purchasesIn, reference, refundsIn, standing, stateMessage
 from tvlink.web.validation import APIError, Reply, invalid
 
@@ -301,6 +302,10 @@ class TerminalAPI:
         }
         try:
             answer = await self._send(service, message)
+        except OrderTaken:
+            # Another platform process on the same journal took the order
+            # first: its outcome, once it has one.
+            return await self._decidedElsewhere(service, order, (amount, currency, card))
         except Exception:
             body = {"order": order, "type": "purchase", "amount": amount, "currency": currency, "card": maskedPan(card)}
             return self._unanswered(Failure(), body, "purchase")
@@ -320,6 +325,33 @@ class TerminalAPI:
             "reference": reference(wire.messageKey(answer)),
         }
         return Reply(200, body, state)
+
+    #: Seconds between looks at the journal while another process decides
+    #: an order.
+    decidedPoll = 0.1
+
+    async def _decidedElsewhere(self, service, order, details):
+        """
+        The reply for C{order}, whose purchase another process journalled
+        first: the first purchase's outcome, read from the journal once it
+        is final (or as it stands at the terminal's deadline), marked
+        repeated.
+        """
+        amount, currency, card = details
+        deadline = self.clock.seconds() + service.terminal_deadline
+        while True:
+            entries = await service.journal.byOrder(order)
+            first = standing(purchasesIn(entries))
+            if first is not None and first["state"] not in (PENDING, IN_DOUBT):
+                break
+            if self.clock.seconds() >= deadline:
+                break
+            await deferLater(self.clock, self.decidedPoll, lambda: None)
+        if first is None:
+            raise APIError(503, "unavailable", "order %s is being decided by another platform process; try again" % (order,))
+        if (first["amount"], first["currency"], first["pan"]) != ("%012d" % (amount,), currency, maskedPan(card)):
+            raise self._conflict(order)
+        return entryReply(first, refundsIn(entries)).repeated()
 
     # -- outcome ---------------------------------------------------------
 

@@ -1,0 +1,234 @@
+"""
+L{WriterStore}: durable work off the reactor thread, one writer thread per
+store, with group commit. What differs between databases (how a
+connection is opened, which statement begins a transaction, how the
+schema is brought up to date, which errors mean the connection is gone)
+is said by a subclass: L{tvlink.store.sqlite.SQLiteStore},
+L{tvlink.store.postgresql.PostgreSQLStore}.
+"""
+
+import queue
+import threading
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from tvlink.link.settings import globalReactor
+
+
+class WriterStore:
+    """
+    One database, one writer.
+
+    Work is submitted as a function of a connection; it runs on a single
+    writer thread inside a transaction. Every piece of work that arrived
+    while a commit was running goes into the next transaction (group
+    commit), so throughput is not capped at the disk's fsync rate. Each
+    piece runs in its own savepoint: one that raises is rolled back alone
+    and its Deferred fails, the rest of the batch commits. A Deferred fires
+    (on the reactor thread) only once its transaction is durable.
+
+    A transaction that fails fails every piece of its batch, whatever the
+    reason; when the reason is a lost connection (L{lost}) the store
+    reconnects (L{reconnect}) before the next batch and counts it.
+
+    With C{threaded=False} the work runs at once on the caller's thread
+    and the Deferred has fired on return: for tests driven by a Clock.
+
+    A subclass sets L{BEGIN} and L{Error} and implements L{connect} (and,
+    for a database that can go away, L{lost} and L{reconnect}).
+
+    @ivar commits: transactions committed.
+    @ivar applied: pieces of work committed.
+    @ivar batchSizes: pieces per commit, most recent last (bounded).
+    @ivar databaseUp: C{False} from a lost connection until the store is
+        connected again.
+    @ivar reconnects: connections made again after one was lost.
+    """
+
+    log = Logger(namespace="tvlink.store")
+
+    #: Begins the writer's transaction.
+    BEGIN = "BEGIN"
+    #: The driver's base error class.
+    Error = Exception
+
+    def __init__(self, path, reactor=None, group_commit=True, threaded=True):
+        self.reactor = reactor if reactor is not None else globalReactor()
+        self.path = path
+        self.group_commit = group_commit
+        self.threaded = threaded
+        self.commits = 0
+        self.applied = 0
+        self.batchSizes = []
+        self.closed = False
+        self.databaseUp = True
+        self.reconnects = 0
+        self._queue = queue.Queue()
+        self._closed = Deferred()
+
+    def start(self):
+        """
+        Start the writer thread (a subclass calls this once connected).
+        """
+        if self.threaded:
+            self._thread = threading.Thread(target=self._run, name="tvlink-store", daemon=True)
+            self._thread.start()
+
+    # -- what a subclass says ----------------------------------------------
+
+    def lost(self, error):
+        """
+        Whether C{error} (raised by a transaction) means the connection is
+        gone. SQLite's never goes.
+        """
+        return False
+
+    def reconnect(self):
+        """
+        Connect again after L{lost}; raise if the database is still away.
+        """
+        raise NotImplementedError
+
+    def closeConnection(self):
+        self.conn.close()
+
+    # -- the API -----------------------------------------------------------
+
+    def submit(self, work, *args):
+        """
+        Run C{work(connection, *args)} in a transaction; return a
+        L{Deferred} firing with its result once committed.
+        """
+        if self.closed:
+            return fail(RuntimeError("store %s is closed" % (self.path,)))
+        d = Deferred()
+        if not self.threaded:
+            results = self._apply([(work, args, d)])
+            self._deliver(results)
+            return d
+        self._queue.put((work, args, d))
+        return d
+
+    def query(self, sql, params=()):
+        """
+        Run a read-only query; a L{Deferred} of the rows.
+        """
+        return self.submit(lambda conn: conn.execute(sql, params).fetchall())
+
+    def close(self):
+        """
+        Finish every submitted piece of work, then close. Fires when
+        closed.
+        """
+        if self.closed:
+            return self._closed if not self._closed.called else succeed(None)
+        self.closed = True
+        if not self.threaded:
+            self.closeConnection()
+            self._closed.callback(None)
+            return self._closed
+        self._queue.put(None)
+        return self._closed
+
+    # -- the writer thread -------------------------------------------------
+
+    def _run(self):
+        q = self._queue
+        while True:
+            item = q.get()
+            stop = item is None
+            batch = [] if stop else [item]
+            if self.group_commit and not stop:
+                while True:
+                    try:
+                        more = q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    batch.append(more)
+            while batch:
+                if self.group_commit:
+                    chunk, batch = batch, []
+                else:
+                    chunk, batch = batch[:1], batch[1:]
+                results = self._apply(chunk)
+                self.reactor.callFromThread(self._deliver, results)
+            if stop:
+                break
+        try:
+            self.closeConnection()
+        except self.Error:
+            pass
+        self.reactor.callFromThread(self._closed.callback, None)
+
+    def _apply(self, batch):
+        if not self.databaseUp and not self._connectAgain():
+            failure = Failure(ConnectionError("the database of %s is unreachable" % (self.path,)))
+            return [(d, failure) for work, args, d in batch]
+        conn = self.conn
+        results = []
+        try:
+            conn.execute(self.BEGIN)
+            for work, args, d in batch:
+                conn.execute("SAVEPOINT piece")
+                try:
+                    result = work(conn, *args)
+                except BaseException as e:
+                    if self.lost(e):
+                        raise
+                    conn.execute("ROLLBACK TO piece")
+                    conn.execute("RELEASE piece")
+                    results.append((d, Failure()))
+                else:
+                    conn.execute("RELEASE piece")
+                    results.append((d, result))
+            conn.execute("COMMIT")
+        except BaseException as e:
+            failure = Failure()
+            if self.lost(e):
+                self._lost(e)
+            else:
+                try:
+                    conn.execute("ROLLBACK")
+                except self.Error:
+                    pass
+            return [(d, failure) for work, args, d in batch]
+        self.commits += 1
+        self.applied += len(batch)
+        self.batchSizes.append(len(batch))
+        if len(self.batchSizes) > 1024:
+            del self.batchSizes[:512]
+        return results
+
+    def _lost(self, error):
+        self.databaseUp = False
+        self.reactor.callFromThread(
+            self.log.error,
+            "store {path}: connection to the database lost ({why}); its transaction failed",
+            store_event="database-lost",
+            path=self.path,
+            why=str(error).strip(),
+        )
+
+    def _connectAgain(self):
+        try:
+            self.reconnect()
+        except Exception:
+            return False
+        self.databaseUp = True
+        self.reconnects += 1
+        self.reactor.callFromThread(
+            self.log.info, "store {path}: connected to the database again", store_event="reconnected", path=self.path
+        )
+        return True
+
+    def _deliver(self, results):
+        for d, result in results:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
