@@ -60,7 +60,9 @@ class PoolRig:
     is joined by iosim to an in-memory payment factory for its endpoint.
     """
 
-    def __init__(self, ports=(7001, 7002, 7003), handlers=None, journalPath=None, codec=None, **options):
+    def __init__(
+        self, ports=(7001, 7002, 7003), handlers=None, journalPath=None, codec=None, journalOptions=None, **options
+    ):
         from twisted.internet.testing import MemoryReactorClock
 
         from tvlink.platform.service import PlatformService
@@ -83,7 +85,9 @@ class PoolRig:
         if journalPath is not None:
             from tvlink.platform.journal import PlatformJournal
 
-            options["journal"] = PlatformJournal(journalPath, reactor=self.reactor, threaded=False)
+            options["journal"] = PlatformJournal(
+                journalPath, reactor=self.reactor, threaded=False, **(journalOptions or {})
+            )
         self.service = PlatformService(
             ["127.0.0.1:%d" % p for p in ports], reactor=self.reactor, **options
         )

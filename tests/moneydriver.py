@@ -4,7 +4,7 @@ L{tvlink.PlatformService} with an in-doubt journal, issuing purchases and
 refunds over a set of cards until a quota of journalled transactions is
 reached, then waiting (bounded) until every journal entry is final.
 
-    python -m tests.moneydriver --journal PATH --connect HOST:PORT \\
+    python -m tests.moneydriver --journal PATH --connect HOST:PORT [--connect ...] \\
         --cards PAN,PAN,... --quota N [options]
 
 It is restartable: run again with the same journal, it counts what is
@@ -44,7 +44,12 @@ def maskPan(pan):
 def parseArgs(argv):
     parser = argparse.ArgumentParser(prog="moneydriver", description=__doc__.strip().splitlines()[0])
     parser.add_argument("--journal", required=True, help="the platform journal file")
-    parser.add_argument("--connect", required=True, help="HOST:PORT of the payment side (or proxy)")
+    parser.add_argument(
+        "--connect",
+        required=True,
+        action="append",
+        help="HOST:PORT of the payment side (or proxy); again for more payment nodes, balanced",
+    )
     parser.add_argument("--cards", required=True, help="comma-separated card numbers")
     parser.add_argument("--quota", type=int, required=True, help="journalled transactions in total")
     parser.add_argument("--in-flight", type=int, default=12, help="requests in flight at once")
@@ -311,7 +316,7 @@ def main(argv=None):
 
     base, purchases = readJournal(args.journal, args.sender, args.cards)
     service = PlatformService(
-        [args.connect],
+        args.connect,
         journal="sqlite:" + args.journal,
         timeout=args.timeout,
         terminal_deadline=args.terminal_deadline,

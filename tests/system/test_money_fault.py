@@ -208,15 +208,19 @@ def readOnly(path):
     return sqlite3.connect("file:%s?mode=ro" % (path,), uri=True, timeout=10)
 
 
-def verify(journalPath, ledgerPath):
+def verify(journalPath, ledgerPath, pans=CARDS, openingOf=OPENING, openLedger=readOnly):
     """
     Check the platform journal against the payment ledger.
 
+    @param pans: the card numbers traded on, C{openingOf} their opening
+        balances.
+    @param openLedger: C{openLedger(ledgerPath)}, a connection to the
+        ledger (a read-only SQLite one by default; any with C{execute}).
     @return: C{(report, problems)}: the totals as a C{dict}, and a list of
         what is wrong (empty when the money is right).
     """
     problems = []
-    byMask = {maskPan(pan): pan for pan in CARDS}
+    byMask = {maskPan(pan): pan for pan in pans}
     jconn = readOnly(journalPath)
     try:
         entries = jconn.execute(
@@ -225,7 +229,7 @@ def verify(journalPath, ledgerPath):
         ).fetchall()
     finally:
         jconn.close()
-    lconn = readOnly(ledgerPath)
+    lconn = openLedger(ledgerPath)
     try:
         accounts = dict(lconn.execute("SELECT pan, balance FROM accounts").fetchall())
         openings = dict(lconn.execute("SELECT pan, opening FROM accounts").fetchall())
@@ -258,7 +262,7 @@ def verify(journalPath, ledgerPath):
         "ledgerVoided": 0,
         "ledgerStates": {},
     }
-    perCard = {pan: {"purchased": 0, "refunded": 0} for pan in CARDS}
+    perCard = {pan: {"purchased": 0, "refunded": 0} for pan in pans}
     platform = {}
     for row in entries:
         sender, stan, when, mti, proc, pan, amount, orig, state, resp, late = row[:11]
@@ -296,14 +300,14 @@ def verify(journalPath, ledgerPath):
 
     # Every account: opening - approved purchases + approved refunds.
     cards = []
-    for pan in CARDS:
+    for pan in pans:
         opening = openings.get(pan)
         balance = accounts.get(pan)
         moved = perCard[pan]
         expected = None if opening is None else opening - moved["purchased"] + moved["refunded"]
         cards.append(dict(moved, pan=pan, opening=opening, expected=expected, balance=balance))
-        if opening != OPENING[pan]:
-            problems.append("card %s opened with %r, not %d" % (maskPan(pan), opening, OPENING[pan]))
+        if opening != openingOf[pan]:
+            problems.append("card %s opened with %r, not %d" % (maskPan(pan), opening, openingOf[pan]))
         if expected != balance:
             problems.append(
                 "card %s: expected %s fen (opening %s - purchases %d + refunds %d), ledger has %s"

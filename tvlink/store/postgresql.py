@@ -276,6 +276,9 @@ class PostgreSQLStore(WriterStore):
     def lost(self, error):
         return self.conn is None or isLost(self.conn.raw)
 
+    def retryable(self, error):
+        return isinstance(error, RETRYABLE)
+
     def reconnect(self):
         if self.conn is not None:
             self.pool.putconn(self.conn.raw)

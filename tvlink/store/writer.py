@@ -17,6 +17,12 @@ from twisted.python.failure import Failure
 from tvlink.link.settings import globalReactor
 
 
+class _Retry(Exception):
+    """
+    The batch was rolled back by a deadlock: run it again.
+    """
+
+
 class WriterStore:
     """
     One database, one writer.
@@ -30,8 +36,10 @@ class WriterStore:
     (on the reactor thread) only once its transaction is durable.
 
     A transaction that fails fails every piece of its batch, whatever the
-    reason; when the reason is a lost connection (L{lost}) the store
-    reconnects (L{reconnect}) before the next batch and counts it.
+    reason, except a deadlock with another process (L{retryable}): the
+    batch is then rolled back and run again, up to L{maxRetries} times.
+    When the reason is a lost connection (L{lost}) the store reconnects
+    (L{reconnect}) before the next batch and counts it.
 
     With C{threaded=False} the work runs at once on the caller's thread
     and the Deferred has fired on return: for tests driven by a Clock.
@@ -45,6 +53,7 @@ class WriterStore:
     @ivar databaseUp: C{False} from a lost connection until the store is
         connected again.
     @ivar reconnects: connections made again after one was lost.
+    @ivar retried: batches run again after a deadlock.
     """
 
     log = Logger(namespace="tvlink.store")
@@ -53,6 +62,8 @@ class WriterStore:
     BEGIN = "BEGIN"
     #: The driver's base error class.
     Error = Exception
+    #: How many times a batch rolled back by a deadlock is run again.
+    maxRetries = 5
 
     def __init__(self, path, reactor=None, group_commit=True, threaded=True):
         self.reactor = reactor if reactor is not None else globalReactor()
@@ -65,6 +76,7 @@ class WriterStore:
         self.closed = False
         self.databaseUp = True
         self.reconnects = 0
+        self.retried = 0
         self._queue = queue.Queue()
         self._closed = Deferred()
 
@@ -90,6 +102,14 @@ class WriterStore:
         Connect again after L{lost}; raise if the database is still away.
         """
         raise NotImplementedError
+
+    def retryable(self, error):
+        """
+        Whether C{error} (raised by a piece of work) rolled back work that
+        running the whole batch again can cure: a deadlock with another
+        process's transaction. SQLite's single writer has none.
+        """
+        return False
 
     def closeConnection(self):
         self.conn.close()
@@ -169,6 +189,14 @@ class WriterStore:
         if not self.databaseUp and not self._connectAgain():
             failure = Failure(ConnectionError("the database of %s is unreachable" % (self.path,)))
             return [(d, failure) for work, args, d in batch]
+        for attempt in range(self.maxRetries):
+            try:
+                return self._transaction(batch)
+            except _Retry:
+                self.retried += 1
+        return self._transaction(batch, retry=False)
+
+    def _transaction(self, batch, retry=True):
         conn = self.conn
         results = []
         try:
@@ -178,7 +206,7 @@ class WriterStore:
                 try:
                     result = work(conn, *args)
                 except BaseException as e:
-                    if self.lost(e):
+                    if self.lost(e) or (retry and self.retryable(e)):
                         raise
                     conn.execute("ROLLBACK TO piece")
                     conn.execute("RELEASE piece")
@@ -196,6 +224,8 @@ class WriterStore:
                     conn.execute("ROLLBACK")
                 except self.Error:
                     pass
+                if retry and self.retryable(e):
+                    raise _Retry() from None
             return [(d, failure) for work, args, d in batch]
         self.commits += 1
         self.applied += len(batch)

@@ -47,6 +47,24 @@ def _clockTime(seconds):
     return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(seconds))
 
 
+def databaseStatus(store):
+    """
+    Where the database of C{store} (a journal's store or a ledger) is and
+    whether it is reachable, as plain data; C{None} without one.
+    """
+    if store is None or not hasattr(store, "databaseUp"):
+        return None
+    return {"where": store.path, "up": bool(store.databaseUp), "reconnects": store.reconnects}
+
+
+def _databaseText(data):
+    database = data.get("database")
+    if database is None:
+        return []
+    state = "up" if database["up"] else "DOWN, answers wait"
+    return ["database %s %s (reconnected %d times)" % (database["where"], state, database["reconnects"])]
+
+
 def platformSnapshot(service, started=None, journalCounts=None, api=None):
     """
     The status of a platform service as plain data.
@@ -95,6 +113,8 @@ def platformSnapshot(service, started=None, journalCounts=None, api=None):
     }
     if journalCounts is not None:
         data["journal"] = dict(journalCounts)
+    journal = getattr(service, "journal", None)
+    data["database"] = databaseStatus(getattr(journal, "store", None))
     if api is not None:
         data["terminalCalls"] = {"%s %s" % key: count for key, count in sorted(api.results.items())}
         data["terminalCallsInProgress"] = api.active
@@ -147,6 +167,7 @@ def paymentSnapshot(service, started=None):
         "violations": factory.counters["violations"],
         "formatErrors": factory.counters["formatErrors"],
         "timeouts": factory.counters["timedOut"],
+        "database": databaseStatus(getattr(service, "ledger", None)),
     }
 
 
@@ -335,6 +356,7 @@ def _platformBody(data):
             "journal: "
             + ", ".join("%s %d" % (state, journal.get(state, 0)) for state in ("approved", "declined", "in-doubt", "reversed", "pending"))
         )
+    summary.extend(_databaseText(data))
     parts.append('<p class="summary">%s</p>' % (_e(" \u00b7 ".join(summary)),))
     parts.append("<h2>Links to payment endpoints</h2>")
     head = (
@@ -375,7 +397,7 @@ def _paymentBody(data):
         "violations %d" % (data["violations"],),
         "format errors %d" % (data["formatErrors"],),
         "timeouts %d" % (data["timeouts"],),
-    ]
+    ] + _databaseText(data)
     parts.append('<p class="summary">%s</p>' % (_e(" \u00b7 ".join(summary)),))
     parts.append("<h2>Connected platforms</h2>")
     if not data["links"]:

@@ -291,6 +291,9 @@ class TerminalAPI:
             # Decided already, perhaps before a restart: its outcome again.
             if (first["amount"], first["currency"], first["pan"]) != ("%012d" % (amount,), currency, maskedPan(card)):
                 raise self._conflict(order)
+            if first["state"] == PENDING:
+                # In flight from another platform process on the journal.
+                return await self._decidedElsewhere(service, order, (amount, currency, card))
             return entryReply(first, refundsIn(entries)).repeated()
         message = {
             "mti": "0200",
