@@ -14,10 +14,10 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from tests.ledgerkit import PAN, RealReactorTestCase, balanceInquiry, purchase, refund
+from tests.ledgerkit import OTHER, PAN, RealReactorTestCase, balanceInquiry, purchase, refund
 from tvlink.cli import ledger as admin
 from tvlink.payment.rules import applyMessage
-from tvlink.store.ledgersql import SQLiteLedgerStore
+from tvlink.store.ledgersql import SQLiteLedgerStore, openLedgerStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OTHER = "6222020000000000026"
@@ -289,3 +289,55 @@ class WhileRunningTests(RealReactorTestCase):
         )
         self.assertEqual(status, 0, err)
         self.assertIn(b"(9702 fen)", out)
+
+
+class PostgreSQLLedgerCommandTests(unittest.TestCase):
+    """
+    C{tvlink ledger --db postgresql://...}: the same commands on a ledger
+    several payment nodes share (a real server, L{tests.pgcluster}).
+    """
+
+    def setUp(self):
+        from tests import pgcluster
+
+        self.url = pgcluster.newDatabase()
+
+    def ledger(self, *args):
+        return inProcess("--db", self.url, *args)
+
+    def test_commands(self):
+        status, out, err = self.ledger("show", PAN)
+        self.assertEqual(status, 1)
+        self.assertIn("no ledger at %s" % (self.url,), err)
+        for _ in range(2):
+            self.assertEqual(self.ledger("init"), (0, "ledger %s ready\n" % (self.url,), ""))
+        self.assertEqual(self.ledger("open", PAN, "10000")[0], 0)
+        self.assertEqual(self.ledger("open", OTHER, "0")[0], 0)
+        status, out, err = self.ledger("open", PAN, "5")
+        self.assertEqual(status, 1)
+        self.assertIn("already open", err)
+        store = openLedgerStore(self.url, create=False)
+        with store.transaction():
+            buy = purchase("000001", 2500)
+            for request in (buy, refund("000002", buy, 500), purchase("000003", 99999)):
+                applyMessage(store, request, "T")
+        store.close()
+        self.assertEqual(self.ledger("freeze", OTHER)[1].strip(), "card 622202*********0026 is now frozen")
+        status, out, err = self.ledger("show", PAN)
+        self.assertRegex(out, r"balance\s+80\.00 \(8000 fen\)")
+        self.assertEqual(self.ledger("list")[1].splitlines()[-1], "2 accounts")
+        self.assertEqual(len(self.ledger("journal")[1].splitlines()), 4)
+        status, out, err = self.ledger("check")
+        self.assertEqual(status, 0, err)
+        self.assertIn("opening 10000 - purchases 2500 + refunds 500 = 8000 fen; balances 8000 fen", out)
+
+    def test_unreachable(self):
+        status, out, err = inProcess(
+            "--busy-timeout", "1", "--db", "postgresql://tvlink:s3cret@127.0.0.1:1/ledger", "list"
+        )
+        self.assertEqual(status, 1)
+        self.assertIn("postgresql://tvlink:***@127.0.0.1:1/ledger", err)
+        self.assertNotIn("s3cret", err)
+        status, out, err = inProcess("--db", "postgresql://127.0.0.1:5432", "list")
+        self.assertEqual(status, 1)
+        self.assertIn("no database name", err)

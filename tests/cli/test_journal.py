@@ -111,3 +111,66 @@ class RekeyTests(SynchronousTestCase):
         self.assertIn("re-sealed 1 card numbers", out)
         status, out, err = tvlink("--help")
         self.assertIn("journal", out)
+
+
+class InspectTests(SynchronousTestCase):
+    """
+    C{tvlink journal list|show|check} on a SQLite file.
+    """
+
+    def where(self):
+        return self.mktemp()
+
+    def setUp(self):
+        self.db = self.where()
+        journal = PlatformJournal(self.db, threaded=False, owner="platform-1")
+        for stan, order in (("000001", "O1"), ("000002", "O2")):
+            message = {"mti": "0200", "proc": "000000", "pan": PAN, "amount": "000000000100",
+                       "sender": "PLATFORM", "stan": stan, "time": "1204120000", "order": order}
+            self.successResultOf(journal.record(message))
+        self.successResultOf(journal.settle(("PLATFORM", "000001", "1204120000"), "approved", "00"))
+        self.successResultOf(journal.renewLease())
+        self.successResultOf(journal.close())
+
+    def test_list(self):
+        status, out, err = inProcess("--db", self.db, "list")
+        self.assertEqual(status, 0, err)
+        self.assertEqual(len(out.splitlines()), 2)
+        self.assertNotIn(PAN, out)
+
+    def test_show(self):
+        status, out, err = inProcess("--db", self.db, "show", "PLATFORM/000001/1204120000")
+        self.assertEqual(status, 0, err)
+        self.assertRegex(out, r"state\s+approved")
+        self.assertRegex(out, r"owner\s+platform-1")
+        self.assertNotIn(PAN, out)
+        status, out, err = inProcess("--db", self.db, "show", "--order", "O2")
+        self.assertEqual(status, 0, err)
+        self.assertRegex(out, r"stan\s+000002")
+        self.assertEqual(inProcess("--db", self.db, "show", "--order", "nope")[0], 1)
+        self.assertEqual(inProcess("--db", self.db, "show")[0], 2)
+        self.assertEqual(inProcess("--db", self.db, "show", "PLATFORM/1")[0], 2)
+
+    def test_check(self):
+        status, out, err = inProcess("--db", self.db, "check")
+        self.assertEqual(status, 0, err)
+        self.assertIn("2 entries: approved 1, pending 1", out)
+        self.assertIn("unfinished PLATFORM/000002/1204120000 pending, owner platform-1", out)
+        self.assertIn("no order has two standing purchases", out)
+
+
+class PostgreSQLInspectTests(InspectTests):
+    """
+    The same on a PostgreSQL journal (a real server, L{tests.pgcluster}).
+    """
+
+    def where(self):
+        from tests import pgcluster
+
+        return pgcluster.newDatabase()
+
+    def test_unreachable(self):
+        status, out, err = inProcess("--busy-timeout", "1", "--db", "postgresql://u:pw@127.0.0.1:1/j", "list")
+        self.assertEqual(status, 1)
+        self.assertIn("postgresql://u:***@127.0.0.1:1/j", err)
+        self.assertNotIn(":pw@", err)

@@ -13,7 +13,6 @@ from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from tests import pgcluster
-from tests.processes import waitUntil
 from tests.ledgerkit import (
     OTHER,
     PAN,
@@ -26,6 +25,7 @@ from tests.ledgerkit import (
     reversal,
     statusInquiry,
 )
+from tests.processes import waitUntil
 from tvlink.payment import accounts
 from tvlink.payment.errors import LedgerError, LedgerNotFound
 from tvlink.payment.ledger import PaymentLedger

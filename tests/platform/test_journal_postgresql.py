@@ -8,14 +8,18 @@ without one they are skipped, under CI they fail.
 """
 
 import psycopg
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import pgcluster
 from tests.helpers import Events, PoolRig
 from tests.platform.test_journal import OLD_SCHEMA, SilentThenDemo, purchase
+from tests.processes import ReactorTestCase
 from tvlink.errors import OrderTaken
 from tvlink.platform.journal import ADDED_COLUMNS, SCHEMA_VERSION, PlatformJournal
+from tvlink.web.status import databaseStatus
 
 
 def entry(stan, order=None, **fields):
@@ -137,3 +141,36 @@ class TakeoverTests(SynchronousTestCase):
         got = self.successResultOf(second.service.outcome(key))
         self.assertEqual((got["state"], got["owner"]), ("reversed", "second"))
         self.assertEqual(events.named("journal-takeover")[0]["owner"], "first")
+
+
+class LostDatabaseTests(ReactorTestCase):
+    """
+    The journal's store on the real reactor, its server stopped and
+    started again.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_lostAndBack(self):
+        """
+        While the server is down, work fails (the request is not sent) and
+        the store says the database is down; once it is back the store
+        reconnects, and the status data and metrics say so.
+        """
+        journal = PlatformJournal(pgcluster.newDatabase())
+        self.addCleanup(journal.close)
+        yield journal.record(entry("000001"))
+        server = pgcluster.cluster()
+        yield deferToThread(server.stopServer)
+        try:
+            yield self.assertFailure(journal.record(entry("000002")), psycopg.OperationalError)
+            self.assertFalse(journal.store.databaseUp)
+            self.assertEqual(databaseStatus(journal.store)["up"], False)
+        finally:
+            yield deferToThread(server.startServer)
+        yield journal.record(entry("000003"))
+        self.assertTrue(journal.store.databaseUp)
+        self.assertEqual(journal.store.reconnects, 1)
+        counts = yield journal.counts()
+        self.assertEqual(counts, {"pending": 2})

@@ -28,7 +28,7 @@ import tempfile
 from twisted.internet import defer
 
 from tests import pgcluster
-from tests.processes import ReactorTestCase, pause, spawnPython, spawnTwistd, startPayment, waitUntil
+from tests.processes import ReactorTestCase, pause, runTwistd, spawnPython, spawnTwistd, startPayment, waitUntil
 from tests.system.test_money_fault import journalled, reachedQuota, verify
 from tests.webkit import fetch, freePort
 
@@ -192,3 +192,24 @@ class JournalProcessesTests(ReactorTestCase):
         with ledgerConnection(journal) as conn:
             entries = conn.execute("SELECT COUNT(*), COUNT(DISTINCT order_id) FROM entries WHERE mti = '0200'").fetchone()
         self.assertEqual(tuple(entries), (len(orders), len(orders)))
+
+
+class UnreachableTests(ReactorTestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_unreachableAtStart(self):
+        """
+        A database that is not there at start: twistd exits non-zero with
+        an error naming the URL, its password masked.
+        """
+        url = "postgresql://tvlink:s3cret@127.0.0.1:%d/ledger" % (freePort(),)
+        for args in (
+            ("payment", "--listen", "tcp:0:interface=127.0.0.1", "--ledger", url),
+            ("platform", "--connect", "127.0.0.1:%d" % (freePort(),), "--journal", url),
+        ):
+            child = yield runTwistd(self, *args, seconds=30)
+            said = "\n".join(child.lines)
+            self.assertNotEqual(child.status, 0, said)
+            self.assertIn("cannot connect to the database %s" % (url.replace(":s3cret", ":***"),), said)
+            self.assertNotIn("s3cret", said)

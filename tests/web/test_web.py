@@ -713,6 +713,8 @@ class MetricsTests(SynchronousTestCase):
             samples[("tvlink_store_commit_batch_size_count", (("store", "journal"),))],
             samples[("tvlink_store_commits_total", (("store", "journal"),))],
         )
+        self.assertEqual(samples[("tvlink_store_database_up", (("store", "journal"),))], 1)
+        self.assertEqual(samples[("tvlink_store_reconnects_total", (("store", "journal"),))], 0)
 
     def test_payment(self):
         """

@@ -14,8 +14,8 @@ from tvlink.link import wire
 from tvlink.link.settings import positive
 from tvlink.platform.endpoints import parseGroups
 from tvlink.platform.journal import parseJournalOption
-from tvlink.store.postgresql import checkURL, isURL
 from tvlink.platform.pool import BALANCERS
+from tvlink.store.postgresql import checkURL, isURL
 
 log = Logger(namespace="tvlink.tap")
 

@@ -20,10 +20,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tvlink.errors import OrderTaken
 from tvlink.link import wire
 from tvlink.masking import maskCard
 from tvlink.platform.cardvault import CardVaultError, WrongKey, sealedKeyId
-from tvlink.errors import OrderTaken
 from tvlink.store.postgresql import PostgreSQLStore, isURL
 from tvlink.store.sqlite import SQLiteStore
 
