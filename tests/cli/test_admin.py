@@ -14,7 +14,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from tests.ledgerkit import OTHER, PAN, RealReactorTestCase, balanceInquiry, purchase, refund
+from tests.ledgerkit import PAN, RealReactorTestCase, balanceInquiry, purchase, refund
 from tvlink.cli import ledger as admin
 from tvlink.payment.rules import applyMessage
 from tvlink.store.ledgersql import SQLiteLedgerStore, openLedgerStore
