@@ -78,15 +78,22 @@ _STOP = object()
 @implementer(IAbandonableBackend)
 class PaymentLedger:
     """
-    Accounts and the journal of applied requests in one SQLite file, with
-    one writer thread doing group commit.
+    Accounts and the journal of applied requests in one SQLite file, or in
+    a PostgreSQL database several ledgers (payment nodes) share, with one
+    writer thread doing group commit.
+
+    On PostgreSQL a batch rolled back by a deadlock with another node is
+    run again (up to L{maxRetries} times); a batch whose connection is lost
+    is kept and run again once connected (every request is idempotent by
+    key, so what did commit is answered as it was), the writer waiting for
+    the database until then or until the ledger closes.
 
     Nothing is opened until L{open} (or the first request). Every method
     that reads or writes returns a L{Deferred} that fires on the reactor
     thread once the transaction it ran in is durable.
 
-    @param path: the SQLite file (created if missing); read when the
-        ledger is opened.
+    @param path: the SQLite file (created if missing), or a
+        C{postgresql://} URL; read when the ledger is opened.
     @param reactor: delivers answers with C{callFromThread} (the global
         reactor when C{None}).
     @param group_commit: apply every request that arrived during a commit

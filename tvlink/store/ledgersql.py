@@ -23,9 +23,14 @@ class says where its database differs, and only there:
  - the schema: its tables (C{SCHEMA}) and how its version is kept
    (SQLite: C{PRAGMA user_version}).
 
-L{SQLiteLedgerStore} is the store there is: one SQLite file in WAL mode,
-C{synchronous=FULL}. Another database gets a sibling subclass of
-L{LedgerStore}; nothing above this module changes.
+L{SQLiteLedgerStore} is one SQLite file in WAL mode, C{synchronous=FULL}.
+L{PostgreSQLLedgerStore} is a PostgreSQL database several payment nodes
+share: its C{BEGIN}, its C{FOR UPDATE} reads, L{LedgerStore.lockAccounts}
+(the accounts of a batch locked in card-number order),
+L{LedgerStore.lost}, L{LedgerStore.retryable} and
+L{LedgerStore.reconnect} are where it differs. L{openLedgerStore} picks
+one from a path or a C{postgresql://} URL; nothing above this module
+changes.
 
 A store is used from one thread at a time (the ledger's writer, or the
 admin command) and does not begin or end transactions by itself, except
@@ -46,7 +51,8 @@ from tvlink.store import postgresql as pgsql
 
 __all__ = ["SCHEMA_VERSION", "LedgerStore", "SQLiteLedgerStore", "PostgreSQLLedgerStore", "openLedgerStore"]
 
-#: The schema the SQLite store writes (C{PRAGMA user_version}).
+#: The schema version the stores write (SQLite: C{PRAGMA user_version};
+#: PostgreSQL: the C{tvlink_schema} table).
 SCHEMA_VERSION = 1
 
 #: The columns of a journal entry as L{LedgerStore.entry} returns them.
