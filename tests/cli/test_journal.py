@@ -174,3 +174,33 @@ class PostgreSQLInspectTests(InspectTests):
         self.assertEqual(status, 1)
         self.assertIn("postgresql://u:***@127.0.0.1:1/j", err)
         self.assertNotIn(":pw@", err)
+
+
+class DoubledOrderTests(SynchronousTestCase):
+    def test_oldJournalWithDoubledOrder(self):
+        """
+        A journal made before the one-purchase-per-order index, with an
+        order purchased twice, still opens (without the index); C{check}
+        names the order and exits 1.
+        """
+        import sqlite3
+
+        from tests.platform.test_journal import OLD_SCHEMA
+
+        path = self.mktemp()
+        conn = sqlite3.connect(path)
+        conn.execute(OLD_SCHEMA)
+        for stan in ("000001", "000002"):
+            conn.execute(
+                "INSERT INTO entries (sender, stan, time, order_id, mti, proc, state, created, updated)"
+                " VALUES ('PLATFORM', ?, 't', 'O', '0200', '000000', 'approved', 1, 1)",
+                (stan,),
+            )
+        conn.commit()
+        conn.close()
+        journal = PlatformJournal(path, threaded=False)
+        self.assertEqual(journal.store.migrated, ["pan_sealed", "owner"])
+        self.successResultOf(journal.close())
+        status, out, err = inProcess("--db", path, "check")
+        self.assertEqual(status, 1, err)
+        self.assertIn("DOUBLED order O has 2 standing purchases", out)

@@ -31,7 +31,15 @@ import psycopg
 
 from tvlink.cli.commands import databaseParser, parseCommand
 from tvlink.platform.cardvault import CardVault, CardVaultError
-from tvlink.platform.journal import COLUMNS, IN_DOUBT, PENDING, migrate, parseJournalOption, rekeyCards
+from tvlink.platform.journal import (
+    COLUMNS,
+    DOUBLED_ORDERS,
+    IN_DOUBT,
+    PENDING,
+    migrate,
+    parseJournalOption,
+    rekeyCards,
+)
 from tvlink.store import postgresql as pgsql
 from tvlink.store.sqlite import SQLiteStore
 
@@ -209,11 +217,7 @@ def _check(journal, args, out, err):
         lease = leases.get(owner)
         held = "lease running" if lease is not None and lease > now else "lease ran out: another process takes it"
         out.write("unfinished %s/%s/%s %s, owner %s (%s)\n" % (sender, stan, when, state, owner or "-", held))
-    doubled = conn.execute(
-        "SELECT order_id, COUNT(*) FROM entries WHERE mti = '0200' AND proc = '000000' AND order_id IS NOT NULL"
-        " AND NOT (state = 'declined' AND COALESCE(resp, '') = '91' AND COALESCE(reason, '') <> '')"
-        " GROUP BY order_id HAVING COUNT(*) > 1"
-    ).fetchall()
+    doubled = conn.execute(DOUBLED_ORDERS).fetchall()
     for order, count in doubled:
         out.write("DOUBLED order %s has %d standing purchases\n" % (order, count))
     if doubled:

@@ -51,13 +51,6 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS entries_order ON entries (order_id)",
     "CREATE INDEX IF NOT EXISTS entries_state ON entries (state)",
     "CREATE INDEX IF NOT EXISTS entries_reversal ON entries (sender, reversal_stan, reversal_time)",
-    # At most one purchase stands for a merchant order, whichever process
-    # journals it: a second one fails to insert (L{OrderTaken}). One the
-    # platform declined before sending it (no link: DESTINATION_UNAVAILABLE
-    # with a reason) leaves the index, so the order may be tried again.
-    "CREATE UNIQUE INDEX IF NOT EXISTS " + "entries_order_once ON entries (order_id)"
-    " WHERE mti = '0200' AND proc = '000000' AND order_id IS NOT NULL"
-    " AND NOT (state = 'declined' AND COALESCE(resp, '') = '91' AND COALESCE(reason, '') <> '')",
     # Which process holds the entries it owns, and until when: one whose
     # lease ran out is dead, and another takes its unfinished entries.
     "CREATE TABLE IF NOT EXISTS owners (name TEXT PRIMARY KEY, lease_until REAL NOT NULL)",
@@ -65,6 +58,27 @@ SCHEMA = (
 
 #: The unique index that keeps one purchase per order.
 ORDER_INDEX = "entries_order_once"
+
+#: Which purchases stand for their order: all but those the platform
+#: declined before sending them (no link: DESTINATION_UNAVAILABLE with a
+#: reason), whose order may be tried again.
+STANDING_PURCHASE = (
+    "mti = '0200' AND proc = '000000' AND order_id IS NOT NULL"
+    " AND NOT (state = 'declined' AND COALESCE(resp, '') = '91' AND COALESCE(reason, '') <> '')"
+)
+
+#: At most one purchase stands for a merchant order, whichever process
+#: journals it: a second one fails to insert (L{OrderTaken}).
+ORDER_INDEX_SQL = "CREATE UNIQUE INDEX IF NOT EXISTS %s ON entries (order_id) WHERE %s" % (
+    ORDER_INDEX,
+    STANDING_PURCHASE,
+)
+
+#: Orders with more than one standing purchase (a journal made before
+#: L{ORDER_INDEX}, by a caller that reused an order).
+DOUBLED_ORDERS = (
+    "SELECT order_id, COUNT(*) FROM entries WHERE " + STANDING_PURCHASE + " GROUP BY order_id HAVING COUNT(*) > 1"
+)
 
 #: What the drivers raise for a broken uniqueness constraint.
 INTEGRITY_ERRORS = (sqlite3.IntegrityError, psycopg.IntegrityError)
@@ -89,7 +103,9 @@ def migrate(conn, columnsOf=SQLiteStore.columnsOf):
     """
     Bring the C{entries} table of an older journal up to date on the
     connection C{conn}, inside its transaction: add each of
-    L{ADDED_COLUMNS} it lacks. Idempotent.
+    L{ADDED_COLUMNS} it lacks, and L{ORDER_INDEX} unless an order already
+    has two standing purchases (C{tvlink journal check} names them; the
+    journal still opens). Idempotent.
 
     @param columnsOf: C{columnsOf(conn, table)}, the store's way of
         listing a table's columns.
@@ -101,6 +117,8 @@ def migrate(conn, columnsOf=SQLiteStore.columnsOf):
         if name not in present:
             conn.execute("ALTER TABLE entries ADD COLUMN %s %s" % (name, kind))
             added.append(name)
+    if not conn.execute(DOUBLED_ORDERS).fetchall():
+        conn.execute(ORDER_INDEX_SQL)
     return added
 
 
