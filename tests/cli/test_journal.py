@@ -199,7 +199,7 @@ class DoubledOrderTests(SynchronousTestCase):
         conn.commit()
         conn.close()
         journal = PlatformJournal(path, threaded=False)
-        self.assertEqual(journal.store.migrated, ["pan_sealed", "owner"])
+        self.assertEqual(journal.store.migrated, ["pan_sealed", "terminal", "owner"])
         self.successResultOf(journal.close())
         status, out, err = inProcess("--db", path, "check")
         self.assertEqual(status, 1, err)

@@ -218,8 +218,11 @@ def _check(journal, args, out, err):
         held = "lease running" if lease is not None and lease > now else "lease ran out: another process takes it"
         out.write("unfinished %s/%s/%s %s, owner %s (%s)\n" % (sender, stan, when, state, owner or "-", held))
     doubled = conn.execute(DOUBLED_ORDERS).fetchall()
-    for order, count in doubled:
-        out.write("DOUBLED order %s has %d standing purchases\n" % (order, count))
+    for terminal, order, count in doubled:
+        out.write(
+            "DOUBLED order %s%s has %d standing purchases\n"
+            % (order, " of terminal %s" % (terminal,) if terminal else "", count)
+        )
     if doubled:
         return REFUSED
     out.write("no order has two standing purchases\n")

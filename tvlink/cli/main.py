@@ -14,6 +14,8 @@ commands:
             tvlink ledger --help for more)
   journal   look after the platform's SQLite journal
             (tvlink journal --db PATH list|rekey ...; tvlink journal --help for more)
+  keys      make, list and revoke the terminals' API keys
+            (tvlink keys --file PATH add|list|revoke ...; tvlink keys --help for more)
 
 Run the roles with: twistd -n tvlink payment|platform|sandbox --help
 """
@@ -32,6 +34,10 @@ def main(argv=None):
         from tvlink.cli.journal import main as journal
 
         return journal(argv[1:])
+    if argv[0] == "keys":
+        from tvlink.cli.keys import main as keys
+
+        return keys(argv[1:])
     sys.stderr.write("tvlink: unknown command %r (try --help)\n" % (argv[0],))
     return 2
 

@@ -46,7 +46,7 @@ SCHEMA = (
         pan TEXT, pan_sealed TEXT, orig TEXT,
         state TEXT NOT NULL, resp TEXT, late_resp TEXT, reason TEXT,
         reversal_stan TEXT, reversal_time TEXT, reversal_attempts INTEGER NOT NULL DEFAULT 0,
-        created REAL NOT NULL, updated REAL NOT NULL,
+        created REAL NOT NULL, updated REAL NOT NULL, terminal TEXT, owner TEXT,
         PRIMARY KEY (sender, stan, time))""",
     "CREATE INDEX IF NOT EXISTS entries_order ON entries (order_id)",
     "CREATE INDEX IF NOT EXISTS entries_state ON entries (state)",
@@ -67,9 +67,10 @@ STANDING_PURCHASE = (
     " AND NOT (state = 'declined' AND COALESCE(resp, '') = '91' AND COALESCE(reason, '') <> '')"
 )
 
-#: At most one purchase stands for a merchant order, whichever process
-#: journals it: a second one fails to insert (L{OrderTaken}).
-ORDER_INDEX_SQL = "CREATE UNIQUE INDEX IF NOT EXISTS %s ON entries (order_id) WHERE %s" % (
+#: At most one purchase stands for a merchant order of a terminal,
+#: whichever process journals it: a second one fails to insert
+#: (L{OrderTaken}).
+ORDER_INDEX_SQL = "CREATE UNIQUE INDEX IF NOT EXISTS %s ON entries (COALESCE(terminal, ''), order_id) WHERE %s" % (
     ORDER_INDEX,
     STANDING_PURCHASE,
 )
@@ -77,7 +78,8 @@ ORDER_INDEX_SQL = "CREATE UNIQUE INDEX IF NOT EXISTS %s ON entries (order_id) WH
 #: Orders with more than one standing purchase (a journal made before
 #: L{ORDER_INDEX}, by a caller that reused an order).
 DOUBLED_ORDERS = (
-    "SELECT order_id, COUNT(*) FROM entries WHERE " + STANDING_PURCHASE + " GROUP BY order_id HAVING COUNT(*) > 1"
+    "SELECT COALESCE(terminal, ''), order_id, COUNT(*) FROM entries WHERE " + STANDING_PURCHASE
+    + " GROUP BY COALESCE(terminal, ''), order_id HAVING COUNT(*) > 1"
 )
 
 #: What the drivers raise for a broken uniqueness constraint.
@@ -86,13 +88,13 @@ INTEGRITY_ERRORS = (sqlite3.IntegrityError, psycopg.IntegrityError)
 COLUMNS = (
     "sender", "stan", "time", "order_id", "mti", "proc", "amount", "currency", "pan", "pan_sealed", "orig",
     "state", "resp", "late_resp", "reason", "reversal_stan", "reversal_time",
-    "reversal_attempts", "created", "updated", "owner",
+    "reversal_attempts", "created", "updated", "terminal", "owner",
 )
 
 
 #: Columns added since the first schema, with their types: a journal file
 #: made before them gets them when it is opened (L{migrate}).
-ADDED_COLUMNS = (("pan_sealed", "TEXT"), ("owner", "TEXT"))
+ADDED_COLUMNS = (("pan_sealed", "TEXT"), ("terminal", "TEXT"), ("owner", "TEXT"))
 
 #: The schema version a PostgreSQL journal records: one more for each
 #: column added since the first.
@@ -301,12 +303,13 @@ class PlatformJournal:
     def close(self):
         return self.store.close()
 
-    def record(self, message):
+    def record(self, message, terminal=None):
         """
-        Write a request before it is sent, owned by this process. Fails
-        with L{OrderTaken} if it is a purchase of an order that already
-        has one standing, with one of L{INTEGRITY_ERRORS} if its key is
-        already journalled.
+        Write a request before it is sent, with the C{terminal} it was
+        made for (if any), owned by this process. Fails with L{OrderTaken}
+        if it is a purchase of an order (of that terminal) that already has
+        one standing, with one of L{INTEGRITY_ERRORS} if its key is already
+        journalled.
         """
         now = self.reactor.seconds()
         orig = message.get("orig")
@@ -316,14 +319,15 @@ class PlatformJournal:
             message["mti"], message.get("proc"), message.get("amount"), message.get("currency"),
             maskedPan(message.get("pan")), self.sealCard(message.get("pan"), key),
             json.dumps(orig) if isinstance(orig, dict) else None,
-            PENDING, now, now, self.owner,
+            PENDING, now, now, terminal, self.owner,
         )
 
         def insert(conn):
             try:
                 conn.execute(
                     "INSERT INTO entries (sender, stan, time, order_id, mti, proc, amount, currency, pan,"
-                    " pan_sealed, orig, state, created, updated, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " pan_sealed, orig, state, created, updated, terminal, owner)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     row,
                 )
             except INTEGRITY_ERRORS as e:
@@ -390,12 +394,12 @@ class PlatformJournal:
     def byReversalKey(self, key):
         return self._one("sender=? AND reversal_stan=? AND reversal_time=?", tuple(key))
 
-    def byOrder(self, order):
+    def byOrder(self, order, terminal=None):
         """
-        A L{Deferred} of the entries carrying merchant order C{order},
-        oldest first.
+        A L{Deferred} of the entries carrying merchant order C{order} of
+        C{terminal} (C{None}: made without one), oldest first.
         """
-        return self._many("order_id=? ORDER BY created", (order,))
+        return self._many("order_id=? AND COALESCE(terminal, '')=? ORDER BY created", (order, terminal or ""))
 
     def unfinished(self):
         """
@@ -490,12 +494,12 @@ class PlatformJournal:
 def _brokeOrderIndex(error):
     """
     Whether the uniqueness C{error} is that of L{ORDER_INDEX} (PostgreSQL
-    names the index; SQLite its column).
+    names the index in its diagnostics; SQLite in its message).
     """
     diag = getattr(error, "diag", None)
     if diag is not None:
         return diag.constraint_name == ORDER_INDEX
-    return "entries.order_id" in str(error)
+    return ORDER_INDEX in str(error)
 
 
 class Reversals:
