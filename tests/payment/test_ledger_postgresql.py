@@ -222,3 +222,40 @@ class NodesTests(RealReactorTestCase):
         self.assertEqual((yield node.apply(purchase("000002", 100)))["resp"], "00")
         account = yield node.account(PAN)
         self.assertEqual(account["balance"], 10000 - 200)
+
+    @inlineCallbacks
+    def test_connectionLostAfterCommit(self):
+        """
+        The connection goes as a batch commits: the commit is durable but
+        the node hears only an error. It reconnects, runs the batch again,
+        finds every request in the journal and answers as first applied;
+        nothing moves twice.
+        """
+        (node,) = yield self.nodes(1)
+        node.reconnectDelay = 0.05
+        url = self.url
+        cut = []
+        commit = PostgreSQLLedgerStore.commit
+
+        def commitThenLose(store):
+            commit(store)
+            if cut:
+                return
+            cut.append(True)
+            # The server ends the node's session, as when it restarts.
+            with psycopg.connect(url, autocommit=True) as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            store.conn.execute("SELECT 1")
+
+        self.patch(PostgreSQLLedgerStore, "commit", commitThenLose)
+        answers = yield defer.gatherResults([node.apply(purchase("%06d" % (n,), 100)) for n in range(1, 6)])
+        self.assertEqual(answers, [{"resp": "00"}] * 5)
+        self.assertEqual(cut, [True])
+        account = yield node.account(PAN)
+        self.assertEqual(account["balance"], 10000 - 500)
+        self.assertGreaterEqual(node.stats()["reconnects"], 1)
+        recent = yield node.recent(100)
+        self.assertEqual(len(recent), 5)
