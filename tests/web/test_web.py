@@ -624,8 +624,14 @@ class StatusTests(SynchronousTestCase):
         for key in ("sinceFrameIn", "sinceFrameOut", "inFlight", "rttP50ms", "rttP99ms", "timeouts", "reconnects", "violations"):
             self.assertIn(key, link)
         self.assertEqual(data["journal"], {"approved": 1})
+        self.assertEqual(data["database"]["up"], True)
         code, page = answer(rig.call("GET", "/"))
         self.assertEqual(code, 200)
+        self.assertIn("database %s up (reconnected 0 times)" % (data["database"]["where"],), page)
+        rig.service.journal.store.databaseUp = False
+        _, page = answer(rig.call("GET", "/"))
+        self.assertIn("DOWN, answers wait", page)
+        rig.service.journal.store.databaseUp = True
         self.assertIn('data-endpoint="127.0.0.1:7001" data-state="ready"', page)
         self.assertIn('<meta http-equiv="refresh" content="5">', page)
         self.assertIn("link ready", page)

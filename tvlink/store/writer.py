@@ -234,14 +234,23 @@ class WriterStore:
             del self.batchSizes[:512]
         return results
 
+    def _emit(self, log, format, **fields):
+        """
+        Log from the writer: on the reactor thread when there is one.
+        """
+        if self.threaded:
+            self.reactor.callFromThread(log, format, **fields)
+        else:
+            log(format, **fields)
+
     def _lost(self, error):
         self.databaseUp = False
-        self.reactor.callFromThread(
+        self._emit(
             self.log.error,
             "store {path}: connection to the database lost ({why}); its transaction failed",
             store_event="database-lost",
             path=self.path,
-            why=str(error).strip(),
+            why=" ".join(str(error).split()),
         )
 
     def _connectAgain(self):
@@ -251,9 +260,7 @@ class WriterStore:
             return False
         self.databaseUp = True
         self.reconnects += 1
-        self.reactor.callFromThread(
-            self.log.info, "store {path}: connected to the database again", store_event="reconnected", path=self.path
-        )
+        self._emit(self.log.info, "store {path}: connected to the database again", store_event="reconnected", path=self.path)
         return True
 
     def _deliver(self, results):
