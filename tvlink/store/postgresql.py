@@ -20,6 +20,7 @@ import re
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
+import psycopg.conninfo
 from psycopg_pool import ConnectionPool
 
 from tvlink.store.writer import WriterStore
@@ -149,6 +150,26 @@ class Connection:
 # -- connecting and the schema ---------------------------------------------
 
 
+#: libpq settings a store's connections get unless the URL sets them: a
+#: bounded connect, and TCP keepalives that notice a database host gone
+#: silent within about half a minute rather than the system's two hours.
+CONNECTION_DEFAULTS = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5", "keepalives_count": "3"}
+
+
+def connectionOptions(url, timeout):
+    """
+    The keyword arguments of every connection to C{url}: autocommit (the
+    stores begin their transactions explicitly), a connect timeout of
+    C{timeout} seconds, and L{CONNECTION_DEFAULTS}, each unless the URL
+    gives its own.
+    """
+    given = psycopg.conninfo.conninfo_to_dict(url)
+    options = {"autocommit": True}
+    defaults = dict(CONNECTION_DEFAULTS, connect_timeout=str(max(1, int(timeout))))
+    options.update({name: value for name, value in defaults.items() if name not in given})
+    return options
+
+
 def openPool(url, timeout=10.0, size=1):
     """
     A psycopg-pool pool of C{size} connections to C{url}, open, with one
@@ -157,15 +178,16 @@ def openPool(url, timeout=10.0, size=1):
     @raise DatabaseUnavailable: naming the URL (password masked) and why.
     """
     url = checkURL(url)
+    options = connectionOptions(url, timeout)
     try:
         # One direct attempt first: its error says why (refused, no such
         # database, bad password); the pool's own says only "timeout".
-        psycopg.connect(url, connect_timeout=max(1, int(timeout)), autocommit=True).close()
+        psycopg.connect(url, **options).close()
         pool = ConnectionPool(
             url,
             min_size=size,
             max_size=size,
-            kwargs={"autocommit": True},
+            kwargs=options,
             open=False,
             timeout=timeout,
             name="tvlink",
