@@ -28,7 +28,16 @@ import tempfile
 from twisted.internet import defer
 
 from tests import pgcluster
-from tests.processes import ReactorTestCase, pause, runTwistd, spawnPython, spawnTwistd, startPayment, waitUntil
+from tests.processes import (
+    ReactorTestCase,
+    getReactor,
+    pause,
+    runTwistd,
+    spawnPython,
+    spawnTwistd,
+    startPayment,
+    waitUntil,
+)
 from tests.system.test_money_fault import journalled, reachedQuota, verify
 from tests.webkit import fetch, freePort
 
@@ -213,3 +222,59 @@ class UnreachableTests(ReactorTestCase):
             self.assertNotEqual(child.status, 0, said)
             self.assertIn("cannot connect to the database %s" % (url.replace(":s3cret", ":***"),), said)
             self.assertNotIn("s3cret", said)
+
+
+class TakeoverTests(ReactorTestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_killedPlatformsReversalTakenOver(self):
+        """
+        A platform process whose purchase is in doubt (the answer lost) is
+        killed while it repeats the reversal; another platform process on
+        the same journal takes the entry over once the lease has run out
+        and finishes the reversal: the money is back, the entry reversed
+        once.
+        """
+        from tvlink.testing.faultproxy import FaultProxy
+
+        ledger, journal = pgcluster.newDatabase(), pgcluster.newDatabase()
+        folder = tempfile.mkdtemp(prefix="tvlink-scaleout-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        for argv in (["init"], ["open", CARDS[0], "10000"]):
+            child = spawnPython(self, ["-m", "tvlink", "ledger", "--db", ledger] + argv, "tvlink ledger", folder)
+            self.assertEqual((yield child.whenEnded(30)), 0, child.tail())
+        payment, port = yield startPayment(self, "--ledger", ledger, *FAST)
+        proxy = FaultProxy("127.0.0.1", port, reactor=getReactor())
+        yield proxy.start()
+        self.addCleanup(proxy.stop)
+        platforms, webs = [], []
+        for name, target in (("first", proxy.port), ("second", port)):
+            http = freePort()
+            platform = spawnTwistd(
+                self, "platform", "--connect", "127.0.0.1:%d" % (target,), "--http", "tcp:%d:interface=127.0.0.1" % (http,),
+                "--journal", journal, "--journal-owner", name, "--journal-lease", "2", "--sender", name.upper(),
+                "--timeout", "1", "--terminal-deadline", "3", *FAST, name="platform " + name,
+            )
+            yield platform.waitFor(r"link 127\.0\.0\.1:%d ready" % (target,), 20)
+            platforms.append(platform)
+            webs.append("http://127.0.0.1:%d/v1/payments" % (http,))
+        # Answers from the payment node no longer reach the first process.
+        proxy.setMode("blackhole", direction="down")
+        code, body = yield fetch("POST", webs[0], {"card": CARDS[0], "amount": 700, "order": "lost-answer"})
+        self.assertEqual((code, body["state"]), (504, "in-doubt"), body)
+        yield platforms[0].waitFor(r"reversal of .* not acknowledged yet", 10)
+        platforms[0].signal("KILL")
+        yield platforms[0].whenEnded(10)
+        yield platforms[1].waitFor(r"took over FIRST/\S+ from first", 15)
+        with ledgerConnection(journal) as conn:
+
+            def final():
+                return conn.execute("SELECT state, owner FROM entries WHERE order_id = 'lost-answer'").fetchall()
+
+            yield waitUntil(lambda: final() == [("reversed", "second")], 15, "the entry to be reversed by the second")
+        with ledgerConnection(ledger) as conn:
+            balance = conn.execute("SELECT balance FROM accounts").fetchone()[0]
+            states = conn.execute("SELECT mti, state FROM journal ORDER BY id").fetchall()
+        self.assertEqual(balance, 10000)
+        self.assertEqual(states, [("0200", "reversed"), ("0420", "approved")])
