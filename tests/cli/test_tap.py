@@ -66,6 +66,17 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(service._journalOption, "sqlite:" + path)
         self.assertEqual(service.terminal_deadline, 90)
 
+    def test_platform_journal_on_postgresql(self):
+        url = "postgresql://tvlink@db.example:5432/journal"
+        config = parse(
+            "platform", "--connect", "h:1", "--journal", url, "--journal-owner", "plat1", "--journal-lease", "7.5"
+        )
+        service = makeService(config, reactor=MemoryReactorClock())
+        self.assertEqual(service._journalOption, url)
+        self.assertEqual(service._journalLease, ("plat1", 7.5))
+        config = parse("payment", "--listen", "tcp:0", "--ledger", "postgresql://tvlink@db.example:5432/ledger")
+        self.assertEqual(config.subOptions.ledger, ("postgresql", "postgresql://tvlink@db.example:5432/ledger"))
+
     def test_platform_card_key(self):
         import os
 
@@ -114,6 +125,10 @@ class OptionsTests(SynchronousTestCase):
             (("platform", "--connect", "h:1", "--timeout", "60"), "--terminal-deadline"),
             (("platform", "--connect", "h:1", "--journal", "sqlite:"), "--journal"),
             (("platform", "--connect", "h:1", "--journal", "/no/such/dir/j.db"), "--journal"),
+            (("platform", "--connect", "h:1", "--journal", "postgresql://u@h:5432"), "--journal"),
+            (("platform", "--connect", "h:1", "--journal-lease", "0"), "--journal-lease"),
+            (("platform", "--connect", "h:1", "--journal-owner", " "), "--journal-owner"),
+            (("payment", "--listen", "tcp:0", "--ledger", "postgresql://u@h:x/d"), "--ledger"),
             (("sandbox", "--port", "99999"), "--port"),
             (("sandbox", "--echo-interval", "x"), "--echo-interval"),
             ((), "payment"),

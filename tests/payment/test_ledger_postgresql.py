@@ -30,8 +30,9 @@ from tvlink.payment import accounts
 from tvlink.payment.errors import LedgerError, LedgerNotFound
 from tvlink.payment.ledger import PaymentLedger
 from tvlink.payment.rules import ACTIVE, FROZEN, applyMessage, stateOf
+from tvlink.payment.service import parseLedgerSpec
 from tvlink.store.ledgersql import SCHEMA_VERSION, PostgreSQLLedgerStore, openLedgerStore
-from tvlink.store.postgresql import maskURL
+from tvlink.store.postgresql import checkURL, maskURL
 
 
 class StoreTests(unittest.SynchronousTestCase):
@@ -106,6 +107,12 @@ class StoreTests(unittest.SynchronousTestCase):
         row = store.conn.execute("SELECT version FROM tvlink_schema WHERE component = 'ledger'").fetchone()
         self.assertEqual(row[0], SCHEMA_VERSION)
 
+
+class UnreachableTests(unittest.SynchronousTestCase):
+    """
+    Without a server at all.
+    """
+
     def test_unreachable(self):
         """
         A server that is not there: an error naming the URL, the password
@@ -116,6 +123,22 @@ class StoreTests(unittest.SynchronousTestCase):
         self.assertIn("postgresql://tvlink:***@127.0.0.1:1/ledger", str(error))
         self.assertNotIn("s3cret", str(error))
         self.assertEqual(maskURL("postgresql://u@h:5/d"), "postgresql://u@h:5/d")
+
+    def test_badURLs(self):
+        """
+        A URL without a database, or with a port that is not a number, is
+        refused before any connection, saying why.
+        """
+        for url, words in (
+            ("postgresql://u@h:5432", "no database name"),
+            ("postgresql://u:pw@h:x/d", "port is not a number"),
+            ("postgresql:///d", "no host"),
+        ):
+            error = self.assertRaises(ValueError, checkURL, url)
+            self.assertIn(words, str(error))
+            self.assertNotIn(":pw@", str(error))
+        self.assertEqual(parseLedgerSpec("postgresql://u@h:5432/d"), ("postgresql", "postgresql://u@h:5432/d"))
+        self.assertRaises(ValueError, parseLedgerSpec, "postgresql://u@h:5432")
 
 
 class NodesTests(RealReactorTestCase):
