@@ -282,3 +282,26 @@ class NodesTests(RealReactorTestCase):
         self.assertGreaterEqual(node.stats()["reconnects"], 1)
         recent = yield node.recent(100)
         self.assertEqual(len(recent), 5)
+
+    @inlineCallbacks
+    def test_deadlockedBatchRunAgain(self):
+        """
+        A batch PostgreSQL rolls back for a deadlock with another node is
+        run again whole, and applied once.
+        """
+        (node,) = yield self.nodes(1)
+        commit = PostgreSQLLedgerStore.commit
+        deadlocks = []
+
+        def deadlockOnce(store):
+            if not deadlocks:
+                deadlocks.append(True)
+                raise psycopg.errors.DeadlockDetected("deadlock detected (a test's)")
+            commit(store)
+
+        self.patch(PostgreSQLLedgerStore, "commit", deadlockOnce)
+        answers = yield defer.gatherResults([node.apply(purchase("%06d" % (n,), 100)) for n in range(1, 4)])
+        self.assertEqual(answers, [{"resp": "00"}] * 3)
+        self.assertEqual(node.stats()["retriedBatches"], 1)
+        account = yield node.account(PAN)
+        self.assertEqual(account["balance"], 10000 - 300)

@@ -174,3 +174,26 @@ class LostDatabaseTests(ReactorTestCase):
         self.assertEqual(journal.store.reconnects, 1)
         counts = yield journal.counts()
         self.assertEqual(counts, {"pending": 2})
+
+
+class DeadlockTests(SynchronousTestCase):
+    def test_deadlockedBatchRunAgain(self):
+        """
+        A journal batch rolled back for a deadlock with another process is
+        run again whole; its work is done once.
+        """
+        journal = PlatformJournal(pgcluster.newDatabase(), reactor=Clock(), threaded=False)
+        self.addCleanup(journal.close)
+        deadlocks = []
+
+        def deadlockOnce(conn):
+            conn.execute("INSERT INTO owners (name, lease_until) VALUES ('x', 1)")
+            if not deadlocks:
+                deadlocks.append(True)
+                raise psycopg.errors.DeadlockDetected("deadlock detected (a test's)")
+            return "done"
+
+        self.assertEqual(self.successResultOf(journal.store.submit(deadlockOnce)), "done")
+        self.assertEqual(journal.store.retried, 1)
+        rows = self.successResultOf(journal.store.query("SELECT name FROM owners"))
+        self.assertEqual(rows, [("x",)])
