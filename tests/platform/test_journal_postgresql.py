@@ -194,6 +194,6 @@ class DeadlockTests(SynchronousTestCase):
             return "done"
 
         self.assertEqual(self.successResultOf(journal.store.submit(deadlockOnce)), "done")
-        self.assertEqual(journal.store.retried, 1)
+        self.assertEqual(journal.store.retriedBatches, 1)
         rows = self.successResultOf(journal.store.query("SELECT name FROM owners"))
         self.assertEqual(rows, [("x",)])

@@ -729,6 +729,7 @@ class MetricsTests(SynchronousTestCase):
         )
         self.assertEqual(samples[("tvlink_store_database_up", (("store", "journal"),))], 1)
         self.assertEqual(samples[("tvlink_store_reconnects_total", (("store", "journal"),))], 0)
+        self.assertEqual(samples[("tvlink_store_retried_batches_total", (("store", "journal"),))], 0)
 
     def test_payment(self):
         """

@@ -53,7 +53,7 @@ class WriterStore:
     @ivar databaseUp: C{False} from a lost connection until the store is
         connected again.
     @ivar reconnects: connections made again after one was lost.
-    @ivar retried: batches run again after a deadlock.
+    @ivar retriedBatches: batches run again after a deadlock.
     """
 
     log = Logger(namespace="tvlink.store")
@@ -76,7 +76,7 @@ class WriterStore:
         self.closed = False
         self.databaseUp = True
         self.reconnects = 0
-        self.retried = 0
+        self.retriedBatches = 0
         self._queue = queue.Queue()
         self._closed = Deferred()
 
@@ -193,7 +193,7 @@ class WriterStore:
             try:
                 return self._transaction(batch)
             except _Retry:
-                self.retried += 1
+                self.retriedBatches += 1
         return self._transaction(batch, retry=False)
 
     def _transaction(self, batch, retry=True):

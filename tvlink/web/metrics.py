@@ -120,6 +120,7 @@ class _Collector:
         sizes = _histogram("store_commit_batch_size", "Pieces of work per SQLite commit (group commit)", ("store",))
         up = _gauge("store_database_up", "1 while the store's database is reachable, 0 while it is lost", ("store",))
         reconnects = _counter("store_reconnects", "Connections to the store's database made again after a loss", ("store",))
+        retried = _counter("store_retried_batches", "Batches run again after a deadlock with another process", ("store",))
         for name, store in stores.items():
             if store is None or not hasattr(store, "commits"):
                 continue
@@ -127,13 +128,14 @@ class _Collector:
             if hasattr(store, "databaseUp"):
                 up.add_metric([name], 1 if store.databaseUp else 0)
                 reconnects.add_metric([name], store.reconnects)
+                retried.add_metric([name], store.retriedBatches)
             if hasattr(store, "batchSizes"):
                 tracker = self.stores.get(name)
                 if tracker is None:
                     tracker = self.stores[name] = BatchSizes()
                 tracker.update(store)
                 sizes.add_metric([name], tracker.buckets.cumulative(), tracker.buckets.sum)
-        return [commits, sizes, up, reconnects]
+        return [commits, sizes, up, reconnects, retried]
 
 
 class PlatformCollector(_Collector):
@@ -330,7 +332,6 @@ class PaymentCollector(_Collector):
             ("failedCommits", "ledger_failed_commits", _counter, "Ledger commits that failed"),
             ("commitSeconds", "ledger_commit_seconds", _counter, "Time spent committing"),
             ("voids", "ledger_voids", _counter, "Work voided before it was applied"),
-            ("retriedBatches", "ledger_retried_batches", _counter, "Batches run again after a deadlock with another node"),
             ("largestBatch", "ledger_batch_largest", _gauge, "Most requests one ledger commit held"),
             ("meanBatch", "ledger_batch_mean", _gauge, "Requests per ledger commit, on average"),
             ("queued", "ledger_queued", _gauge, "Requests waiting for the ledger writer"),
