@@ -96,6 +96,13 @@ class OrderTaken(RequestError):
         self.order = order
 
 
+class JournalUnavailable(RequestError):
+    """
+    The journal's database could not be reached to journal a purchase or
+    refund, so it was not sent.
+    """
+
+
 class SignOnRefused(TVLinkError):
     """
     The payment side answered the sign-on with a code other than C{00}.

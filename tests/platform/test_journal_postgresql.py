@@ -8,7 +8,7 @@ without one they are skipped, under CI they fail.
 """
 
 import psycopg
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import fail, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
@@ -17,7 +17,7 @@ from tests import pgcluster
 from tests.helpers import Events, PoolRig
 from tests.platform.test_journal import OLD_SCHEMA, SilentThenDemo, purchase
 from tests.processes import ReactorTestCase
-from tvlink.errors import OrderTaken
+from tvlink.errors import JournalUnavailable, OrderTaken
 from tvlink.platform.journal import ADDED_COLUMNS, SCHEMA_VERSION, PlatformJournal
 from tvlink.web.status import databaseStatus
 
@@ -154,8 +154,8 @@ class LostDatabaseTests(ReactorTestCase):
     @inlineCallbacks
     def test_lostAndBack(self):
         """
-        While the server is down, work fails (the request is not sent) and
-        the store says the database is down; once it is back the store
+        While the server is down, work fails (the request is not sent:
+        C{ConnectionError}) and the store says the database is down; once it is back the store
         reconnects, and the status data and metrics say so.
         """
         journal = PlatformJournal(pgcluster.newDatabase())
@@ -164,7 +164,7 @@ class LostDatabaseTests(ReactorTestCase):
         server = pgcluster.cluster()
         yield deferToThread(server.stopServer)
         try:
-            yield self.assertFailure(journal.record(entry("000002")), psycopg.OperationalError)
+            yield self.assertFailure(journal.record(entry("000002")), ConnectionError)
             self.assertFalse(journal.store.databaseUp)
             self.assertEqual(databaseStatus(journal.store)["up"], False)
         finally:
@@ -197,3 +197,37 @@ class DeadlockTests(SynchronousTestCase):
         self.assertEqual(journal.store.retriedBatches, 1)
         rows = self.successResultOf(journal.store.query("SELECT name FROM owners"))
         self.assertEqual(rows, [("x",)])
+
+    @inlineCallbacks
+    def test_restartedWhileIdle(self):
+        """
+        The server restarts while the journal's connection sits idle: the
+        next work finds the connection gone before it began, connects
+        again and is done, not failed.
+        """
+        journal = PlatformJournal(pgcluster.newDatabase())
+        self.addCleanup(journal.close)
+        yield journal.record(entry("000001"))
+        server = pgcluster.cluster()
+        yield deferToThread(server.stopServer)
+        yield deferToThread(server.startServer)
+        yield journal.record(entry("000002"))
+        self.assertEqual(journal.store.reconnects, 1)
+        self.assertTrue(journal.store.databaseUp)
+
+
+class UnreachableJournalTests(SynchronousTestCase):
+    def test_requestNotSent(self):
+        """
+        A purchase whose journal entry cannot be written because the
+        database is unreachable fails with L{JournalUnavailable} and is not
+        sent.
+        """
+        handler = SilentThenDemo()
+        rig = PoolRig(ports=(7001,), handlers=[handler], journalPath=self.mktemp(), timeout=5)
+        self.addCleanup(rig.service.journal.close)
+        self.patch(rig.service.journal, "record", lambda message, terminal=None: fail(ConnectionError("unreachable")))
+        failure = self.failureResultOf(rig.service.request(purchase(400)), JournalUnavailable)
+        self.assertIn("was not sent: unreachable", str(failure.value))
+        rig.flush()
+        self.assertEqual(handler.spent, {})

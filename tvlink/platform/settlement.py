@@ -17,6 +17,7 @@ from tvlink.errors import (
     InDoubtAnswer,
     InDoubtLinkLost,
     InDoubtTimeout,
+    JournalUnavailable,
     LinkLost,
     NoLinkAvailable,
     OrderTaken,
@@ -182,6 +183,8 @@ class Settlement:
             raise _Unsent(failure.value)
         if failure.check(*INTEGRITY_ERRORS):
             raise _Unsent(DuplicateKey("transaction %s is already journalled" % ("/".join(key),)))
+        if failure.check(ConnectionError):
+            raise _Unsent(JournalUnavailable("transaction %s was not sent: %s" % ("/".join(key), failure.value)))
         return failure
 
     def _settled(self, answer, key):

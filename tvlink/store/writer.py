@@ -23,6 +23,13 @@ class _Retry(Exception):
     """
 
 
+class _Stale(Exception):
+    """
+    The connection was gone before the batch began: run it again on a new
+    one.
+    """
+
+
 class WriterStore:
     """
     One database, one writer.
@@ -187,20 +194,36 @@ class WriterStore:
 
     def _apply(self, batch):
         if not self.databaseUp and not self._connectAgain():
-            failure = Failure(ConnectionError("the database of %s is unreachable" % (self.path,)))
-            return [(d, failure) for work, args, d in batch]
+            return self._unreachable(batch)
         for attempt in range(self.maxRetries):
             try:
                 return self._transaction(batch)
             except _Retry:
                 self.retriedBatches += 1
+            except _Stale:
+                # Gone before anything was sent (a server that restarted
+                # while the connection sat idle): connect and try again.
+                if not self._connectAgain():
+                    return self._unreachable(batch)
         return self._transaction(batch, retry=False)
+
+    def _unreachable(self, batch):
+        failure = Failure(ConnectionError("the database of %s is unreachable" % (self.path,)))
+        return [(d, failure) for work, args, d in batch]
 
     def _transaction(self, batch, retry=True):
         conn = self.conn
         results = []
         try:
             conn.execute(self.BEGIN)
+        except BaseException as e:
+            failure = Failure()
+            if self.lost(e):
+                self._lost(e)
+                if retry:
+                    raise _Stale() from None
+            return [(d, failure) for work, args, d in batch]
+        try:
             for work, args, d in batch:
                 conn.execute("SAVEPOINT piece")
                 try:
