@@ -175,6 +175,23 @@ class LostDatabaseTests(ReactorTestCase):
         counts = yield journal.counts()
         self.assertEqual(counts, {"pending": 2})
 
+    @inlineCallbacks
+    def test_restartedWhileIdle(self):
+        """
+        The server restarts while the journal's connection sits idle: the
+        next work finds the connection gone before it began, connects
+        again and is done, not failed.
+        """
+        journal = PlatformJournal(pgcluster.newDatabase())
+        self.addCleanup(journal.close)
+        yield journal.record(entry("000001"))
+        server = pgcluster.cluster()
+        yield deferToThread(server.stopServer)
+        yield deferToThread(server.startServer)
+        yield journal.record(entry("000002"))
+        self.assertEqual(journal.store.reconnects, 1)
+        self.assertTrue(journal.store.databaseUp)
+
 
 class DeadlockTests(SynchronousTestCase):
     def test_deadlockedBatchRunAgain(self):
@@ -197,23 +214,6 @@ class DeadlockTests(SynchronousTestCase):
         self.assertEqual(journal.store.retriedBatches, 1)
         rows = self.successResultOf(journal.store.query("SELECT name FROM owners"))
         self.assertEqual(rows, [("x",)])
-
-    @inlineCallbacks
-    def test_restartedWhileIdle(self):
-        """
-        The server restarts while the journal's connection sits idle: the
-        next work finds the connection gone before it began, connects
-        again and is done, not failed.
-        """
-        journal = PlatformJournal(pgcluster.newDatabase())
-        self.addCleanup(journal.close)
-        yield journal.record(entry("000001"))
-        server = pgcluster.cluster()
-        yield deferToThread(server.stopServer)
-        yield deferToThread(server.startServer)
-        yield journal.record(entry("000002"))
-        self.assertEqual(journal.store.reconnects, 1)
-        self.assertTrue(journal.store.databaseUp)
 
 
 class UnreachableJournalTests(SynchronousTestCase):
