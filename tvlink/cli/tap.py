@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from tvlink.cli.codecopts import CodecOptions, EndpointCodecOptions
+from tvlink.cli.filesopts import PaymentFilesOptions, PlatformFilesOptions, withFiles
 from tvlink.link import wire
 from tvlink.link.settings import positive
 from tvlink.platform.endpoints import parseGroups
@@ -179,7 +180,7 @@ class _PlatformTLSOptions(_TLSOptions):
     ]
 
 
-class PaymentOptions(_PaymentTLSOptions, _LinkOptions):
+class PaymentOptions(PaymentFilesOptions, _PaymentTLSOptions, _LinkOptions):
     synopsis = "--listen ENDPOINT [options]"
     longdesc = "Run the payment side: listen for platform links."
     optParameters = [
@@ -231,9 +232,10 @@ class PaymentOptions(_PaymentTLSOptions, _LinkOptions):
         self.backend_timeout = self._positive("backend-timeout")
         self.linkOptions["sign_on_timeout"] = self._positive("sign-on-timeout")
         self.http = _httpOption(self)
+        self._filesOptions()
 
 
-class PlatformOptions(EndpointCodecOptions, _PlatformTLSOptions, _LinkOptions):
+class PlatformOptions(PlatformFilesOptions, EndpointCodecOptions, _PlatformTLSOptions, _LinkOptions):
     synopsis = "--connect HOST:PORT[,HOST:PORT...] [--connect ...] [options]"
     longdesc = (
         "Run the platform side: keep links to each payment endpoint and spread "
@@ -310,6 +312,7 @@ class PlatformOptions(EndpointCodecOptions, _PlatformTLSOptions, _LinkOptions):
             )
         self.linkOptions["balance"] = self["balance"]
         self._endpointCodecs()
+        self._filesOptions()
         if not self.linkOptions["timeout"] < self.linkOptions["terminal_deadline"]:
             raise usage.UsageError(
                 "--timeout (%gs) must be below --terminal-deadline (%gs)"
@@ -384,7 +387,8 @@ def makeService(config, reactor=None):
     Build the service twistd runs from parsed L{Options}: the role's
     service, and with C{--http} its web side in front of it.
     """
-    service = _withWeb(config, _makeRoleService(config, reactor))
+    role = _makeRoleService(config, reactor)
+    service = withFiles(config, role, _withWeb(config, role))
     _exitZeroAfterStop(reactor)
     return service
 

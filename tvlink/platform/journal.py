@@ -111,6 +111,22 @@ def rekeyCards(conn, old, new):
     return resealed, already
 
 
+def moneyMovingBetween(conn, start, end, sender):
+    """
+    The purchase and refund entries of C{sender} with transmission times
+    from C{start} to before C{end} (C{MMDDhhmmss}, a reconciliation
+    file's day), as C{dict}s of L{COLUMNS}, read on the SQLite connection
+    C{conn}.
+    """
+    rows = conn.execute(
+        "SELECT %s FROM entries WHERE sender = ? AND time >= ? AND time < ?"
+        " AND ((mti = '0200' AND proc = '000000') OR (mti = '0220' AND proc = '200000'))"
+        " ORDER BY time, stan" % (", ".join(COLUMNS),),
+        (sender, start, end),
+    ).fetchall()
+    return [_row(row) for row in rows]
+
+
 def isMoneyMoving(message):
     """
     Whether C{message} may move money: a purchase or a refund.

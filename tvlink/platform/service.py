@@ -19,6 +19,7 @@ from tvlink.platform.breaker import CircuitBreaker
 from tvlink.platform.draining import Draining
 from tvlink.platform.endpoints import parseGroups
 from tvlink.platform.factory import PlatformFactory
+from tvlink.platform.files import PlatformFiles
 from tvlink.platform.journal import PlatformJournal, isMoneyMoving
 from tvlink.platform.pool import RequestQueue, getBalancer
 from tvlink.platform.settlement import Settlement
@@ -45,7 +46,7 @@ class PlatformHandler:
         return {"resp": wire.INVALID_TRANSACTION}
 
 
-class PlatformService(Draining, LinkService):
+class PlatformService(PlatformFiles, Draining, LinkService):
     """
     An L{IService} holding links to one or more payment endpoints and
     spreading requests over them.
@@ -73,6 +74,8 @@ class PlatformService(Draining, LinkService):
         must be below it (the per-hop timeout ladder).
     @param endpoint_codecs: C{{"HOST:PORT": codec}} for endpoints whose
         codec differs from the service's C{codec}.
+    @param files_endpoint: C{"HOST:PORT"} of the payment node's file
+        service, for L{listFiles}, L{fetchFile} and L{sendFile}.
     @param options: C{heartbeat}, C{idle_timeout}, C{timeout},
         C{header}, C{max_frame}, C{frame_timeout}, C{sender},
         C{echo_interval}, C{reactor} (see L{tvlink.link.settings.LinkSettings}).
@@ -103,9 +106,11 @@ class PlatformService(Draining, LinkService):
         vault=None,
         terminal_deadline=60.0,
         endpoint_codecs=None,
+        files_endpoint=None,
         **options
     ):
         self.groups = parseGroups(endpoints)
+        self.filesEndpoint = files_endpoint
         self.endpoints = [e for group in self.groups for e in group]
         LinkService.__init__(
             self, handler=handler if handler is not None else PlatformHandler(), **options

@@ -1,0 +1,153 @@
+"""
+The reconciliation file at the command line.
+
+    tvlink ledger --db PATH reconcile-file --date YYYYMMDD --sender ID
+        [--cutover HH:MM] [--writer ID] [--out PATH | --files-dir DIR]
+    tvlink reconcile --journal PATH --file PATH [--csv PATH | --json PATH]
+
+C{reconcile-file} writes the payment side's file of one sender and day
+from the ledger (to standard output, to C{--out}, or into the sender's
+directory of the file service). C{tvlink reconcile} checks such a file
+against the platform's journal, prints a table, writes a machine copy,
+and exits 0 when everything agrees, 1 when anything disagrees, 2 on bad
+arguments, 3 when the file or the journal cannot be read.
+"""
+
+import os
+import sqlite3
+import sys
+import time
+
+from tvlink.cli.commands import CommandParser
+from tvlink.files import compare, reconcile
+from tvlink.files.names import FileStore, NameRefused, checkSender
+
+#: Exit statuses of C{tvlink reconcile}.
+AGREE = 0
+DISAGREE = 1
+USAGE = 2
+UNREADABLE = 3
+
+
+def addReconcileFileCommand(command):
+    """
+    Add C{reconcile-file} to C{tvlink ledger} (C{command} from
+    L{tvlink.cli.commands.databaseParser}).
+    """
+    sub = command("reconcile-file", "write the reconciliation file of one sender and day")
+    sub.add_argument("--date", required=True, metavar="YYYYMMDD", help="the day")
+    sub.add_argument("--sender", required=True, metavar="ID", help="the sender institution (the platform's id)")
+    sub.add_argument("--cutover", default="00:00", metavar="HH:MM", help="the day's cut-over (default 00:00)")
+    sub.add_argument("--writer", default="PAYMENT", metavar="ID", help="this payment institution's id")
+    where = sub.add_mutually_exclusive_group()
+    where.add_argument("--out", metavar="PATH", help="write here (default: standard output)")
+    where.add_argument("--files-dir", metavar="DIR", help="write into the sender's directory of the file service")
+
+
+def dayRows(fetch, date, cutover):
+    """
+    The rows of day C{date} from C{fetch(start, end)} over each range of
+    L{tvlink.files.reconcile.dayWindows}.
+    """
+    rows = []
+    for start, end in reconcile.dayWindows(date, cutover):
+        rows.extend(fetch(start, end))
+    return rows
+
+
+def reconcileFile(store, args, out):
+    """
+    C{tvlink ledger reconcile-file}: the file of C{args.sender} and
+    C{args.date} from the ledger C{store}.
+    """
+    try:
+        reconcile.parseDate(args.date)
+        cutover = reconcile.parseCutover(args.cutover)
+        checkSender(args.sender)
+    except (ValueError, NameRefused) as e:
+        out.write("tvlink ledger reconcile-file: %s\n" % (e,))
+        return USAGE
+    rows = dayRows(lambda start, end: store.moneyMovedBetween(start, end, args.sender), args.date, cutover)
+    created = reconcile.createdText(time.time())
+    try:
+        text = reconcile.renderFile(args.date, args.sender, rows, args.writer, created, cutover)
+    except ValueError as e:
+        out.write("tvlink ledger reconcile-file: %s\n" % (e,))
+        return USAGE
+    path = args.out
+    if args.files_dir is not None:
+        try:
+            folder = FileStore(args.files_dir).directory(args.sender, create=True)
+        except (ValueError, NameRefused) as e:
+            out.write("tvlink ledger reconcile-file: --files-dir: %s\n" % (e,))
+            return USAGE
+        path = os.path.join(folder, reconcile.fileName(args.date))
+    if path is None:
+        out.write(text)
+        return 0
+    reconcile.writeAtomically(path, text)
+    out.write("wrote %s: %d transactions of %s on %s\n" % (path, len(rows), args.sender, args.date))
+    return 0
+
+
+def _parser(out, err):
+    parser = CommandParser(
+        prog="tvlink reconcile",
+        description="Check the payment side's reconciliation file against the platform's journal.",
+    )
+    parser.out, parser.err = out, err
+    parser.add_argument("--journal", required=True, metavar="PATH", help="the platform's journal (PATH or sqlite:PATH)")
+    parser.add_argument("--file", required=True, metavar="PATH", help="the reconciliation file")
+    parser.add_argument("--sender", metavar="ID", help="whose entries to compare (default: the file's sender)")
+    copy = parser.add_mutually_exclusive_group()
+    copy.add_argument("--csv", metavar="PATH", help="write the result as CSV here ('-': standard output)")
+    copy.add_argument("--json", metavar="PATH", help="write the result as JSON here ('-': standard output)")
+    return parser
+
+
+def main(argv=None, out=None, err=None):
+    """
+    Run C{tvlink reconcile ARGV...}; return the exit status.
+    """
+    from tvlink.platform.journal import moneyMovingBetween, parseJournalOption
+
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    try:
+        args = _parser(out, err).parse_args(sys.argv[1:] if argv is None else list(argv))
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else USAGE
+    try:
+        with open(args.file, encoding="ascii") as f:
+            header, details, _ = reconcile.readFile(f.read())
+    except (OSError, UnicodeDecodeError, reconcile.BadReconciliationFile) as e:
+        err.write("tvlink reconcile: %s: %s\n" % (args.file, e))
+        return UNREADABLE
+    sender = args.sender or header["sender"]
+    try:
+        path = parseJournalOption(args.journal)
+    except ValueError as e:
+        err.write("tvlink reconcile: --journal: %s\n" % (e,))
+        return USAGE
+    if not os.path.isfile(path):
+        err.write("tvlink reconcile: no journal at %s\n" % (path,))
+        return UNREADABLE
+    try:
+        conn = sqlite3.connect("file:%s?mode=ro" % (os.path.abspath(path),), uri=True)
+        try:
+            entries = dayRows(
+                lambda start, end: moneyMovingBetween(conn, start, end, sender), header["date"], header["cutover"]
+            )
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        err.write("tvlink reconcile: journal %s: %s\n" % (path, e))
+        return UNREADABLE
+    report = compare.compare(details, entries)
+    out.write(compare.table(report, header))
+    for target, render in ((args.csv, lambda: compare.asCSV(report)), (args.json, lambda: compare.asJSON(report, header))):
+        if target == "-":
+            out.write(render())
+        elif target is not None:
+            reconcile.writeAtomically(target, render())
+    return DISAGREE if compare.disagrees(report) else AGREE

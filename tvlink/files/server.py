@@ -1,0 +1,428 @@
+"""
+The file service of the payment role (C{--files-listen}, C{--files-dir}):
+one short connection per transfer, each confined to the directory of the
+sender institution it names (L{tvlink.files.names.FileStore}).
+"""
+
+import hashlib
+import os
+import time
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+
+from tvlink.files import protocol as fp
+from tvlink.files.names import FileStore, NameRefused, checkName, checkSender
+from tvlink.link.settings import LinkSettings, atLeast, globalReactor, positive
+
+#: Defaults of the limits (seconds, counts, bytes).
+DEFAULT_IDLE = 60.0
+DEFAULT_TOTAL = 3600.0
+DEFAULT_MAX_TRANSFERS = 8
+DEFAULT_MAX_SIZE = 4 * 1024**3
+
+
+def mtimeText(seconds):
+    return time.strftime("%Y%m%d%H%M%S", time.gmtime(seconds))
+
+
+class FileServerProtocol(fp.FileExchange):
+    """
+    One connection to the file service: one request, its answer, and for
+    a download or an upload the data and the last word.
+    """
+
+    log = Logger(namespace="tvlink.files")
+
+    state = "request"
+    sender = None
+    name = None
+    counted = False
+    part = None
+    partFile = None
+
+    def connectionMade(self):
+        factory = self.factory
+        self.settings, self.clock = factory.settings, factory.clock
+        self.idle, self.total = factory.idle, factory.total
+        fp.FileExchange.connectionMade(self)
+
+    def messageReceived(self, message):
+        if self.state == "request":
+            self.state = "answering"
+            self.requestReceived(message)
+        elif self.state == "sent" and message.get("op") == fp.RECEIVED:
+            self.downloadAcknowledged(message)
+        else:
+            self.protocolError("message %r unexpected while %s" % (message.get("op"), self.state))
+
+    def formatError(self, why):
+        if self.state == "request":
+            self.state = "answering"
+            self.refuse(fp.FORMAT_ERROR, why)
+        else:
+            self.protocolError(why)
+
+    def refuse(self, resp, reason, op=None):
+        self.log.warn(
+            "files: refused {op} of {name} from {peer} (sender {sender}): {resp} {reason}",
+            files_event="refused",
+            peer=self.peer,
+            sender=self.sender,
+            op=op,
+            name=self.name,
+            resp=resp,
+            reason=reason,
+        )
+        self.sendMessage({"op": fp.REFUSED, "resp": resp, "reason": reason})
+        self.finish(reason)
+
+    def requestReceived(self, message):
+        op = message.get("op")
+        if op not in fp.REQUESTS:
+            return self.refuse(fp.NOT_ALLOWED, "unknown request %r (list, get or put)" % (op,))
+        try:
+            self.sender = checkSender(message.get("sender"))
+        except NameRefused as e:
+            return self.refuse(fp.NOT_ALLOWED, str(e), op)
+        if op == fp.LIST:
+            return self.listFiles()
+        self.name = message.get("name")
+        if not self.factory.startTransfer():
+            return self.refuse(
+                fp.BUSY, "%d transfers already in progress; try later" % (self.factory.max_transfers,), op
+            )
+        self.counted = True
+        try:
+            if op == fp.GET:
+                d = self.startDownload(message)
+            else:
+                d = self.startUpload(message)
+        except NameRefused as e:
+            return self.refuse(fp.NOT_ALLOWED, str(e), op)
+        except FileNotFoundError:
+            return self.refuse(fp.NOT_FOUND, "no file %r" % (self.name,), op)
+        except ValueError as e:
+            return self.refuse(fp.BAD_SIZE, str(e), op)
+        except OSError as e:
+            return self.refuse(fp.STORAGE_ERROR, "storage: %s" % (e.strerror or e,), op)
+        d.addErrback(self._failed, op)
+
+    def _failed(self, failure, op):
+        if self.finished or failure.check(fp.ConnectionCut):
+            return None
+        if failure.check(OSError):
+            return self.refuse(fp.STORAGE_ERROR, "storage: %s" % (failure.getErrorMessage(),), op)
+        self.log.failure("files: {op} from {peer} failed", failure, op=op, peer=self.peer)
+        return self.refuse(fp.STORAGE_ERROR, "internal error", op)
+
+    # -- list ----------------------------------------------------------------
+
+    def listFiles(self):
+        try:
+            found = self.factory.store.listing(self.sender)
+        except NameRefused as e:
+            return self.refuse(fp.NOT_ALLOWED, str(e), fp.LIST)
+        files = [{"name": n, "size": fp.sizeText(s), "mtime": mtimeText(m)} for n, s, m in found]
+        self.log.info(
+            "files: listed {count} files for {peer} (sender {sender})",
+            files_event="listed",
+            peer=self.peer,
+            sender=self.sender,
+            count=len(files),
+        )
+        self.sendMessage({"op": fp.FILES, "resp": fp.OK, "files": files})
+        self.finish()
+
+    # -- download --------------------------------------------------------------
+
+    def startDownload(self, message):
+        offset = fp.parseSize(message.get("offset", "0"), "offset")
+        wanted = message.get("sha256")
+        f, size = self.factory.store.openForReading(self.sender, self.name)
+        self.partFile = f
+        d = self.factory.digestOf(f, size)
+
+        def digested(digest):
+            if self.finished:
+                return
+            start = offset if (wanted == digest and offset <= size) else 0
+            self.sendMessage(
+                {
+                    "op": fp.READY,
+                    "resp": fp.OK,
+                    "name": self.name,
+                    "size": fp.sizeText(size),
+                    "sha256": digest,
+                    "offset": fp.sizeText(start),
+                }
+            )
+            self.state = "sending"
+            self.size, self.offset = size, start
+            f.seek(start)
+            return self.sendData(f, size - start).addCallback(sent)
+
+        def sent(count):
+            self.state = "sent"
+
+        return d.addCallback(digested)
+
+    def downloadAcknowledged(self, message):
+        resp = message.get("resp")
+        event = "sent" if resp == fp.OK else "corrupt"
+        log = self.log.info if resp == fp.OK else self.log.warn
+        log(
+            "files: {name} sent to {peer} (sender {sender}), bytes {offset}-{size}; the peer says {resp}",
+            files_event=event,
+            peer=self.peer,
+            sender=self.sender,
+            name=self.name,
+            offset=self.offset,
+            size=self.size,
+            resp=resp,
+        )
+        self.finish()
+
+    # -- upload ------------------------------------------------------------------
+
+    def startUpload(self, message):
+        checkName(self.name)
+        size = fp.parseSize(message.get("size"), "size")
+        digest = message.get("sha256")
+        if not fp.isDigest(digest):
+            raise ValueError("sha256 must be 64 lower-case hex digits")
+        if size > self.factory.max_size:
+            raise ValueError("%d bytes is over the %d allowed" % (size, self.factory.max_size))
+        self.final = self.factory.store.path(self.sender, self.name, create=True)
+        self.part = self.factory.store.partPath(self.sender, self.name, digest)
+        self.size, self.expected = size, digest
+        have = 0
+        if os.path.lexists(self.part):
+            if os.path.islink(self.part) or not os.path.isfile(self.part):
+                raise NameRefused("the partial file of %r is not a plain file" % (self.name,))
+            have = os.path.getsize(self.part)
+            if have > size:
+                have = 0
+        d = self.factory.runInThread(fp.hashPrefix, self.part, have) if have else succeed(None)
+
+        def hashed(prefix):
+            if self.finished:
+                return
+            flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+            self.partFile = os.fdopen(os.open(self.part, flags, 0o640), "r+b")
+            self.partFile.truncate(have)
+            self.partFile.seek(have)
+            self.offset = have
+            self.sendMessage({"op": fp.READY, "resp": fp.OK, "name": self.name, "offset": fp.sizeText(have)})
+            self.state = "receiving"
+            self.startReceiving(self.partFile, prefix or hashlib.sha256(), size - have)
+
+        return d.addCallback(hashed)
+
+    def dataComplete(self, receiving):
+        f, self.partFile = self.partFile, None
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        got = receiving.digest.hexdigest()
+        if got != self.expected:
+            os.remove(self.part)
+            reason = "SHA-256 of the %d bytes received is %s, not %s" % (self.size, got, self.expected)
+            self.log.warn(
+                "files: upload of {name} from {peer} (sender {sender}) is corrupt; not stored: {reason}",
+                files_event="corrupt",
+                peer=self.peer,
+                sender=self.sender,
+                name=self.name,
+                reason=reason,
+            )
+            self.sendMessage({"op": fp.STORED, "resp": fp.CORRUPT, "reason": reason})
+            return self.finish(reason)
+        os.replace(self.part, self.final)
+        self.log.info(
+            "files: stored {name} from {peer} (sender {sender}): {size} bytes, {offset} of them from an "
+            "earlier try",
+            files_event="stored",
+            peer=self.peer,
+            sender=self.sender,
+            name=self.name,
+            size=self.size,
+            offset=self.offset,
+        )
+        self.sendMessage({"op": fp.STORED, "resp": fp.OK, "sha256": got})
+        self.finish()
+
+    def connectionLost(self, reason):
+        cut = not self.finished
+        fp.FileExchange.connectionLost(self, reason)
+        f, self.partFile = self.partFile, None
+        if f is not None:
+            f.close()
+            if self.state in ("receiving", "sending"):
+                self.log.info(
+                    "files: transfer of {name} with {peer} (sender {sender}) cut off: {why}",
+                    files_event="cut",
+                    peer=self.peer,
+                    sender=self.sender,
+                    name=self.name,
+                    why=self.closeReason if not cut else "the peer closed the connection",
+                )
+        if self.counted:
+            self.counted = False
+            self.factory.endTransfer()
+
+
+class FileServerFactory(ServerFactory):
+    """
+    The file service's connections: the store, the limits, a cache of
+    digests.
+
+    @ivar active: transfers (downloads and uploads) in progress.
+    """
+
+    protocol = FileServerProtocol
+    noisy = False
+
+    def __init__(
+        self,
+        store,
+        settings,
+        idle=DEFAULT_IDLE,
+        total=DEFAULT_TOTAL,
+        max_transfers=DEFAULT_MAX_TRANSFERS,
+        max_size=DEFAULT_MAX_SIZE,
+        runInThread=None,
+    ):
+        self.store = store
+        self.settings = settings
+        self.clock = settings.reactor
+        self.idle = positive("files idle", idle)
+        self.total = positive("files total", total)
+        self.max_transfers = atLeast("max_transfers", max_transfers, 1)
+        self.max_size = atLeast("max_size", max_size, 0)
+        self.runInThread = runInThread if runInThread is not None else fp.inThreadPool(self.clock)
+        self.active = 0
+        self._digests = {}
+
+    def startTransfer(self):
+        if self.active >= self.max_transfers:
+            return False
+        self.active += 1
+        return True
+
+    def endTransfer(self):
+        self.active -= 1
+
+    def digestOf(self, f, size):
+        """
+        A L{Deferred} of the SHA-256 of the open file C{f} (hex), from the
+        cache while the file is unchanged.
+        """
+        info = os.fstat(f.fileno())
+        stamp = (info.st_dev, info.st_ino, size, info.st_mtime_ns)
+        cached = self._digests.get(stamp)
+        if cached is not None:
+            return succeed(cached)
+        d = self.runInThread(_digestOpen, f.fileno(), size)
+
+        def remember(digest):
+            if len(self._digests) > 1000:
+                self._digests.clear()
+            self._digests[stamp] = digest
+            return digest
+
+        return d.addCallback(remember)
+
+
+def _digestOpen(fd, size):
+    """
+    The SHA-256 of the first C{size} bytes of the open file C{fd}, read
+    with C{pread} (the file's own position is left where it is).
+    """
+    digest = hashlib.sha256()
+    offset = 0
+    while offset < size:
+        piece = os.pread(fd, min(fp.READ_SIZE, size - offset), offset)
+        if not piece:
+            raise IOError("the file is shorter than %d bytes" % (size,))
+        digest.update(piece)
+        offset += len(piece)
+    return digest.hexdigest()
+
+
+class FileService(Service):
+    """
+    The file service: listen on a server endpoint description, serve the
+    files under C{directory}, over TLS when C{tls} (a
+    L{tvlink.link.tls.ServerTLS}) is given.
+
+    @param settings: the L{LinkSettings} whose framing the files port
+        uses (C{header}, C{max_frame}) and whose reactor it runs on.
+    """
+
+    log = Logger(namespace="tvlink.files")
+
+    def __init__(self, listen, directory, settings=None, tls=None, reactor=None, **limits):
+        if settings is None:
+            settings = LinkSettings(reactor=reactor if reactor is not None else globalReactor())
+        self.reactor = settings.reactor
+        self.listen = listen
+        self.store = FileStore(directory)
+        self.factory = FileServerFactory(self.store, settings, **limits)
+        self.endpoint = serverFromString(self.reactor, listen)
+        if tls is not None:
+            self.endpoint = tls.wrapEndpoint(self.endpoint)
+        self.tls = tls
+        self.port = None
+        self._listenCalled = False
+        self._waiters = []
+
+    def privilegedStartService(self):
+        Service.privilegedStartService(self)
+        self._listenCalled = True
+        failures = []
+        self.endpoint.listen(self.factory).addCallbacks(self._listening, failures.append)
+        if failures:
+            failures[0].raiseException()
+
+    def startService(self):
+        if not self._listenCalled:
+            self.privilegedStartService()
+        Service.startService(self)
+
+    def _listening(self, port):
+        self.port = port
+        self.log.info(
+            "files: serving {directory} on {address}{tls}",
+            files_event="listening",
+            directory=self.store.root,
+            address=self.address(),
+            tls=" over TLS" if self.tls is not None else "",
+        )
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(port)
+
+    def address(self):
+        if self.port is None:
+            return None
+        host = self.port.getHost()
+        return "%s:%d" % (host.host, host.port)
+
+    def whenListening(self):
+        if self.port is not None:
+            return succeed(self.port)
+        d = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def stopService(self):
+        Service.stopService(self)
+        self._listenCalled = False
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None
