@@ -222,9 +222,11 @@ class FrameSender:
         sent once all are written, or failing if the file runs short.
         """
         self.consumer = consumer
-        self.deferred = Deferred()
+        d = self.deferred = Deferred()
+        # A transport may ask for the first chunks (and, for a small file,
+        # get them all) before registerProducer returns.
         consumer.registerProducer(self, False)
-        return self.deferred
+        return d
 
     def resumeProducing(self):
         if self.consumer is None:

@@ -257,6 +257,8 @@ class FileServerProtocol(fp.FileExchange):
 
     def connectionLost(self, reason):
         cut = not self.finished
+        if self.factory.tls and self.state == "request":
+            self.tlsRefused(reason)
         fp.FileExchange.connectionLost(self, reason)
         f, self.partFile = self.partFile, None
         if f is not None:
@@ -275,6 +277,27 @@ class FileServerProtocol(fp.FileExchange):
             self.factory.endTransfer()
 
 
+    def tlsRefused(self, reason):
+        """
+        Log why a TLS connection ended before its request, if TLS was the
+        reason (a client without a certificate under mutual TLS, or one
+        the CA did not sign).
+        """
+        from tvlink.link.tlslink import describeTLSFailure, isTLSFailure
+        from tvlink.link.verify import takeRefusal
+
+        why = takeRefusal(self.transport)
+        if why is None and isTLSFailure(reason):
+            why = describeTLSFailure(reason)
+        if why is not None:
+            self.log.warn(
+                "files: TLS with {peer} failed, connection refused: {reason}",
+                files_event="tls-refused",
+                peer=self.peer,
+                reason=why,
+            )
+
+
 class FileServerFactory(ServerFactory):
     """
     The file service's connections: the store, the limits, a cache of
@@ -285,6 +308,8 @@ class FileServerFactory(ServerFactory):
 
     protocol = FileServerProtocol
     noisy = False
+    #: Whether the connections are over TLS (set by L{FileService}).
+    tls = False
 
     def __init__(
         self,
@@ -375,6 +400,7 @@ class FileService(Service):
         self.endpoint = serverFromString(self.reactor, listen)
         if tls is not None:
             self.endpoint = tls.wrapEndpoint(self.endpoint)
+            self.factory.tls = True
         self.tls = tls
         self.port = None
         self._listenCalled = False
