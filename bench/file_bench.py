@@ -50,7 +50,7 @@ def maxRSS():
 def tvlinkServer(args):
     from twisted.internet import reactor
 
-    from tvlink.files.server import FileService
+    from tvlink.files.service import FileService
     from tvlink.link.settings import LinkSettings
 
     settings = LinkSettings(reactor=reactor, header=args.header, max_frame=args.max_frame)

@@ -274,6 +274,7 @@ class ReconciliationTests(SynchronousTestCase):
             (["--date", "2026-12-04", "--sender", SENDER], "YYYYMMDD"),
             (["--date", DAY, "--sender", "../x"], "sender"),
             (["--date", DAY, "--sender", SENDER, "--cutover", "25:00"], "cut-over"),
+            (["--date", DAY, "--sender", "INSTITUTION12"], "room for 11"),
         ):
             status, out, err = self.ledger("reconcile-file", *argv)
             self.assertEqual(status, ledgercli.USAGE)

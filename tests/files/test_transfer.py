@@ -15,7 +15,7 @@ from tests.files.kit import Events, putFile, sha, tempRoot
 from tests.processes import ReactorTestCase, connectRaw, getReactor, waitUntil
 from tvlink.files import protocol as fp
 from tvlink.files.client import FileClient
-from tvlink.files.server import FileService
+from tvlink.files.service import FileService
 from tvlink.link.settings import LinkSettings
 from tvlink.link.tls import ClientTLS, ServerTLS
 from tvlink.testing.faultproxy import FaultProxy

@@ -7,10 +7,13 @@ the daily reconciliation files) beside the role's service.
 
 import os
 
+from twisted.logger import Logger
 from twisted.python import usage
 
 from tvlink.files import server as defaults
 from tvlink.link.settings import positive
+
+log = Logger(namespace="tvlink.files")
 
 
 class PaymentFilesOptions(usage.Options):
@@ -98,7 +101,7 @@ def withFiles(config, role, service):
     options = getattr(config.subOptions, "filesOptions", None)
     if options is None:
         return service
-    from tvlink.files.server import FileService
+    from tvlink.files.service import FileService
     from tvlink.web import ServiceStack
 
     options = dict(options)
@@ -109,7 +112,12 @@ def withFiles(config, role, service):
     files.setServiceParent(stack)
     service.setServiceParent(stack)
     ledger = getattr(role, "ledger", None)
-    if ledger is not None:
+    if ledger is None:
+        log.info(
+            "files: no reconciliation files are written without a ledger (--ledger memory)",
+            files_event="no-reconciliation",
+        )
+    else:
         from tvlink.files.daily import DailyReconciliation
 
         stack.daily = DailyReconciliation(

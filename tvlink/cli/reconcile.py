@@ -13,6 +13,7 @@ and exits 0 when everything agrees, 1 when anything disagrees, 2 on bad
 arguments, 3 when the file or the journal cannot be read.
 """
 
+import argparse
 import os
 import sqlite3
 import sys
@@ -21,6 +22,7 @@ import time
 from tvlink.cli.commands import CommandParser
 from tvlink.files import compare, reconcile
 from tvlink.files.names import FileStore, NameRefused, checkSender
+from tvlink.payment.errors import LedgerError
 
 #: Exit statuses of C{tvlink reconcile}.
 AGREE = 0
@@ -29,19 +31,49 @@ USAGE = 2
 UNREADABLE = 3
 
 
+def _checked(check):
+    """
+    An argparse C{type} running C{check}, its errors made usage errors.
+    """
+
+    def checked(text):
+        try:
+            return check(text)
+        except (ValueError, NameRefused) as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return checked
+
+
+def _fileSender(sender):
+    checkSender(sender)
+    if len(sender) > reconcile.SENDER_WIDTH:
+        raise ValueError("a reconciliation file has room for %d characters of sender, not %r"
+                         % (reconcile.SENDER_WIDTH, sender))
+    return sender
+
+
 def addReconcileFileCommand(command):
     """
     Add C{reconcile-file} to C{tvlink ledger} (C{command} from
     L{tvlink.cli.commands.databaseParser}).
     """
     sub = command("reconcile-file", "write the reconciliation file of one sender and day")
-    sub.add_argument("--date", required=True, metavar="YYYYMMDD", help="the day")
-    sub.add_argument("--sender", required=True, metavar="ID", help="the sender institution (the platform's id)")
-    sub.add_argument("--cutover", default="00:00", metavar="HH:MM", help="the day's cut-over (default 00:00)")
-    sub.add_argument("--writer", default="PAYMENT", metavar="ID", help="this payment institution's id")
+    sub.add_argument("--date", required=True, metavar="YYYYMMDD", type=_checked(_date), help="the day")
+    sub.add_argument("--sender", required=True, metavar="ID", type=_checked(_fileSender),
+                     help="the sender institution (the platform's id)")
+    sub.add_argument("--cutover", default="000000", metavar="HH:MM", type=_checked(reconcile.parseCutover),
+                     help="the day's cut-over (default 00:00)")
+    sub.add_argument("--writer", default="PAYMENT", metavar="ID", type=_checked(_fileSender),
+                     help="this payment institution's id")
     where = sub.add_mutually_exclusive_group()
     where.add_argument("--out", metavar="PATH", help="write here (default: standard output)")
     where.add_argument("--files-dir", metavar="DIR", help="write into the sender's directory of the file service")
+
+
+def _date(text):
+    reconcile.parseDate(text)
+    return text
 
 
 def dayRows(fetch, date, cutover):
@@ -60,27 +92,14 @@ def reconcileFile(store, args, out):
     C{tvlink ledger reconcile-file}: the file of C{args.sender} and
     C{args.date} from the ledger C{store}.
     """
-    try:
-        reconcile.parseDate(args.date)
-        cutover = reconcile.parseCutover(args.cutover)
-        checkSender(args.sender)
-    except (ValueError, NameRefused) as e:
-        out.write("tvlink ledger reconcile-file: %s\n" % (e,))
-        return USAGE
-    rows = dayRows(lambda start, end: store.moneyMovedBetween(start, end, args.sender), args.date, cutover)
-    created = reconcile.createdText(time.time())
-    try:
-        text = reconcile.renderFile(args.date, args.sender, rows, args.writer, created, cutover)
-    except ValueError as e:
-        out.write("tvlink ledger reconcile-file: %s\n" % (e,))
-        return USAGE
+    rows = dayRows(lambda start, end: store.moneyMovedBetween(start, end, args.sender), args.date, args.cutover)
+    text = reconcile.renderFile(args.date, args.sender, rows, args.writer, reconcile.createdText(time.time()), args.cutover)
     path = args.out
     if args.files_dir is not None:
         try:
             folder = FileStore(args.files_dir).directory(args.sender, create=True)
         except (ValueError, NameRefused) as e:
-            out.write("tvlink ledger reconcile-file: --files-dir: %s\n" % (e,))
-            return USAGE
+            raise LedgerError("--files-dir: %s" % (e,)) from None
         path = os.path.join(folder, reconcile.fileName(args.date))
     if path is None:
         out.write(text)

@@ -47,7 +47,13 @@ class FileClientProtocol(fp.FileExchange):
 
     log = Logger(namespace="tvlink.files")
 
-    def __init__(self, client, request, progress=None):
+    def __init__(self, client, request, progress=None, upload=None, part=None):
+        """
+        @param upload: C{(open file, size, sha256)} of the file a C{put}
+            sends.
+        @param part: C{(dest, bytes in DEST.part, their hash, the SHA-256
+            they are a part of)} for a C{get}.
+        """
         self.client = client
         self.request = request
         self.progressed = progress
@@ -56,6 +62,10 @@ class FileClientProtocol(fp.FileExchange):
         self.idle, self.total = client.idle, client.total
         self.outcome = None
         self.file = None
+        if upload is not None:
+            self.file, self.size, self.digest = upload
+        if part is not None:
+            self.dest, self.have, self.prefix, self.partDigest = part
 
     def connectionMade(self):
         fp.FileExchange.connectionMade(self)
@@ -254,9 +264,7 @@ class FileClient:
             request = self._request(fp.GET, name=name, offset=fp.sizeText(have if prefix else 0))
             if prefix is not None:
                 request["sha256"] = partDigest
-            protocol = FileClientProtocol(self, request, progress)
-            protocol.dest, protocol.have, protocol.prefix, protocol.partDigest = dest, have, prefix, partDigest
-            return self._exchange(protocol)
+            return self._exchange(FileClientProtocol(self, request, progress, part=(dest, have, prefix, partDigest)))
 
         return d.addCallback(hashed)
 
@@ -273,11 +281,8 @@ class FileClient:
         size = os.fstat(f.fileno()).st_size
 
         def hashed(digest):
-            protocol = FileClientProtocol(
-                self, self._request(fp.PUT, name=name, size=fp.sizeText(size), sha256=digest), progress
-            )
-            protocol.file, protocol.size, protocol.digest = f, size, digest
-            return self._exchange(protocol)
+            request = self._request(fp.PUT, name=name, size=fp.sizeText(size), sha256=digest)
+            return self._exchange(FileClientProtocol(self, request, progress, upload=(f, size, digest)))
 
         def failed(failure):
             f.close()

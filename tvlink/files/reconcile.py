@@ -29,20 +29,23 @@ HEADER_TYPE, DETAIL_TYPE, TRAILER_TYPE = "H", "D", "T"
 #: partly), reversed.
 STATE_CODES = {"approved": "A", "refunded": "F", "reversed": "R"}
 
+#: The width of a sender institution id in the records.
+SENDER_WIDTH = 11
+
 #: Each record: C{(field, width, kind)}, kind C{"n"} (digits, zero padded)
 #: or C{"a"} (text, left-justified, space padded). The type letter is
 #: the first byte of every line.
 HEADER = (
     ("type", 1, "a"),
     ("date", 8, "n"),
-    ("sender", 11, "a"),
+    ("sender", SENDER_WIDTH, "a"),
     ("cutover", 6, "n"),
-    ("writer", 11, "a"),
+    ("writer", SENDER_WIDTH, "a"),
     ("created", 14, "n"),
 )
 DETAIL = (
     ("type", 1, "a"),
-    ("sender", 11, "a"),
+    ("sender", SENDER_WIDTH, "a"),
     ("stan", 6, "n"),
     ("time", 10, "n"),
     ("mti", 4, "n"),

@@ -1,22 +1,22 @@
 """
-The file service of the payment role (C{--files-listen}, C{--files-dir}):
-one short connection per transfer, each confined to the directory of the
-sender institution it names (L{tvlink.files.names.FileStore}).
+The server end of the file exchange (the payment role's C{--files-listen},
+C{--files-dir}): one short connection per transfer, each confined to the
+directory of the sender institution it names
+(L{tvlink.files.names.FileStore}); L{FileServerFactory} holds the limits.
+L{tvlink.files.service.FileService} listens with it.
 """
 
 import hashlib
 import os
 import time
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import succeed
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from tvlink.files import protocol as fp
-from tvlink.files.names import FileStore, NameRefused, checkName, checkSender
-from tvlink.link.settings import LinkSettings, atLeast, globalReactor, positive
+from tvlink.files.names import NameRefused, checkName, checkSender
+from tvlink.link.settings import atLeast, positive
 
 #: Defaults of the limits (seconds, counts, bytes).
 DEFAULT_IDLE = 60.0
@@ -42,7 +42,7 @@ class FileServerProtocol(fp.FileExchange):
     name = None
     counted = False
     part = None
-    partFile = None
+    file = None
 
     def connectionMade(self):
         factory = self.factory
@@ -143,7 +143,7 @@ class FileServerProtocol(fp.FileExchange):
         offset = fp.parseSize(message.get("offset", "0"), "offset")
         wanted = message.get("sha256")
         f, size = self.factory.store.openForReading(self.sender, self.name)
-        self.partFile = f
+        self.file = f
         d = self.factory.digestOf(f, size)
 
         def digested(digest):
@@ -212,18 +212,18 @@ class FileServerProtocol(fp.FileExchange):
             if self.finished:
                 return
             flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-            self.partFile = os.fdopen(os.open(self.part, flags, 0o640), "r+b")
-            self.partFile.truncate(have)
-            self.partFile.seek(have)
+            self.file = os.fdopen(os.open(self.part, flags, 0o640), "r+b")
+            self.file.truncate(have)
+            self.file.seek(have)
             self.offset = have
             self.sendMessage({"op": fp.READY, "resp": fp.OK, "name": self.name, "offset": fp.sizeText(have)})
             self.state = "receiving"
-            self.startReceiving(self.partFile, prefix or hashlib.sha256(), size - have)
+            self.startReceiving(self.file, prefix or hashlib.sha256(), size - have)
 
         return d.addCallback(hashed)
 
     def dataComplete(self, receiving):
-        f, self.partFile = self.partFile, None
+        f, self.file = self.file, None
         f.flush()
         os.fsync(f.fileno())
         f.close()
@@ -260,7 +260,7 @@ class FileServerProtocol(fp.FileExchange):
         if self.factory.tls and self.state == "request":
             self.tlsRefused(reason)
         fp.FileExchange.connectionLost(self, reason)
-        f, self.partFile = self.partFile, None
+        f, self.file = self.file, None
         if f is not None:
             f.close()
             if self.state in ("receiving", "sending"):
@@ -376,79 +376,3 @@ def _digestOpen(fd, size):
         digest.update(piece)
         offset += len(piece)
     return digest.hexdigest()
-
-
-class FileService(Service):
-    """
-    The file service: listen on a server endpoint description, serve the
-    files under C{directory}, over TLS when C{tls} (a
-    L{tvlink.link.tls.ServerTLS}) is given.
-
-    @param settings: the L{LinkSettings} whose framing the files port
-        uses (C{header}, C{max_frame}) and whose reactor it runs on.
-    """
-
-    log = Logger(namespace="tvlink.files")
-
-    def __init__(self, listen, directory, settings=None, tls=None, reactor=None, **limits):
-        if settings is None:
-            settings = LinkSettings(reactor=reactor if reactor is not None else globalReactor())
-        self.reactor = settings.reactor
-        self.listen = listen
-        self.store = FileStore(directory)
-        self.factory = FileServerFactory(self.store, settings, **limits)
-        self.endpoint = serverFromString(self.reactor, listen)
-        if tls is not None:
-            self.endpoint = tls.wrapEndpoint(self.endpoint)
-            self.factory.tls = True
-        self.tls = tls
-        self.port = None
-        self._listenCalled = False
-        self._waiters = []
-
-    def privilegedStartService(self):
-        Service.privilegedStartService(self)
-        self._listenCalled = True
-        failures = []
-        self.endpoint.listen(self.factory).addCallbacks(self._listening, failures.append)
-        if failures:
-            failures[0].raiseException()
-
-    def startService(self):
-        if not self._listenCalled:
-            self.privilegedStartService()
-        Service.startService(self)
-
-    def _listening(self, port):
-        self.port = port
-        self.log.info(
-            "files: serving {directory} on {address}{tls}",
-            files_event="listening",
-            directory=self.store.root,
-            address=self.address(),
-            tls=" over TLS" if self.tls is not None else "",
-        )
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(port)
-
-    def address(self):
-        if self.port is None:
-            return None
-        host = self.port.getHost()
-        return "%s:%d" % (host.host, host.port)
-
-    def whenListening(self):
-        if self.port is not None:
-            return succeed(self.port)
-        d = Deferred()
-        self._waiters.append(d)
-        return d
-
-    def stopService(self):
-        Service.stopService(self)
-        self._listenCalled = False
-        port, self.port = self.port, None
-        if port is not None:
-            return port.stopListening()
-        return None

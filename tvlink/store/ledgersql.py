@@ -58,6 +58,11 @@ ACCOUNT_COLUMNS = ("pan", "balance", "opening", "status", "opened_at")
 
 _SELECT_JOURNAL = "SELECT %s FROM journal" % (", ".join(JOURNAL_COLUMNS),)
 _BY_KEY = " WHERE sender = ? AND stan = ? AND time = ?"
+_MONEY_MOVED = (
+    "SELECT sender, stan, time, mti, proc, pan, amount, resp, state, refunded FROM journal"
+    " WHERE time >= ? AND time < ? AND resp = '00'"
+    " AND ((mti = '0200' AND proc = '000000') OR (mti = '0220' AND proc = '200000'))"
+)
 
 
 def _journalDict(row):
@@ -146,14 +151,9 @@ class LedgerStore:
     )
     REFUNDED_BY_CARD = "SELECT pan, SUM(amount) FROM journal WHERE mti = '0220' AND state = ? GROUP BY pan"
     #: The purchases and refunds once approved, of transmission times in a
-    #: range (the reconciliation file's day); C{SENDER_IS} narrows it.
-    MONEY_MOVED_BETWEEN = (
-        "SELECT sender, stan, time, mti, proc, pan, amount, resp, state, refunded FROM journal"
-        " WHERE time >= ? AND time < ? AND resp = '00'"
-        " AND ((mti = '0200' AND proc = '000000') OR (mti = '0220' AND proc = '200000'))"
-    )
-    SENDER_IS = " AND sender = ?"
-    BY_TIME = " ORDER BY sender, time, stan"
+    #: range (the reconciliation file's day), of every sender or of one.
+    MONEY_MOVED_BETWEEN = _MONEY_MOVED + " ORDER BY sender, time, stan"
+    MONEY_MOVED_BETWEEN_OF_SENDER = _MONEY_MOVED + " AND sender = ? ORDER BY time, stan"
 
     def __init__(self, conn, path):
         self.conn = conn
@@ -368,9 +368,9 @@ class LedgerStore:
         """
         columns = ("sender", "stan", "time", "mti", "proc", "pan", "amount", "resp", "state", "refunded")
         if sender is None:
-            cursor = self._execute(self.MONEY_MOVED_BETWEEN + self.BY_TIME, (start, end))
+            cursor = self._execute(self.MONEY_MOVED_BETWEEN, (start, end))
         else:
-            cursor = self._execute(self.MONEY_MOVED_BETWEEN + self.SENDER_IS + self.BY_TIME, (start, end, sender))
+            cursor = self._execute(self.MONEY_MOVED_BETWEEN_OF_SENDER, (start, end, sender))
         return [dict(zip(columns, row)) for row in cursor.fetchall()]
 
 
