@@ -305,3 +305,49 @@ class ServerExchangeTests(SynchronousTestCase):
         self.assertFalse(transport.disconnected)
         self.rig.clock.advance(1)
         self.assertTrue(transport.disconnected)
+
+    def test_listingFitsOneFrame(self):
+        """
+        A listing that would not fit in one frame holds the names that fit
+        and says how many more there are.
+        """
+        for n in range(200):
+            putFile(self.rig.root, SENDER, "%03d-%s" % (n, "x" * 100), b"")
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "list", "sender": SENDER}))
+        [body] = frames(transport.value())
+        self.assertLessEqual(len(body), 9999)
+        [answer] = messages(transport.value())
+        self.assertEqual(len(answer["files"]) + int(answer["more"]), 200)
+        self.assertEqual(answer["files"][0]["name"][:4], "000-")
+
+    def test_storageErrorAnswered(self):
+        """
+        An upload that cannot be renamed into place (a directory has its
+        name) is answered C{96}, and the exchange ends cleanly.
+        """
+        os.makedirs(os.path.join(self.rig.root, SENDER, "up.bin"))
+        protocol, transport, answers = self.upload(b"data", sha(b"data"))
+        self.assertEqual((answers[-1]["op"], answers[-1]["resp"]), ("stored", fp.STORAGE_ERROR))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.events.named("storage-error")), 1)
+
+
+class ProgressBarTests(SynchronousTestCase):
+    def test_drawnAtMostTenTimesASecond(self):
+        import io
+
+        from twisted.internet.task import Clock
+
+        from tvlink.cli.files import ProgressBar
+
+        clock, out = Clock(), io.StringIO()
+        bar = ProgressBar(out, clock, "get a.bin")
+        for done in range(0, 1000, 100):
+            bar(done, 1000)
+            clock.advance(0.06)
+        self.assertEqual(out.getvalue().count("\r"), 5)
+        self.assertNotIn("\n", out.getvalue())
+        bar(1000, 1000)
+        self.assertTrue(out.getvalue().endswith("\n"))
+        self.assertIn("get a.bin [" + "#" * 30 + "] 100%", out.getvalue())

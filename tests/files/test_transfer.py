@@ -164,6 +164,17 @@ class Transfers:
         yield waitUntil(lambda: self.events.named("corrupt"), 5, "the server to log the corrupt download")
 
     @defer.inlineCallbacks
+    def test_destinationNotWritable(self):
+        """
+        A download to a folder that does not exist fails with the local
+        error, and the server sees the connection end.
+        """
+        putFile(self.files, SENDER, "day.bin", b"x" * 1000)
+        yield self.assertFailure(
+            self.client().get("day.bin", os.path.join(self.root, "none", "day.bin")), FileNotFoundError
+        )
+
+    @defer.inlineCallbacks
     def test_institutionsIsolated(self):
         """
         A second institution neither sees, reads nor overwrites the first

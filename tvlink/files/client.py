@@ -85,12 +85,21 @@ class FileClientProtocol(fp.FileExchange):
             return self.protocolError("unexpected answer %r %r" % (op, resp))
         try:
             handler(message)
+        except OSError as e:
+            self.storageError(e)
         except (ValueError, KeyError, TypeError) as e:
             self.protocolError("bad %s answer: %s" % (op, e))
 
     def listed(self, message):
         files = message["files"]
         entries = [{"name": f["name"], "size": fp.parseSize(f["size"], "size"), "mtime": f["mtime"]} for f in files]
+        if "more" in message:
+            self.log.warn(
+                "files: the listing of {sender} holds {more} more files than fit in one frame",
+                files_event="listing-cut",
+                sender=self.request["sender"],
+                more=message["more"],
+            )
         self.succeed(entries)
 
     def ready(self, message):
@@ -137,11 +146,8 @@ class FileClientProtocol(fp.FileExchange):
         self.startReceiving(self.file, prefix, size - offset, self.progress)
 
     def dataComplete(self, receiving):
-        f, self.file = self.file, None
-        f.flush()
-        os.fsync(f.fileno())
-        f.close()
-        got = receiving.digest.hexdigest()
+        self.file = None
+        got = receiving.close()
         if got != self.digest:
             os.remove(self.dest + ".part")
             os.remove(self.dest + ".part.json")
@@ -163,6 +169,10 @@ class FileClientProtocol(fp.FileExchange):
         if self.outcome is None:
             self.outcome = error
         self.finish(str(error))
+
+    def storageError(self, error):
+        self.outcome = self.outcome or error
+        fp.FileExchange.storageError(self, error)
 
     def timedOut(self, why):
         self.outcome = self.outcome or fp.ConnectionCut("the server was " + why)

@@ -304,6 +304,16 @@ class Receiving:
     def done(self):
         return self.remaining == 0
 
+    def close(self):
+        """
+        Put what was written on disk and close the file; the SHA-256 of
+        everything received (earlier tries included), in hex.
+        """
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        return self.digest.hexdigest()
+
 
 class FileExchange(Protocol):
     """
@@ -358,6 +368,8 @@ class FileExchange(Protocol):
                     self.messageReceived(message)
         except ProtocolViolation as violation:
             self.protocolError(str(violation))
+        except OSError as e:
+            self.storageError(e)
 
     def sendMessage(self, message):
         self.transport.write(wire.encodeFrame(self.header, self.codec.encode(message)))
@@ -421,6 +433,19 @@ class FileExchange(Protocol):
 
     def formatError(self, why):
         self.protocolError(why)
+
+    def storageError(self, error):
+        """
+        Reading or writing a local file failed in the middle of the
+        exchange.
+        """
+        self.log.error(
+            "files: transfer with {peer} stopped: cannot read or write the file: {why}",
+            files_event="storage-error",
+            peer=self.peer,
+            why=str(error),
+        )
+        self.abort(str(error))
 
     def connectionLost(self, reason):
         self.deadlines.stop()

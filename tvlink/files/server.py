@@ -66,14 +66,31 @@ class FileServerProtocol(fp.FileExchange):
         else:
             self.protocolError(why)
 
+    def storageError(self, error):
+        """
+        The disk failed under a transfer: the peer is told C{96}.
+        """
+        self.log.error(
+            "files: {name} from {peer} (sender {sender}) not stored: cannot write the file: {why}",
+            files_event="storage-error",
+            peer=self.peer,
+            sender=self.sender,
+            name=self.name,
+            why=str(error),
+        )
+        self.sendMessage({"op": fp.STORED if self.state == "receiving" else fp.REFUSED, "resp": fp.STORAGE_ERROR,
+                          "reason": "storage: %s" % (error.strerror or error,)})
+        self.finish(str(error))
+
     def refuse(self, resp, reason, op=None):
+        name = self.name
         self.log.warn(
             "files: refused {op} of {name} from {peer} (sender {sender}): {resp} {reason}",
             files_event="refused",
             peer=self.peer,
-            sender=self.sender,
-            op=op,
-            name=self.name,
+            sender=self.sender if isinstance(self.sender, str) else None,
+            op=op if isinstance(op, str) and op.isprintable() else repr(op),
+            name=name if isinstance(name, str) and name.isprintable() else repr(name),
             resp=resp,
             reason=reason,
         )
@@ -126,15 +143,23 @@ class FileServerProtocol(fp.FileExchange):
             found = self.factory.store.listing(self.sender)
         except NameRefused as e:
             return self.refuse(fp.NOT_ALLOWED, str(e), fp.LIST)
-        files = [{"name": n, "size": fp.sizeText(s), "mtime": mtimeText(m)} for n, s, m in found]
+        answer = {"op": fp.FILES, "resp": fp.OK, "files": []}
+        room = self.chunk - len(self.codec.encode(answer)) - len(',"more":"999999999"')
+        for n, s, m in found:
+            entry = {"name": n, "size": fp.sizeText(s), "mtime": mtimeText(m)}
+            room -= len(self.codec.encode(entry)) + 1
+            if room < 0:
+                answer["more"] = fp.sizeText(len(found) - len(answer["files"]))
+                break
+            answer["files"].append(entry)
         self.log.info(
             "files: listed {count} files for {peer} (sender {sender})",
             files_event="listed",
             peer=self.peer,
             sender=self.sender,
-            count=len(files),
+            count=len(answer["files"]),
         )
-        self.sendMessage({"op": fp.FILES, "resp": fp.OK, "files": files})
+        self.sendMessage(answer)
         self.finish()
 
     # -- download --------------------------------------------------------------
@@ -223,11 +248,8 @@ class FileServerProtocol(fp.FileExchange):
         return d.addCallback(hashed)
 
     def dataComplete(self, receiving):
-        f, self.file = self.file, None
-        f.flush()
-        os.fsync(f.fileno())
-        f.close()
-        got = receiving.digest.hexdigest()
+        self.file = None
+        got = receiving.close()
         if got != self.expected:
             os.remove(self.part)
             reason = "SHA-256 of the %d bytes received is %s, not %s" % (self.size, got, self.expected)
