@@ -66,16 +66,21 @@ class FileServerProtocol(fp.FileExchange):
         else:
             self.protocolError(why)
 
+    def note(self, level, event, text, **fields):
+        """
+        Log C{text} at C{level} as C{files_event} C{event}, with the peer,
+        the sender and the file name.
+        """
+        getattr(self.log, level)(text, files_event=event, peer=self.peer, sender=self.sender, name=self.name, **fields)
+
     def storageError(self, error):
         """
         The disk failed under a transfer: the peer is told C{96}.
         """
-        self.log.error(
+        self.note(
+            "error",
+            "storage-error",
             "files: {name} from {peer} (sender {sender}) not stored: cannot write the file: {why}",
-            files_event="storage-error",
-            peer=self.peer,
-            sender=self.sender,
-            name=self.name,
             why=str(error),
         )
         self.sendMessage({"op": fp.STORED if self.state == "receiving" else fp.REFUSED, "resp": fp.STORAGE_ERROR,
@@ -198,13 +203,10 @@ class FileServerProtocol(fp.FileExchange):
     def downloadAcknowledged(self, message):
         resp = message.get("resp")
         event = "sent" if resp == fp.OK else "corrupt"
-        log = self.log.info if resp == fp.OK else self.log.warn
-        log(
+        self.note(
+            "info" if resp == fp.OK else "warn",
+            event,
             "files: {name} sent to {peer} (sender {sender}), bytes {offset}-{size}; the peer says {resp}",
-            files_event=event,
-            peer=self.peer,
-            sender=self.sender,
-            name=self.name,
             offset=self.offset,
             size=self.size,
             resp=resp,
@@ -253,24 +255,20 @@ class FileServerProtocol(fp.FileExchange):
         if got != self.expected:
             os.remove(self.part)
             reason = "SHA-256 of the %d bytes received is %s, not %s" % (self.size, got, self.expected)
-            self.log.warn(
+            self.note(
+                "warn",
+                "corrupt",
                 "files: upload of {name} from {peer} (sender {sender}) is corrupt; not stored: {reason}",
-                files_event="corrupt",
-                peer=self.peer,
-                sender=self.sender,
-                name=self.name,
                 reason=reason,
             )
             self.sendMessage({"op": fp.STORED, "resp": fp.CORRUPT, "reason": reason})
             return self.finish(reason)
         os.replace(self.part, self.final)
-        self.log.info(
+        self.note(
+            "info",
+            "stored",
             "files: stored {name} from {peer} (sender {sender}): {size} bytes, {offset} of them from an "
             "earlier try",
-            files_event="stored",
-            peer=self.peer,
-            sender=self.sender,
-            name=self.name,
             size=self.size,
             offset=self.offset,
         )
@@ -286,12 +284,10 @@ class FileServerProtocol(fp.FileExchange):
         if f is not None:
             f.close()
             if self.state in ("receiving", "sending"):
-                self.log.info(
+                self.note(
+                    "info",
+                    "cut",
                     "files: transfer of {name} with {peer} (sender {sender}) cut off: {why}",
-                    files_event="cut",
-                    peer=self.peer,
-                    sender=self.sender,
-                    name=self.name,
                     why=self.closeReason if not cut else "the peer closed the connection",
                 )
         if self.counted:
