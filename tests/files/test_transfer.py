@@ -6,6 +6,7 @@ for what the tvlink client would never send.
 """
 
 import hashlib
+import io
 import os
 
 from twisted.internet import defer
@@ -13,6 +14,7 @@ from twisted.internet import defer
 from tests.certs import makeCertificates
 from tests.files.kit import Events, putFile, sha, tempRoot
 from tests.processes import ReactorTestCase, connectRaw, getReactor, waitUntil
+from tvlink.cli import files as filescli
 from tvlink.files import protocol as fp
 from tvlink.files.client import FileClient
 from tvlink.files.service import FileService
@@ -234,6 +236,42 @@ class PlainTransferTests(Transfers, ReactorTestCase):
         yield waitUntil(lambda: self.events.named("timeout"), 5, "the timeout to be logged")
         self.assertEqual(self.events.named("timeout")[0]["why"], "idle for 1s")
         yield waitUntil(lambda: self.service.factory.active == 0, 5, "the transfer slots to be free")
+
+
+    def command(self, *argv):
+        """
+        Run C{tvlink files ARGV...} in this process; a L{Deferred} of
+        C{(status, stdout, stderr)}.
+        """
+        out, err = io.StringIO(), io.StringIO()
+        argv = [argv[0], "--connect", "127.0.0.1:%d" % (self.service.port.getHost().port,), "--sender", SENDER] + list(
+            argv[1:]
+        )
+        d = defer.Deferred.fromCoroutine(filescli.run(getReactor(), argv, out, err, tty=False))
+        return d.addCallback(lambda status: (status, out.getvalue(), err.getvalue()))
+
+    @defer.inlineCallbacks
+    def test_commandCorruptAndLocalErrors(self):
+        """
+        C{tvlink files get} ends 3 on a corrupt download (nothing kept) and
+        5 when it cannot write its destination; no progress bar off a
+        terminal.
+        """
+        data = os.urandom(100000)
+        path = putFile(self.files, SENDER, "day.bin", data)
+        status, out, err = yield self.command("get", "day.bin", self.local("first.bin"))
+        self.assertEqual((status, err), (filescli.OK, ""))
+        info = os.stat(path)
+        with open(path, "r+b") as f:
+            f.write(bytes([data[0] ^ 1]))
+        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+        status, out, err = yield self.command("get", "day.bin", self.local("second.bin"))
+        self.assertEqual(status, filescli.CORRUPT, err)
+        self.assertFalse(os.path.exists(self.local("second.bin")))
+        status, out, err = yield self.command("get", "day.bin", os.path.join(self.root, "none", "x"))
+        self.assertEqual(status, filescli.LOCAL, err)
+        status, out, err = yield self.command("put", os.path.join(self.root, "none"), "x")
+        self.assertEqual(status, filescli.LOCAL, err)
 
 
 class TLSTransferTests(Transfers, ReactorTestCase):
