@@ -37,7 +37,12 @@ LOCAL = 5
 
 
 def _parser(out, err):
-    parser = CommandParser(prog="tvlink files", description="Send, fetch and list files on a payment node.")
+    parser = CommandParser(
+        prog="tvlink files",
+        description="Send, fetch and list files on a payment node.",
+        epilog="exit status: 0 done, 1 refused by the node, 2 bad arguments, 3 corrupt (nothing kept), "
+        "4 connection failed, cut off or timed out (run again to resume), 5 a local file cannot be read or written",
+    )
     parser.out, parser.err = out, err
     common = CommandParser(add_help=False)
     common.add_argument("--connect", required=True, metavar="HOST:PORT", help="the payment node's files port")

@@ -113,6 +113,8 @@ def _parser(out, err):
     parser = CommandParser(
         prog="tvlink reconcile",
         description="Check the payment side's reconciliation file against the platform's journal.",
+        epilog="exit status: 0 everything agrees, 1 something disagrees, 2 bad arguments, "
+        "3 the file or the journal cannot be read",
     )
     parser.out, parser.err = out, err
     parser.add_argument("--journal", required=True, metavar="PATH", help="the platform's journal (PATH or sqlite:PATH)")
