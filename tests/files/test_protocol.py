@@ -333,6 +333,20 @@ class ServerExchangeTests(SynchronousTestCase):
         self.assertEqual(len(self.events.named("storage-error")), 1)
 
 
+    def test_sameUploadTwiceAtOnce(self):
+        """
+        A second upload of the same content while the first is in progress
+        is refused C{91}; once the first ends it may go on.
+        """
+        data = os.urandom(3000)
+        request = {"op": "put", "sender": SENDER, "name": "up.bin", "size": "3000", "sha256": sha(data)}
+        first, _ = self.rig.connect()
+        first.dataReceived(frame(request))
+        self.refusal(request, fp.BUSY)
+        lose(first)
+        protocol, transport, answers = self.upload(data, sha(data))
+        self.assertEqual(answers[-1]["resp"], "00")
+
 class ProgressBarTests(SynchronousTestCase):
     def test_drawnAtMostTenTimesASecond(self):
         import io
@@ -351,3 +365,4 @@ class ProgressBarTests(SynchronousTestCase):
         bar(1000, 1000)
         self.assertTrue(out.getvalue().endswith("\n"))
         self.assertIn("get a.bin [" + "#" * 30 + "] 100%", out.getvalue())
+

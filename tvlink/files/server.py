@@ -25,6 +25,12 @@ DEFAULT_MAX_TRANSFERS = 8
 DEFAULT_MAX_SIZE = 4 * 1024**3
 
 
+class Busy(Exception):
+    """
+    The request cannot be served now; it may be tried again later.
+    """
+
+
 def mtimeText(seconds):
     return time.strftime("%Y%m%d%H%M%S", time.gmtime(seconds))
 
@@ -125,6 +131,8 @@ class FileServerProtocol(fp.FileExchange):
                 d = self.startUpload(message)
         except NameRefused as e:
             return self.refuse(fp.NOT_ALLOWED, str(e), op)
+        except Busy as e:
+            return self.refuse(fp.BUSY, str(e), op)
         except FileNotFoundError:
             return self.refuse(fp.NOT_FOUND, "no file %r" % (self.name,), op)
         except ValueError as e:
@@ -224,7 +232,11 @@ class FileServerProtocol(fp.FileExchange):
         if size > self.factory.max_size:
             raise ValueError("%d bytes is over the %d allowed" % (size, self.factory.max_size))
         self.final = self.factory.store.path(self.sender, self.name, create=True)
-        self.part = self.factory.store.partPath(self.sender, self.name, digest)
+        part = self.factory.store.partPath(self.sender, self.name, digest)
+        if part in self.factory.receiving:
+            raise Busy("an upload of the same %r is in progress" % (self.name,))
+        self.part = part
+        self.factory.receiving.add(part)
         self.size, self.expected = size, digest
         have = 0
         if os.path.lexists(self.part):
@@ -290,6 +302,7 @@ class FileServerProtocol(fp.FileExchange):
                     "files: transfer of {name} with {peer} (sender {sender}) cut off: {why}",
                     why=self.closeReason if not cut else "the peer closed the connection",
                 )
+        self.factory.receiving.discard(self.part)
         if self.counted:
             self.counted = False
             self.factory.endTransfer()
@@ -349,6 +362,8 @@ class FileServerFactory(ServerFactory):
         self.runInThread = runInThread if runInThread is not None else fp.inThreadPool(self.clock)
         self.active = 0
         self._digests = {}
+        #: The partial files of the uploads in progress.
+        self.receiving = set()
 
     def startTransfer(self):
         if self.active >= self.max_transfers:
