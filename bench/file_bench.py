@@ -54,7 +54,13 @@ def tvlinkServer(args):
     from tvlink.link.settings import LinkSettings
 
     settings = LinkSettings(reactor=reactor, header=args.header, max_frame=args.max_frame)
-    service = FileService("tcp:0:interface=127.0.0.1", args.path, settings, max_size=1 << 40, total=args.seconds)
+    tls = None
+    if args.certs:
+        from tvlink.link.tls import ServerTLS
+
+        tls = ServerTLS(*(os.path.join(args.certs, name) for name in ("server.pem", "server.key", "ca.pem")))
+    service = FileService("tcp:0:interface=127.0.0.1", args.path, settings, tls=tls, max_size=1 << 40,
+                          total=args.seconds)
     service.startService()
     _serveUntilStdinCloses(reactor, service.port.getHost().port)
 
@@ -110,7 +116,12 @@ def tvlinkClient(args):
 
     def run(reactor):
         settings = LinkSettings(reactor=reactor, header=args.header, max_frame=args.max_frame, sender=SENDER)
-        client = FileClient("127.0.0.1", args.port, SENDER, settings=settings, total=args.seconds)
+        tls = None
+        if args.certs:
+            from tvlink.link.tls import ClientTLS
+
+            tls = ClientTLS(*(os.path.join(args.certs, name) for name in ("client.pem", "client.key", "ca.pem")))
+        client = FileClient("127.0.0.1", args.port, SENDER, tls=tls, settings=settings, total=args.seconds)
         started = time.perf_counter()
         if args.direction == "get":
             d = client.get("bench.bin", args.path)
@@ -180,6 +191,8 @@ def _spawn(role, args, *extra):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
     argv = [sys.executable, os.path.abspath(__file__), "--child", role, "--header", args.header,
             "--max-frame", str(args.max_frame), "--seconds", str(args.seconds)] + [str(e) for e in extra]
+    if args.certs and role.startswith("tvlink"):
+        argv += ["--certs", args.certs]
     return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
 
 
@@ -214,6 +227,18 @@ def phase(kind, direction, args, work, served):
     return result["SECONDS"], _fields(served_out)["MAXRSS"], result["MAXRSS"]
 
 
+def _makeCertificates(folder):
+    """
+    The test certificates (a CA, a server certificate for 127.0.0.1, a
+    client certificate; C{tests/certs.py}) in C{folder}.
+    """
+    sys.path.insert(0, ROOT)
+    from tests.certs import makeCertificates
+
+    makeCertificates(folder)
+    return folder
+
+
 def _digest(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -229,6 +254,8 @@ def main(argv=None):
     parser.add_argument("--max-frame", type=int, default=65536, help="largest frame body (default 65536)")
     parser.add_argument("--seconds", type=float, default=300.0, help="time limit of one transfer")
     parser.add_argument("--wall", type=float, default=1200.0, help="hard cap on the whole run")
+    parser.add_argument("--tls", action="store_true", help="tvlink over mutual TLS (the floor stays plain TCP)")
+    parser.add_argument("--certs", help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -252,6 +279,8 @@ def main(argv=None):
 
 
 def _run(args, work):
+    if args.tls:
+        args.certs = _makeCertificates(os.path.join(work, "certs"))
     args.source = os.path.join(work, "source.bin")
     block = os.urandom(1 << 20)
     with open(args.source, "wb") as f:
@@ -264,8 +293,9 @@ def _run(args, work):
     plainDir = os.path.join(work, "plain")
     os.makedirs(plainDir)
     os.link(args.source, os.path.join(plainDir, "bench.bin"))
-    print("file_bench: %d MiB, header %s, max frame %d, Python %s, %d CPUs"
-          % (args.size, args.header, args.max_frame, sys.version.split()[0], os.cpu_count()))
+    print("file_bench: %d MiB, header %s, max frame %d%s, Python %s, %d CPUs"
+          % (args.size, args.header, args.max_frame, ", tvlink over mutual TLS" if args.tls else "",
+             sys.version.split()[0], os.cpu_count()))
     print("%-9s %-7s %9s %9s %12s %12s" % ("transfer", "side", "seconds", "MiB/s", "server MiB", "client MiB"))
     ratios = {}
     failed = False
