@@ -347,6 +347,70 @@ class ServerExchangeTests(SynchronousTestCase):
         protocol, transport, answers = self.upload(data, sha(data))
         self.assertEqual(answers[-1]["resp"], "00")
 
+class ClientExchangeTests(SynchronousTestCase):
+    """
+    The client's end against a server that misbehaves, on a Clock.
+    """
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+
+        from tvlink.link.settings import LinkSettings
+
+        self.clock = Clock()
+
+        class Client:
+            settings = LinkSettings(reactor=self.clock)
+            reactor = self.clock
+            idle, total = 5.0, 20.0
+
+        self.clientSide = Client
+
+    def connect(self, request):
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from tvlink.files.client import FileClientProtocol
+
+        protocol = FileClientProtocol(self.clientSide, request)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 7001))
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_requestSentFirst(self):
+        protocol, transport = self.connect({"op": "list", "sender": SENDER})
+        self.assertEqual(messages(transport.value()), [{"op": "list", "sender": SENDER}])
+
+    def test_wrongAnswer(self):
+        """
+        An answer that does not fit the request breaks the exchange: the
+        call fails saying so.
+        """
+        protocol, transport = self.connect({"op": "list", "sender": SENDER})
+        protocol.dataReceived(frame({"op": "ready", "resp": "00", "offset": "0"}))
+        self.assertTrue(transport.disconnected)
+        lose(protocol)
+        failure = self.failureResultOf(protocol.result, fp.TransferError)
+        self.assertIn("unexpected answer 'ready'", str(failure.value))
+
+    def test_refusal(self):
+        protocol, transport = self.connect({"op": "list", "sender": SENDER})
+        protocol.dataReceived(frame({"op": "refused", "resp": "12", "reason": "no"}))
+        lose(protocol)
+        self.assertEqual(self.failureResultOf(protocol.result, fp.Refused).value.resp, "12")
+
+    def test_silentServer(self):
+        """
+        A server that never answers is given up at the client's idle
+        deadline.
+        """
+        protocol, transport = self.connect({"op": "list", "sender": SENDER})
+        self.clock.advance(5)
+        self.assertTrue(transport.disconnected)
+        lose(protocol)
+        self.assertIn("idle for 5s", str(self.failureResultOf(protocol.result, fp.ConnectionCut).value))
+
+
 class ProgressBarTests(SynchronousTestCase):
     def test_drawnAtMostTenTimesASecond(self):
         import io

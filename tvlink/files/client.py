@@ -39,6 +39,10 @@ def _readPart(dest):
     return have, digest
 
 
+#: The answers each request may get (besides C{refused}).
+ANSWERS = {fp.LIST: (fp.FILES,), fp.GET: (fp.READY,), fp.PUT: (fp.READY, fp.STORED)}
+
+
 class FileClientProtocol(fp.FileExchange):
     """
     The client's end of one exchange; C{result} fires with what it came
@@ -81,8 +85,8 @@ class FileClientProtocol(fp.FileExchange):
         if op == fp.REFUSED:
             return self.fail(fp.Refused("%s (%s)" % (message.get("reason"), resp), resp))
         handler = {fp.FILES: self.listed, fp.READY: self.ready, fp.STORED: self.stored}.get(op)
-        if handler is None or resp != fp.OK and op != fp.STORED:
-            return self.protocolError("unexpected answer %r %r" % (op, resp))
+        if op not in ANSWERS[self.request["op"]] or resp != fp.OK and op != fp.STORED:
+            return self.protocolError("unexpected answer %r %r to a %s" % (op, resp, self.request["op"]))
         try:
             handler(message)
         except OSError as e:
@@ -121,7 +125,7 @@ class FileClientProtocol(fp.FileExchange):
         if message.get("resp") == fp.CORRUPT:
             return self.fail(fp.Corrupt(message.get("reason", "corrupt")))
         if message.get("resp") != fp.OK:
-            return self.fail(fp.TransferError(message.get("reason", "not stored"), message.get("resp")))
+            return self.fail(fp.Refused("%s (%s)" % (message.get("reason"), message.get("resp")), message.get("resp")))
         self.succeed({"name": self.request["name"], "size": self.size, "sha256": self.digest, "resumed": self.offset})
 
     def startFetching(self, message, offset):
