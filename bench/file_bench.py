@@ -27,6 +27,7 @@ import os
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -252,6 +253,7 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=1024, help="MiB (default 1024)")
     parser.add_argument("--header", default="bin4", help="frame header (default bin4)")
     parser.add_argument("--max-frame", type=int, default=65536, help="largest frame body (default 65536)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each both ways both sides (default 3)")
     parser.add_argument("--seconds", type=float, default=300.0, help="time limit of one transfer")
     parser.add_argument("--wall", type=float, default=1200.0, help="hard cap on the whole run")
     parser.add_argument("--tls", action="store_true", help="tvlink over mutual TLS (the floor stays plain TCP)")
@@ -296,25 +298,35 @@ def _run(args, work):
     print("file_bench: %d MiB, header %s, max frame %d%s, Python %s, %d CPUs"
           % (args.size, args.header, args.max_frame, ", tvlink over mutual TLS" if args.tls else "",
              sys.version.split()[0], os.cpu_count()))
-    print("%-9s %-7s %9s %9s %12s %12s" % ("transfer", "side", "seconds", "MiB/s", "server MiB", "client MiB"))
-    ratios = {}
+    print("%-5s %-9s %-7s %9s %9s %12s %12s"
+          % ("round", "transfer", "side", "seconds", "MiB/s", "server MiB", "client MiB"))
+    plainFile = os.path.join(plainDir, "bench.bin")
+    received = {
+        ("plain", "get"): os.path.join(work, "client.bin"),
+        ("tvlink", "get"): os.path.join(work, "client.bin"),
+        ("plain", "put"): os.path.join(plainDir, "upload.bin"),
+        ("tvlink", "put"): os.path.join(files, SENDER, "upload.bin"),
+    }
+    ratios = {"get": [], "put": []}
     failed = False
-    for direction in ("get", "put"):
-        rates = {}
-        for kind, served in (("plain", os.path.join(plainDir, "bench.bin")), ("tvlink", files)):
-            seconds, serverRSS, clientRSS = phase(kind, direction, args, work, served)
-            rates[kind] = args.size / seconds
-            print("%-9s %-7s %9.2f %9.1f %12.1f %12.1f"
-                  % (direction, kind, seconds, rates[kind], serverRSS, clientRSS), flush=True)
-            received = os.path.join(work, "client.bin") if direction == "get" else (
-                os.path.join(plainDir, "upload.bin") if kind == "plain" else os.path.join(files, SENDER, "upload.bin"))
-            if _digest(received) != digest:
-                sys.stderr.write("file_bench: %s %s came out different\n" % (kind, direction))
-                failed = True
-            os.remove(received)
-        ratios[direction] = rates["tvlink"] / rates["plain"]
-    for direction, ratio in ratios.items():
-        print("%s throughput, tvlink / plain TCP copy: %.2f" % (direction, ratio))
+    for round in range(1, args.rounds + 1):
+        for direction in ("get", "put"):
+            rates = {}
+            # Alternate which goes first, so neither always meets a cold cache.
+            order = (("plain", plainFile), ("tvlink", files))
+            for kind, served in order if round % 2 else order[::-1]:
+                seconds, serverRSS, clientRSS = phase(kind, direction, args, work, served)
+                rates[kind] = args.size / seconds
+                print("%-5d %-9s %-7s %9.2f %9.1f %12.1f %12.1f"
+                      % (round, direction, kind, seconds, rates[kind], serverRSS, clientRSS), flush=True)
+                if _digest(received[kind, direction]) != digest:
+                    sys.stderr.write("file_bench: %s %s came out different\n" % (kind, direction))
+                    failed = True
+                os.remove(received[kind, direction])
+            ratios[direction].append(rates["tvlink"] / rates["plain"])
+    for direction, each in ratios.items():
+        print("%s throughput, tvlink / plain TCP copy: %.2f (median of %s)"
+              % (direction, statistics.median(each), ", ".join("%.2f" % r for r in each)))
     return 1 if failed else 0
 
 
