@@ -37,6 +37,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SENDER = "BENCH"
 
+#: The children started, killed if the hard cap is reached.
+CHILDREN_RUNNING = []
+
 
 def maxRSS():
     """
@@ -194,7 +197,9 @@ def _spawn(role, args, *extra):
             "--max-frame", str(args.max_frame), "--seconds", str(args.seconds)] + [str(e) for e in extra]
     if args.certs and role.startswith("tvlink"):
         argv += ["--certs", args.certs]
-    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+    CHILDREN_RUNNING.append(child)
+    return child
 
 
 def _fields(text):
@@ -269,11 +274,15 @@ def main(argv=None):
 
     def capped(number, frame):
         sys.stderr.write("file_bench: the hard cap of %gs was reached\n" % (args.wall,))
+        for child in CHILDREN_RUNNING:
+            if child.poll() is None:
+                child.kill()
+        shutil.rmtree(work, True)
         os._exit(3)
 
+    work = tempfile.mkdtemp(prefix="tvlink-file-bench-")
     signal.signal(signal.SIGALRM, capped)
     signal.alarm(int(args.wall))
-    work = tempfile.mkdtemp(prefix="tvlink-file-bench-")
     try:
         return _run(args, work)
     finally:
