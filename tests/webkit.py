@@ -11,6 +11,7 @@ import socket
 import tempfile
 
 from twisted.internet import defer
+from twisted.internet.protocol import Protocol
 
 from tests.processes import (
     getReactor,
@@ -59,14 +60,14 @@ def fetch(method, url, body=None, seconds=20.0):
     headers = Headers({b"content-type": [b"application/json"]})
     what = "%s %s" % (method, url)
     response = yield withDeadline(agent.request(method.encode("ascii"), url.encode("ascii"), headers, producer), seconds, what)
-    raw = yield withDeadline(_readBody(response), seconds, what + " (body)")
+    raw = yield withDeadline(readResponseBody(response), seconds, what + " (body)")
     kind = response.headers.getRawHeaders(b"content-type", [b""])[0]
     if kind.startswith(b"application/json"):
         return response.code, json.loads(raw.decode("utf-8"))
     return response.code, raw.decode("utf-8")
 
 
-def _readBody(response):
+def readResponseBody(response):
     """
     A L{Deferred} of the whole body of C{response}.
     """
@@ -129,3 +130,74 @@ class PlatformWeb:
         code, body = yield fetch("POST", url + "v1/balance", {"card": card})
         self.assertEqual((code, body["state"]), (200, "approved"), body)
         return body["balance"]
+
+
+
+class _Collect(Protocol):
+    """
+    Writes C{data} once connected, keeps all that comes back, and fires
+    C{done} with it when the connection closes.
+    """
+
+    def __init__(self, data):
+        self.data = data
+        self.parts = []
+        self.done = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.data)
+
+    def dataReceived(self, data):
+        self.parts.append(data)
+
+    def connectionLost(self, reason):
+        self.done.callback(b"".join(self.parts))
+
+
+def parseResponse(raw):
+    """
+    C{(status, headers, body)} of the HTTP response C{raw}: the headers a
+    C{dict} of lower-case names, the body parsed if it is JSON.
+    """
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    if headers.get("content-type", "").startswith("application/json"):
+        body = json.loads(body.decode("utf-8"))
+    return status, headers, body
+
+
+@defer.inlineCallbacks
+def rawRequest(port, data, seconds=10.0, host="127.0.0.1"):
+    """
+    Send the bytes C{data} on a new connection to C{host}:C{port} and
+    read until the server closes (send C{Connection: close}).
+
+    @return: a L{Deferred} of L{parseResponse}'s C{(status, headers,
+        body)}, or of C{None} when nothing came back.
+    """
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    protocol = _Collect(data)
+    endpoint = TCP4ClientEndpoint(getReactor(), host, port, timeout=seconds)
+    yield withDeadline(connectProtocol(endpoint, protocol), seconds, "connecting to %s:%d" % (host, port))
+    raw = yield withDeadline(protocol.done, seconds, "the answer to %r" % (data[:60],))
+    return parseResponse(raw) if raw else None
+
+
+def httpRequest(method, path, body=b"", headers=(), contentType=b"application/json"):
+    """
+    The bytes of one HTTP/1.1 request that asks the server to close after
+    answering.
+    """
+    lines = [b"%s %s HTTP/1.1" % (method, path), b"Host: 127.0.0.1", b"Connection: close"]
+    if contentType is not None:
+        lines.append(b"Content-Type: " + contentType)
+    if body or method in (b"POST", b"PUT", b"PATCH"):
+        lines.append(b"Content-Length: %d" % (len(body),))
+    lines.extend(headers)
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body

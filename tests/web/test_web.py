@@ -65,10 +65,12 @@ OTHER_PAN = "6222020000000000026"
 MASKED = "622202*********0018"
 
 
-def render(root, method, path, body=None, args=None):
+def render(root, method, path, body=None, args=None, headers=None):
     """
     Render C{method path} on the resource tree C{root} with a
-    L{DummyRequest}; return the request (answered or not yet).
+    L{DummyRequest}; return the request (answered or not yet). A body is
+    sent as C{application/json} unless C{headers} (C{{name: value}},
+    bytes) say otherwise.
     """
     segments = [s.encode("utf-8") for s in path.lstrip("/").split("/")]
     request = DummyRequest(segments)
@@ -79,8 +81,14 @@ def render(root, method, path, body=None, args=None):
         raw = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
         request.content = io.BytesIO(raw)
         request.requestHeaders.setRawHeaders(b"content-length", [str(len(raw)).encode()])
+        request.requestHeaders.setRawHeaders(b"content-type", [b"application/json"])
     else:
         request.content = io.BytesIO(b"")
+    for name, value in (headers or {}).items():
+        if value is None:
+            request.requestHeaders.removeHeader(name)
+        else:
+            request.requestHeaders.setRawHeaders(name, [value])
     resource = getChildForRequest(root, request)
     result = resource.render(request)
     if result is not NOT_DONE_YET:
@@ -174,8 +182,8 @@ class WebRig:
         if journal is not None:
             journal.close()
 
-    def call(self, method, path, body=None, args=None):
-        request = render(self.root, method, path, body, args)
+    def call(self, method, path, body=None, args=None, headers=None):
+        request = render(self.root, method, path, body, args, headers)
         self.pool.flush()
         return request
 
@@ -356,7 +364,7 @@ class PurchaseTests(SynchronousTestCase):
         """
 
         class Journal:
-            def byOrder(self, order):
+            def byOrder(self, order, terminal=None):
                 return defer.succeed([])
 
         class Stuck:

@@ -14,6 +14,8 @@ commands:
             tvlink ledger --help for more)
   journal   look after the platform's SQLite journal
             (tvlink journal --db PATH list|rekey ...; tvlink journal --help for more)
+  keys      make, list and revoke the terminals' API keys
+            (tvlink keys --file PATH add|list|revoke ...; tvlink keys --help for more)
   files     list, fetch and send files to a payment node's file service
             (tvlink files put|get|list --connect HOST:PORT --sender ID ...)
   reconcile check a reconciliation file against the platform's journal
@@ -36,6 +38,10 @@ def main(argv=None):
         from tvlink.cli.journal import main as journal
 
         return journal(argv[1:])
+    if argv[0] == "keys":
+        from tvlink.cli.keys import main as keys
+
+        return keys(argv[1:])
     if argv[0] == "files":
         from tvlink.cli.files import main as files
 

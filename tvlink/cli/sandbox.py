@@ -46,7 +46,7 @@ class SandboxService(MultiService):
 
     log = Logger(namespace="tvlink.sandbox")
 
-    def __init__(self, port=0, sender="PLATFORM", reactor=None, ledger=None, http=None, **options):
+    def __init__(self, port=0, sender="PLATFORM", reactor=None, ledger=None, http=None, door=None, **options):
         MultiService.__init__(self)
         self.options = dict(options, reactor=reactor)
         self.platformSender = sender
@@ -62,12 +62,13 @@ class SandboxService(MultiService):
         self.demo = Deferred()
         #: With C{http} (a server endpoint), the terminal API and both
         #: status pages (L{tvlink.web.service.SandboxWeb}); the platform then keeps
-        #: its journal next to the ledger.
+        #: its journal next to the ledger; C{door} is its
+        #: L{tvlink.web.frontdoor.FrontDoor}.
         self.web = None
         if http is not None:
             from tvlink.web.service import SandboxWeb
 
-            self.web = SandboxWeb(http, self.payment, reactor=reactor, demo_card=DEMO_PAN)
+            self.web = SandboxWeb(http, self.payment, reactor=reactor, demo_card=DEMO_PAN, door=door)
             self.web.setServiceParent(self)
 
     def _prepareLedger(self):

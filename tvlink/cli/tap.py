@@ -11,6 +11,7 @@ from twisted.python import usage
 
 from tvlink.cli.codecopts import CodecOptions, EndpointCodecOptions
 from tvlink.cli.filesopts import PaymentFilesOptions, PlatformFilesOptions, withFiles
+from tvlink.cli.httpopts import HTTPOptions, TerminalAPIOptions, buildDoor
 from tvlink.link import wire
 from tvlink.link.settings import positive
 from tvlink.platform.endpoints import parseGroups
@@ -25,21 +26,6 @@ DEFAULT_API_JOURNAL = "tvlink-journal.db"
 
 def _seconds(name, default, doc):
     return [name, None, str(default), doc + " (seconds, may be fractional)"]
-
-
-def _httpOption(options):
-    """
-    The checked C{--http} endpoint description of C{options}, or C{None}.
-    """
-    value = options["http"]
-    if value is None:
-        return None
-    from tvlink.web.service import parseHTTPEndpoint
-
-    try:
-        return parseHTTPEndpoint(value)
-    except ValueError as e:
-        raise usage.UsageError("--http: %s" % (e,)) from None
 
 
 class _LinkOptions(CodecOptions):
@@ -180,7 +166,7 @@ class _PlatformTLSOptions(_TLSOptions):
     ]
 
 
-class PaymentOptions(PaymentFilesOptions, _PaymentTLSOptions, _LinkOptions):
+class PaymentOptions(PaymentFilesOptions, HTTPOptions, _PaymentTLSOptions, _LinkOptions):
     synopsis = "--listen ENDPOINT [options]"
     longdesc = "Run the payment side: listen for platform links."
     optParameters = [
@@ -231,11 +217,13 @@ class PaymentOptions(PaymentFilesOptions, _PaymentTLSOptions, _LinkOptions):
             raise usage.UsageError("--ledger: %s" % (e,)) from None
         self.backend_timeout = self._positive("backend-timeout")
         self.linkOptions["sign_on_timeout"] = self._positive("sign-on-timeout")
-        self.http = _httpOption(self)
+        self.httpOptions()
         self._filesOptions()
 
 
-class PlatformOptions(PlatformFilesOptions, EndpointCodecOptions, _PlatformTLSOptions, _LinkOptions):
+class PlatformOptions(
+    PlatformFilesOptions, TerminalAPIOptions, HTTPOptions, EndpointCodecOptions, _PlatformTLSOptions, _LinkOptions
+):
     synopsis = "--connect HOST:PORT[,HOST:PORT...] [--connect ...] [options]"
     longdesc = (
         "Run the platform side: keep links to each payment endpoint and spread "
@@ -289,6 +277,7 @@ class PlatformOptions(PlatformFilesOptions, EndpointCodecOptions, _PlatformTLSOp
         _LinkOptions.__init__(self)
         self["connect"] = []
         self.endpointCodecsInit()
+        self.accessInit()
 
 
     def opt_connect(self, endpoint):
@@ -334,7 +323,8 @@ class PlatformOptions(PlatformFilesOptions, EndpointCodecOptions, _PlatformTLSOp
                 self.linkOptions["vault"] = CardVault.fromKeyFile(self["card-key"])
             except CardVaultError as e:
                 raise usage.UsageError("--card-key: %s" % (e,)) from None
-        self.http = _httpOption(self)
+        self.httpOptions()
+        self.accessOptions()
         if self.http is not None and "journal" not in self.linkOptions:
             # The terminal API is idempotent by order id, across restarts too:
             # that takes a durable journal.
@@ -343,7 +333,7 @@ class PlatformOptions(PlatformFilesOptions, EndpointCodecOptions, _PlatformTLSOp
             raise usage.UsageError("--card-key seals the cards of the journal: it needs --journal (or --http)")
 
 
-class SandboxOptions(_LinkOptions):
+class SandboxOptions(HTTPOptions, _LinkOptions):
     synopsis = "[options]"
     longdesc = (
         "Run both roles in one process, linked over loopback TCP, on a SQLite ledger "
@@ -363,7 +353,15 @@ class SandboxOptions(_LinkOptions):
 
     def postOptions(self):
         _LinkOptions.postOptions(self)
-        self.http = _httpOption(self)
+        self.httpOptions()
+        if self.http is not None:
+            from tvlink.cli.httpopts import isLoopback
+
+            if not isLoopback(self.http):
+                raise usage.UsageError(
+                    "--http: the sandbox's terminal API is open and moves money: serve it on loopback "
+                    "(tcp:PORT:interface=127.0.0.1), not %s" % (self.http,)
+                )
         if not self["port"].isdigit() or int(self["port"]) > 65535:
             raise usage.UsageError("--port must be 0-65535, not %r" % (self["port"],))
 
@@ -437,24 +435,51 @@ def _withWeb(config, service):
         return service
     from tvlink.web import HTTPService, ServiceStack, paymentResource, platformResource
 
+    sub = config.subOptions
     if config.subCommand == "platform":
-        resource, api = platformResource(service)
+        from tvlink.web.access import Access, Origins
+        from tvlink.web.terminal import TerminalAPI
+
+        keys = None
+        if sub.apiKeys is not None:
+            from tvlink.web.keys import TerminalKeys
+
+            keys = TerminalKeys(sub.apiKeys)
+            _reloadOnHangUp(keys, service.reactor)
+        api = TerminalAPI(service, access=Access(keys, Origins(sub["http-allow-origin"])))
+        resource, api = platformResource(service, api=api)
+        links = 2 * len(service.factories)
         web = HTTPService(
             http, resource, reactor=service.reactor, api=api, grace=service.terminal_deadline,
-            what="terminal API at /v1, status page, metrics",
+            what="terminal API at /v1 (%s), status page, metrics" % ("keys required" if keys else "open",),
+            door=buildDoor(sub, links),
         )
-        if config.subOptions["journal"] is None:
+        if sub["journal"] is None:
             log.info(
                 "the terminal API journals to {path} (the default with --http; choose with --journal)",
                 path=os.path.abspath(DEFAULT_API_JOURNAL),
             )
     else:
-        web = HTTPService(http, paymentResource(service), reactor=service.reactor)
+        web = HTTPService(
+            http, paymentResource(service), reactor=service.reactor, door=buildDoor(sub, service.factory.max_links)
+        )
     stack = ServiceStack()
     stack.role, stack.service, stack.web = service.role, service, web
     service.setServiceParent(stack)
     web.setServiceParent(stack)
     return stack
+
+
+def _reloadOnHangUp(keys, reactor):
+    """
+    Read the API key file C{keys} again whenever the process gets
+    C{SIGHUP} (a revoked key stops working at once).
+    """
+
+    def received(number, frame):
+        reactor.callFromThread(keys.reload)
+
+    reactor.callWhenRunning(signal.signal, signal.SIGHUP, received)
 
 
 def _makeRoleService(config, reactor=None):
@@ -492,4 +517,5 @@ def _makeRoleService(config, reactor=None):
         return PlatformService(sub["connect"], **options)
     from tvlink.cli.sandbox import SandboxService
 
-    return SandboxService(port=int(sub["port"]), http=sub.http, **options)
+    door = buildDoor(sub, 4) if sub.http is not None else None
+    return SandboxService(port=int(sub["port"]), http=sub.http, door=door, **options)

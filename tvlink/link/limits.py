@@ -1,7 +1,9 @@
 """
-Logging of the limits a link enforces (in-flight caps, handler caps,
-connection caps), rate-limited so a flood of refusals does not flood the
-log.
+The limits a server enforces on its connections: L{ConnectionCaps}
+counts them (in all, and per client address) and says which cap a new
+one would break; L{LimitLog} logs each refusal (in-flight caps, handler
+caps, connection caps), rate-limited so a flood of refusals does not
+flood the log.
 """
 
 from twisted.logger import Logger
@@ -17,8 +19,12 @@ class LimitLog:
     log = Logger()
     interval = 10.0
 
-    def __init__(self, clock):
+    def __init__(self, clock, log=None, event="link_event"):
         self.clock = clock
+        if log is not None:
+            self.log = log
+        #: The key under which the events carry the word C{limit}.
+        self.event = event
         self.hits = {}
         self._last = {}
         self._unlogged = {}
@@ -50,7 +56,7 @@ class LimitLog:
         more = self._unlogged.pop(limit, 0)
         self.log.warn(
             "limit {limit} hit: refused {detail} from {peer}{more}",
-            link_event="limit",
+            **{self.event: "limit"},
             limit=limit,
             detail=detail,
             peer=peer,
@@ -64,7 +70,7 @@ class LimitLog:
             self._last[limit] = self.clock.seconds()
             self.log.warn(
                 "limit {limit} hit: refused {count} more (the last: {detail} from {peer}) in {interval:g}s",
-                link_event="limit",
+                **{self.event: "limit"},
                 limit=limit,
                 count=more,
                 detail=detail,
@@ -80,3 +86,51 @@ class LimitLog:
         for call in flushes.values():
             if call.active():
                 call.cancel()
+
+
+class ConnectionCaps:
+    """
+    Counts a server's open connections, in all and per client host, and
+    says which cap a new one would break.
+
+    @param total: connections open at once, in all.
+    @param perHost: connections open at once from one host.
+    @param names: the names of the two caps, for refusals
+        (C{(total, perHost)}).
+    """
+
+    def __init__(self, total, perHost, names=("max-connections", "max-connections-per-client")):
+        self.total = total
+        self.perHost = perHost
+        self.names = names
+        #: Connections open now.
+        self.open = 0
+        #: Connections open now, by host.
+        self.byHost = {}
+
+    def admit(self, host):
+        """
+        Count a new connection from C{host}, if the caps allow it.
+
+        @return: C{None} when it is admitted (call L{release} when it
+            ends), else the name of the cap it would break.
+        """
+        if self.open >= self.total:
+            return self.names[0]
+        count = self.byHost.get(host, 0)
+        if count >= self.perHost:
+            return self.names[1]
+        self.byHost[host] = count + 1
+        self.open += 1
+        return None
+
+    def release(self, host):
+        """
+        A connection from C{host} that L{admit} let in has ended.
+        """
+        self.open -= 1
+        left = self.byHost.get(host, 1) - 1
+        if left > 0:
+            self.byHost[host] = left
+        else:
+            self.byHost.pop(host, None)

@@ -15,6 +15,7 @@ from tvlink.errors import LinkNotReady
 from tvlink.link import wire
 from tvlink.link.factory import LinkFactory
 from tvlink.link.interfaces import IMessageHandler
+from tvlink.link.limits import ConnectionCaps
 from tvlink.link.service import LinkService, failNow
 from tvlink.link.settings import PAYMENT, atLeast, positive, succeedWith
 from tvlink.payment.backend import DEFAULT_BACKEND_TIMEOUT, LedgerHandler
@@ -36,8 +37,18 @@ class PaymentFactory(LinkFactory, ServerFactory):
         self.sign_on_timeout = positive("sign_on_timeout", sign_on_timeout)
         self.max_links = atLeast("max_links", max_links, 1)
         self.max_links_per_peer = atLeast("max_links_per_peer", max_links_per_peer, 1)
-        #: Connections open, by peer host.
-        self.perPeer = {}
+        self.caps = ConnectionCaps(self.max_links, self.max_links_per_peer, ("max-links", "max-links-per-peer"))
+
+    @property
+    def openConnections(self):
+        return self.caps.open
+
+    @property
+    def perPeer(self):
+        """
+        Connections open, by peer host.
+        """
+        return self.caps.byHost
 
     def buildProtocol(self, addr):
         """
@@ -45,19 +56,13 @@ class PaymentFactory(LinkFactory, ServerFactory):
         at once) when C{max_links} or C{max_links_per_peer} is reached.
         """
         host = getattr(addr, "host", None)
-        if self.openConnections >= self.max_links:
-            self.limits.hit("max-links", "%s:%s" % (host, getattr(addr, "port", "")), "a connection")
-            return None
-        if self.perPeer.get(host, 0) >= self.max_links_per_peer:
-            self.limits.hit("max-links-per-peer", "%s:%s" % (host, getattr(addr, "port", "")), "a connection")
+        refused = self.caps.admit(host)
+        if refused is not None:
+            self.limits.hit(refused, "%s:%s" % (host, getattr(addr, "port", "")), "a connection")
             return None
         link = ServerFactory.buildProtocol(self, addr)
         link.peerHost = host
-        self.perPeer[host] = self.perPeer.get(host, 0) + 1
-        self.openConnections += 1
         return link
-
-    openConnections = 0
 
     def signOnReceived(self, link, message):
         self.log.info(
@@ -90,12 +95,7 @@ class PaymentFactory(LinkFactory, ServerFactory):
         LinkFactory.linkLost(self, link, why)
         host = getattr(link, "peerHost", None)
         if host is not None:
-            self.openConnections -= 1
-            left = self.perPeer.get(host, 1) - 1
-            if left > 0:
-                self.perPeer[host] = left
-            else:
-                self.perPeer.pop(host, None)
+            self.caps.release(host)
 
 
 def _digits(value, length=None):

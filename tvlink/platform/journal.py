@@ -40,7 +40,7 @@ SCHEMA = (
         pan TEXT, pan_sealed TEXT, orig TEXT,
         state TEXT NOT NULL, resp TEXT, late_resp TEXT, reason TEXT,
         reversal_stan TEXT, reversal_time TEXT, reversal_attempts INTEGER NOT NULL DEFAULT 0,
-        created REAL NOT NULL, updated REAL NOT NULL,
+        created REAL NOT NULL, updated REAL NOT NULL, terminal TEXT,
         PRIMARY KEY (sender, stan, time))""",
     "CREATE INDEX IF NOT EXISTS entries_order ON entries (order_id)",
     "CREATE INDEX IF NOT EXISTS entries_state ON entries (state)",
@@ -50,13 +50,13 @@ SCHEMA = (
 COLUMNS = (
     "sender", "stan", "time", "order_id", "mti", "proc", "amount", "currency", "pan", "pan_sealed", "orig",
     "state", "resp", "late_resp", "reason", "reversal_stan", "reversal_time",
-    "reversal_attempts", "created", "updated",
+    "reversal_attempts", "created", "updated", "terminal",
 )
 
 
 #: Columns added since the first schema, with their types: a journal file
 #: made before them gets them when it is opened (L{migrate}).
-ADDED_COLUMNS = (("pan_sealed", "TEXT"),)
+ADDED_COLUMNS = (("pan_sealed", "TEXT"), ("terminal", "TEXT"))
 
 
 def migrate(conn):
@@ -244,10 +244,11 @@ class PlatformJournal:
     def close(self):
         return self.store.close()
 
-    def record(self, message):
+    def record(self, message, terminal=None):
         """
-        Write a request before it is sent. Fails with
-        L{sqlite3.IntegrityError} if its key is already journalled.
+        Write a request before it is sent, with the C{terminal} it was
+        made for (if any). Fails with L{sqlite3.IntegrityError} if its key
+        is already journalled.
         """
         now = self.reactor.seconds()
         orig = message.get("orig")
@@ -257,13 +258,13 @@ class PlatformJournal:
             message["mti"], message.get("proc"), message.get("amount"), message.get("currency"),
             maskedPan(message.get("pan")), self.sealCard(message.get("pan"), key),
             json.dumps(orig) if isinstance(orig, dict) else None,
-            PENDING, now, now,
+            PENDING, now, now, terminal,
         )
 
         def insert(conn):
             conn.execute(
                 "INSERT INTO entries (sender, stan, time, order_id, mti, proc, amount, currency, pan,"
-                " pan_sealed, orig, state, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " pan_sealed, orig, state, created, updated, terminal) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 row,
             )
 
@@ -326,12 +327,12 @@ class PlatformJournal:
     def byReversalKey(self, key):
         return self._one("sender=? AND reversal_stan=? AND reversal_time=?", tuple(key))
 
-    def byOrder(self, order):
+    def byOrder(self, order, terminal=None):
         """
-        A L{Deferred} of the entries carrying merchant order C{order},
-        oldest first.
+        A L{Deferred} of the entries carrying merchant order C{order} of
+        C{terminal} (C{None}: made without one), oldest first.
         """
-        return self._many("order_id=? ORDER BY created", (order,))
+        return self._many("order_id=? AND COALESCE(terminal, '')=? ORDER BY created", (order, terminal or ""))
 
     def unfinished(self):
         """

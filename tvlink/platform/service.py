@@ -257,9 +257,10 @@ class PlatformService(PlatformFiles, Draining, LinkService):
                 return True
         return False
 
-    def request(self, message, timeout=None):
+    def request(self, message, timeout=None, terminal=None):
         """
-        Send request C{message} (a C{dict}) to a payment node.
+        Send request C{message} (a C{dict}) to a payment node; its journal
+        entry, if it has one, notes the C{terminal} it was made for.
 
         C{sender}, C{stan} and C{time} are filled in when missing. If no
         link is ready the request waits for one, up to its C{timeout}, in a
@@ -284,7 +285,7 @@ class PlatformService(PlatformFiles, Draining, LinkService):
             # A caller-chosen key already on a link, whichever.
             return failNow(DuplicateKey("request %s is already in flight" % ("/".join(key),)))
         if self.settlement is not None and isMoneyMoving(message):
-            return self.settlement.request(message, key, timeout, stan, budget=self.minimumBudget)
+            return self.settlement.request(message, key, timeout, stan, budget=self.minimumBudget, terminal=terminal)
         return self._dispatch(message, timeout, stan, None, False, key)
 
     def _releaseStan(self, stan):

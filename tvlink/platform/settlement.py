@@ -111,9 +111,10 @@ class Settlement:
         if stan is not None:
             self.settings.stans.release(stan)
 
-    def request(self, message, key, timeout, stan, budget):
+    def request(self, message, key, timeout, stan, budget, terminal=None):
         """
-        Journal the money-moving request C{message} (whose key is C{key}),
+        Journal the money-moving request C{message} (whose key is C{key})
+        as made for C{terminal},
         send it unless less than C{budget} seconds of its C{timeout} are
         left once it is journalled, and settle its outcome. C{stan}, if
         given, is released when the request ends.
@@ -124,7 +125,7 @@ class Settlement:
         """
         started = self.reactor.seconds()
         flight = [False]
-        d = self.journal.record(message)
+        d = self.journal.record(message, terminal)
         d.addCallbacks(
             self._recorded,
             self._notRecorded,

@@ -27,6 +27,11 @@ The names, all prefixed C{tvlink_}:
     - both: C{store_commits_total{store}}, C{store_commit_batch_size{store}}
       (histogram of pieces per SQLite commit: the platform's journal, the
       payment side's ledger when it keeps those figures)
+    - the web side (L{HTTPCollector}): C{http_connections} (open now),
+      C{http_connections_max} (the cap), C{http_refused_total{limit}}
+      (connections closed at a cap, requests cut at a deadline or for
+      their size: C{http-max-connections}, C{http-max-per-client},
+      C{http-head-timeout}, C{http-body-timeout}, C{http-max-body})
 """
 
 from prometheus_client import CollectorRegistry
@@ -34,12 +39,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from tvlink.link.factory import LINK_COUNTERS
 from tvlink.web.counting import BatchSizes, Buckets, CountingHandler
-from tvlink.web.responses import gone, watch
+from tvlink.web.responses import JSONResource, gone, watch
 
 #: Every state a platform link slot reports
 #: (L{tvlink.platform.factory.PlatformFactory.stateName}).
@@ -333,6 +337,27 @@ class PaymentCollector(_Collector):
         return out
 
 
+class HTTPCollector:
+    """
+    The figures of a web side's front door (a
+    L{tvlink.web.frontdoor.GuardedConnections}).
+    """
+
+    def __init__(self, connections):
+        self.connections = connections
+
+    def collect(self):
+        connections = self.connections
+        open_ = _gauge("http_connections", "HTTP connections open now")
+        open_.add_metric([], connections.caps.open)
+        cap = _gauge("http_connections_max", "HTTP connections allowed open at once")
+        cap.add_metric([], connections.caps.total)
+        refused = _counter("http_refused", "HTTP connections or requests refused at a limit", ("limit",))
+        for limit, count in sorted(connections.limits.hits.items()):
+            refused.add_metric([limit], count)
+        return [open_, cap, refused]
+
+
 def _platformOf(link):
     return getattr(link, "platform", None) or "unknown"
 
@@ -354,7 +379,7 @@ def registryFor(service, api=None):
     return registry, collector
 
 
-class MetricsResource(Resource):
+class MetricsResource(JSONResource):
     """
     C{/metrics}: the registry in the exposition format the scraper asks
     for (Prometheus text or OpenMetrics), generated on the reactor thread
@@ -363,10 +388,11 @@ class MetricsResource(Resource):
     """
 
     isLeaf = True
+    exact = True
     log = Logger(namespace="tvlink.metrics")
 
     def __init__(self, registry, collector=None):
-        Resource.__init__(self)
+        JSONResource.__init__(self)
         self.registry = registry
         self.collector = collector
 

@@ -25,9 +25,12 @@ class _Call(JSONResource):
     kind = None
     log = Logger(namespace="tvlink.web")
 
-    def __init__(self, api):
+    def __init__(self, api, terminal=None):
         JSONResource.__init__(self)
         self.api = api
+        #: The terminal the request authenticated as (C{None}: the API
+        #: is open).
+        self.terminal = terminal
 
     def serve(self, request, call):
         """
@@ -99,7 +102,10 @@ class _Call(JSONResource):
 
     def _write(self, reply, request):
         self.api.count(self.kind, reply.result)
-        writeJSON(request, reply.code, reply.body, reply.headers)
+        writeJSON(request, reply.code, reply.body, reply.headers + self.api.access.origins.headersFor(request))
+
+    def render_OPTIONS(self, request):
+        return self.api.access.origins.preflight(request)
 
 
 class PaymentsResource(_Call):
@@ -115,7 +121,7 @@ class PaymentsResource(_Call):
             order = checkOrder(name.decode("utf-8"))
         except (UnicodeDecodeError, APIError):
             return NotFound("no payment with that order id (an order id is 1 to 64 printable characters)")
-        return OrderResource(self.api, order)
+        return OrderResource(self.api, order, self.terminal)
 
     def render_POST(self, request):
         def call(context):
@@ -124,7 +130,7 @@ class PaymentsResource(_Call):
             amount = checkAmount(data.get("amount"))
             currency = checkCurrency(data.get("currency"))
             order = context["order"] = checkOrder(data.get("order"))
-            return self.api.purchase(order, card, amount, currency)
+            return self.api.purchase(order, card, amount, currency, terminal=self.terminal)
 
         return self.serve(request, call)
 
@@ -137,13 +143,13 @@ class OrderResource(_Call):
     isLeaf = False
     kind = "outcome"
 
-    def __init__(self, api, order):
-        _Call.__init__(self, api)
+    def __init__(self, api, order, terminal=None):
+        _Call.__init__(self, api, terminal)
         self.order = order
 
     def getChild(self, name, request):
         if name == b"refund":
-            return RefundResource(self.api, self.order)
+            return RefundResource(self.api, self.order, self.terminal)
         if name == b"":
             return self
         return NotFound()
@@ -152,7 +158,7 @@ class OrderResource(_Call):
         return d
 
     def render_GET(self, request):
-        return self.serve(request, lambda context: self.api.outcome(self.order))
+        return self.serve(request, lambda context: self.api.outcome(self.order, terminal=self.terminal))
 
 
 class RefundResource(_Call):
@@ -162,8 +168,8 @@ class RefundResource(_Call):
 
     kind = "refund"
 
-    def __init__(self, api, order):
-        _Call.__init__(self, api)
+    def __init__(self, api, order, terminal=None):
+        _Call.__init__(self, api, terminal)
         self.order = order
 
     def render_POST(self, request):
@@ -173,7 +179,7 @@ class RefundResource(_Call):
             card = data.get("card")
             if card is not None:
                 card = checkCard(card)
-            return self.api.refund(self.order, amount, card)
+            return self.api.refund(self.order, amount, card, terminal=self.terminal)
 
         return self.serve(request, call)
 
@@ -195,15 +201,36 @@ class BalanceResource(_Call):
 
 class V1Resource(JSONResource):
     """
-    C{/v1}.
+    C{/v1}: with C{api.keys} set, every request below it must carry a
+    terminal's key (C{Authorization: Bearer KEY}), or is answered C{401};
+    the calls then act for that terminal only.
     """
+
+    calls = {b"payments": PaymentsResource, b"balance": BalanceResource}
 
     def __init__(self, api):
         JSONResource.__init__(self)
-        self.putChild(b"payments", PaymentsResource(api))
-        self.putChild(b"balance", BalanceResource(api))
+        self.api = api
+
+    def getChild(self, name, request):
+        kind = self.calls.get(name)
+        if kind is None:
+            return NotFound()
+        if request.method == b"OPTIONS":
+            # A preflight carries no credentials: the origin decides.
+            return kind(self.api)
+        refused, terminal = self.api.access.authenticate(request)
+        if refused is not None:
+            return refused
+        return kind(self.api, terminal)
+
+    def render_OPTIONS(self, request):
+        return self.api.access.origins.preflight(request)
 
     def render_GET(self, request):
+        refused, _ = self.api.access.authenticate(request)
+        if refused is not None:
+            return refused.render(request)
         writeJSON(
             request,
             200,
@@ -215,5 +242,6 @@ class V1Resource(JSONResource):
                     "POST /v1/balance {card}",
                 ]
             },
+            self.api.access.origins.headersFor(request),
         )
         return NOT_DONE_YET

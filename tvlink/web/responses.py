@@ -61,13 +61,19 @@ def writeJSON(request, code, body, headers=()):
 class JSONResource(Resource):
     """
     A resource whose errors (unknown child, method not allowed) are JSON
-    too.
+    too. A leaf with C{exact} set answers only its own path: anything
+    below it is not found.
     """
+
+    exact = False
 
     def getChild(self, name, request):
         return NotFound()
 
     def render(self, request):
+        if self.exact and any(request.postpath):
+            writeJSON(request, 404, {"error": "not-found", "message": "no such resource"})
+            return NOT_DONE_YET
         method = request.method.decode("ascii", "replace").upper()
         handler = getattr(self, "render_" + method, None)
         if handler is None and method == "HEAD":

@@ -8,10 +8,11 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
 from twisted.web.server import Site
 
 from tvlink.link.settings import globalReactor
+from tvlink.web.frontdoor import FrontDoor, GuardedChannel, GuardedConnections, GuardedRequest
+from tvlink.web.metrics import HTTPCollector
 from tvlink.web.terminal import TerminalAPI
 from tvlink.web.tree import platformResource, sandboxResource
 
@@ -41,11 +42,14 @@ def parseHTTPEndpoint(value):
 class _Site(Site):
     """
     A L{Site} that logs each request as a structured event instead of a
-    line in the combined log format, and shows no tracebacks.
+    line in the combined log format, shows no tracebacks, and holds its
+    connections to a L{FrontDoor} (L{GuardedChannel}, L{GuardedRequest}).
     """
 
     displayTracebacks = False
     noisy = False
+    protocol = GuardedChannel
+    requestFactory = GuardedRequest
     access = Logger(namespace="tvlink.web.access")
 
     def log(self, request):
@@ -73,19 +77,30 @@ class HTTPService(Service):
 
     @param api: the L{TerminalAPI} whose calls to wait for, if any.
     @param what: words for the log line naming what is served.
+    @param door: the L{FrontDoor} every connection is held to (connection
+        caps, deadlines, body size); by default one with the default
+        limits.
     """
 
     log = Logger(namespace="tvlink.web")
 
-    def __init__(self, description, resource, reactor=None, api=None, grace=60.0, what="status page, metrics"):
+    def __init__(
+        self, description, resource, reactor=None, api=None, grace=60.0, what="status page, metrics", door=None
+    ):
         self.reactor = reactor if reactor is not None else globalReactor()
         self.description = description
         self.resource = resource
         self.api = api
         self.grace = float(grace)
         self.what = what
-        self.site = _Site(resource)
-        self.factory = _Connections(self.site)
+        self.door = door if door is not None else FrontDoor()
+        self.site = _Site(resource, timeout=self.door.idle_timeout, reactor=self.reactor)
+        self.factory = GuardedConnections(self.site, self.door, self.reactor)
+        registry = getattr(resource, "registry", None)
+        if registry is not None:
+            # The resource tree's metrics (platformResource, paymentResource)
+            # gain those of its front door.
+            registry.register(HTTPCollector(self.factory))
         self.endpoint = serverFromString(self.reactor, description)
         self.port = None
         self._listenCalled = False
@@ -110,8 +125,18 @@ class HTTPService(Service):
 
     def _listening(self, port):
         self.port = port
+        door = self.door
         self.log.info(
-            "web listening on {url} ({what})", web_event="listening", url=self.url(), what=self.what
+            "web listening on {url} ({what}); at most {connections} connections, {perClient} per client, "
+            "head within {head:g}s, body within {body:g}s, idle {idle:g}s",
+            web_event="listening",
+            url=self.url(),
+            what=self.what,
+            connections=door.max_connections,
+            perClient=door.max_per_client,
+            head=door.head_timeout,
+            body=door.body_timeout,
+            idle=door.idle_timeout,
         )
 
     def startService(self):
@@ -132,7 +157,8 @@ class HTTPService(Service):
 
     def url(self):
         """
-        The base URL (C{http://HOST:PORT/}), or C{None} before listening.
+        The base URL (C{http://HOST:PORT/}, C{https://} on a TLS
+        endpoint), or C{None} before listening.
         """
         address = self.address()
         if address is None or address[1] is None:
@@ -142,7 +168,8 @@ class HTTPService(Service):
             host = "127.0.0.1"
         elif ":" in host:
             host = "[%s]" % (host,)
-        return "http://%s:%d/" % (host, address[1])
+        scheme = "https" if self.description.split(":", 1)[0] in ("ssl", "tls") else "http"
+        return "%s://%s:%d/" % (scheme, host, address[1])
 
     def stopService(self):
         Service.stopService(self)
@@ -202,32 +229,6 @@ class HTTPService(Service):
         return d.addCallback(abortStragglers)
 
 
-class _Connections(WrappingFactory):
-    """
-    Keeps track of the open HTTP connections of a site.
-    """
-
-    noisy = False
-
-    def __init__(self, site):
-        WrappingFactory.__init__(self, site)
-        self._emptyWaiters = []
-
-    def unregisterProtocol(self, protocol):
-        WrappingFactory.unregisterProtocol(self, protocol)
-        if not self.protocols and self._emptyWaiters:
-            waiters, self._emptyWaiters = self._emptyWaiters, []
-            for d in waiters:
-                d.callback(None)
-
-    def whenEmpty(self):
-        if not self.protocols:
-            return succeed(None)
-        d = Deferred(lambda d: self._emptyWaiters.remove(d))
-        self._emptyWaiters.append(d)
-        return d
-
-
 class ServiceStack(MultiService):
     """
     A L{MultiService} whose children start in order and stop one after
@@ -254,7 +255,7 @@ class SandboxWeb(HTTPService):
     starting.
     """
 
-    def __init__(self, description, payment, reactor=None, link_wait=None, demo_card=None):
+    def __init__(self, description, payment, reactor=None, link_wait=None, demo_card=None, door=None):
         self.payment = payment
         #: The card the printed curl command pays with.
         self.demo_card = demo_card
@@ -263,7 +264,7 @@ class SandboxWeb(HTTPService):
         self.root = sandboxResource(payment, self.api, lambda: self.platform)
         HTTPService.__init__(
             self, description, self.root, reactor=reactor or payment.reactor, api=self.api,
-            what="terminal API at /v1, platform status at /, payment status at /payment/",
+            what="terminal API at /v1, platform status at /, payment status at /payment/", door=door,
         )
 
     def attachPlatform(self, platform):

@@ -8,10 +8,9 @@ import time
 
 from twisted.internet.defer import maybeDeferred, succeed
 from twisted.logger import Logger
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from tvlink.web.responses import gone, watch, writeJSON
+from tvlink.web.responses import JSONResource, gone, watch, writeJSON
 
 #: Seconds between refreshes of the HTML page (C{?refresh=N} changes it,
 #: C{?refresh=0} turns it off).
@@ -187,16 +186,18 @@ class StatusSource:
         return d
 
 
-class _SnapshotResource(Resource):
+class _SnapshotResource(JSONResource):
     """
-    A leaf that renders the status C{source}'s snapshot.
+    A leaf that renders the status C{source}'s snapshot (other methods
+    than C{GET} are refused in JSON).
     """
 
     isLeaf = True
+    exact = True
     log = Logger(namespace="tvlink.web")
 
     def __init__(self, source):
-        Resource.__init__(self)
+        JSONResource.__init__(self)
         self.source = source
 
 

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from tvlink.errors import InDoubt, LinkLost, NoLinkAvailable, RequestError, RequestTimeout
 from tvlink.link import wire
 from tvlink.platform.journal import APPROVED, DECLINED, IN_DOUBT, maskedPan
+from tvlink.web.access import Access
 from tvlink.web.orders import asFen, entryReply, purchasesIn, reference, refundsIn, standing, stateMessage
 from tvlink.web.validation import APIError, Reply, invalid
 
@@ -75,14 +76,19 @@ class TerminalAPI:
     @param cards: card numbers of this process's approved purchases kept in
         memory (never on disk: the journal holds them masked) so a refund
         need not repeat the card; the oldest are forgotten first.
+    @param access: the L{tvlink.web.access.Access} that says which
+        terminal a request is from (by default an open API). Order ids are
+        per terminal: each call takes the C{terminal} it acts for, and
+        sees only that terminal's orders.
 
     @ivar results: C{{(type, result): count}}, for metrics.
     """
 
     log = Logger(namespace="tvlink.web")
 
-    def __init__(self, service, clock=None, link_wait=None, cards=10000):
+    def __init__(self, service, clock=None, link_wait=None, cards=10000, access=None):
         self._service = service if callable(service) else (lambda: service)
+        self.access = access if access is not None else Access()
         self._clock = clock
         self.link_wait = link_wait
         self.cards = collections.OrderedDict()
@@ -191,31 +197,34 @@ class TerminalAPI:
             if call.active():
                 call.cancel()
 
-    async def _send(self, service, message):
+    async def _send(self, service, message, terminal=None):
         """
-        The answer to request C{message}, sent once a link is ready.
+        The answer to request C{message}, sent for C{terminal} once a link
+        is ready.
         """
         await self._whenLinkReady(service)
-        return await service.request(message)
+        if terminal is None:
+            return await service.request(message)
+        return await service.request(message, terminal=terminal)
 
-    def _remember(self, order, card):
+    def _remember(self, key, card):
         cards = self.cards
-        cards[order] = card
-        cards.move_to_end(order)
+        cards[key] = card
+        cards.move_to_end(key)
         while len(cards) > self.cardLimit:
             cards.popitem(last=False)
 
-    def _fly(self, flights, order, details, call):
+    def _fly(self, flights, key, details, call):
         """
-        Run C{call} (a coroutine) as the call in flight for C{order}: until
-        it lands, later calls for the order find it in C{flights} and wait
-        for its reply.
+        Run C{call} (a coroutine) as the call in flight for C{key} (a
+        terminal and an order): until it lands, later calls for the order
+        find it in C{flights} and wait for its reply.
         """
-        flight = flights[order] = _Flight(**details)
+        flight = flights[key] = _Flight(**details)
 
         def landed(result):
-            if flights.get(order) is flight:
-                del flights[order]
+            if flights.get(key) is flight:
+                del flights[key]
             flight.land(result)
             return result
 
@@ -263,16 +272,18 @@ class TerminalAPI:
 
     # -- purchase --------------------------------------------------------
 
-    def purchase(self, order, card, amount, currency="156"):
+    def purchase(self, order, card, amount, currency="156", terminal=None):
         """
-        Make (or repeat) the purchase C{order}.
+        Make (or repeat) the purchase C{order} of C{terminal}.
         """
         service = self.service()
         details = dict(card=card, amount=amount, currency=currency)
-        flight = self.purchases.get(order)
+        flight = self.purchases.get((terminal, order))
         if flight is not None:
             return Deferred.fromCoroutine(self._repeat(flight, details, self._conflict(order)))
-        return self._fly(self.purchases, order, details, self._purchase(service, order, card, amount, currency))
+        return self._fly(
+            self.purchases, (terminal, order), details, self._purchase(service, order, card, amount, currency, terminal)
+        )
 
     def _conflict(self, order):
         return APIError(
@@ -283,8 +294,8 @@ class TerminalAPI:
             field="order",
         )
 
-    async def _purchase(self, service, order, card, amount, currency):
-        entries = await service.journal.byOrder(order)
+    async def _purchase(self, service, order, card, amount, currency, terminal):
+        entries = await service.journal.byOrder(order, terminal)
         first = standing(purchasesIn(entries))
         if first is not None:
             # Decided already, perhaps before a restart: its outcome again.
@@ -300,14 +311,14 @@ class TerminalAPI:
             "order": order,
         }
         try:
-            answer = await self._send(service, message)
+            answer = await self._send(service, message, terminal)
         except Exception:
             body = {"order": order, "type": "purchase", "amount": amount, "currency": currency, "card": maskedPan(card)}
             return self._unanswered(Failure(), body, "purchase")
         resp = answer.get("resp")
         state = APPROVED if resp == wire.APPROVED else DECLINED
         if state == APPROVED:
-            self._remember(order, card)
+            self._remember((terminal, order), card)
         body = {
             "order": order,
             "type": "purchase",
@@ -323,17 +334,18 @@ class TerminalAPI:
 
     # -- outcome ---------------------------------------------------------
 
-    def outcome(self, order):
+    def outcome(self, order, terminal=None):
         """
-        The recorded outcome of purchase C{order}, from the journal.
+        The recorded outcome of purchase C{order} of C{terminal}, from the
+        journal.
         """
         service = self._service()
         if service is None or service.journal is None:
             raise APIError(503, "unavailable", "the platform's journal is not open yet; try again shortly")
-        return Deferred.fromCoroutine(self._outcome(service, order))
+        return Deferred.fromCoroutine(self._outcome(service, order, terminal))
 
-    async def _outcome(self, service, order):
-        entries = await service.journal.byOrder(order)
+    async def _outcome(self, service, order, terminal):
+        entries = await service.journal.byOrder(order, terminal)
         purchases = purchasesIn(entries)
         entry = standing(purchases) or (purchases[-1] if purchases else None)
         if entry is None:
@@ -344,23 +356,23 @@ class TerminalAPI:
 
     # -- refund ----------------------------------------------------------
 
-    def refund(self, order, amount, card=None):
+    def refund(self, order, amount, card=None, terminal=None):
         """
-        Refund C{amount} fen of purchase C{order}.
+        Refund C{amount} fen of purchase C{order} of C{terminal}.
         """
         service = self.service()
         details = dict(amount=amount, card=card)
-        flight = self.refunds.get(order)
+        flight = self.refunds.get((terminal, order))
         if flight is not None:
             conflict = APIError(
                 409, "conflict", "another refund of order %s is in progress; try again once it is answered" % (order,),
                 field="order",
             )
             return Deferred.fromCoroutine(self._repeat(flight, details, conflict))
-        return self._fly(self.refunds, order, details, self._refund(service, order, amount, card))
+        return self._fly(self.refunds, (terminal, order), details, self._refund(service, order, amount, card, terminal))
 
-    async def _refund(self, service, order, amount, card):
-        entries = await service.journal.byOrder(order)
+    async def _refund(self, service, order, amount, card, terminal):
+        entries = await service.journal.byOrder(order, terminal)
         purchase = standing(purchasesIn(entries))
         if purchase is None or purchase["state"] != APPROVED:
             why = "no payment with order %s" % (order,)
@@ -371,7 +383,7 @@ class TerminalAPI:
             if maskedPan(card) != purchase["pan"]:
                 raise invalid("card", "card is not the card of the purchase of order %s" % (order,))
         else:
-            card = self.cards.get(order) or service.journal.openedCard(purchase, "refund")
+            card = self.cards.get((terminal, order)) or service.journal.openedCard(purchase, "refund")
             if card is None:
                 raise invalid(
                     "card",
@@ -398,7 +410,7 @@ class TerminalAPI:
             "original": reference(purchase["key"]),
         }
         try:
-            answer = await self._send(service, message)
+            answer = await self._send(service, message, terminal)
         except Exception:
             return self._unanswered(Failure(), body, "refund")
         resp = answer.get("resp")

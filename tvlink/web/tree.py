@@ -4,22 +4,20 @@ C{/v1}, status page, C{/status.json}, C{/metrics}), a payment node's
 (status and metrics), and the sandbox's, both roles on one site.
 """
 
-from twisted.web.pages import notFound
-from twisted.web.resource import Resource
-
 from tvlink.web.metrics import MetricsResource, registryFor
 from tvlink.web.resources import V1Resource
+from tvlink.web.responses import JSONResource, NotFound
 from tvlink.web.status import StatusJSON, StatusPage, StatusSource
 from tvlink.web.terminal import TerminalAPI
 
 
-class _Root(Resource):
+class _Root(JSONResource):
     """
-    The root of a site: its children, and a plain 404 for anything else.
+    The root of a site: its children, and a JSON 404 for anything else.
     """
 
     def getChild(self, name, request):
-        return notFound("No such page", "Try / (status), /status.json or /metrics.")
+        return NotFound("no such page: try / (status), /status.json, /metrics or /v1")
 
     def render_GET(self, request):
         # Reached only as C{/prefix} without its slash (the sandbox's
@@ -28,7 +26,7 @@ class _Root(Resource):
         return b""
 
 
-class _NoContent(Resource):
+class _NoContent(JSONResource):
     isLeaf = True
 
     def render_GET(self, request):

@@ -9,6 +9,12 @@ import json
 MAX_AMOUNT = 999999999999
 MAX_BODY = 16 * 1024
 
+#: The deepest nesting of arrays and objects a body may have.
+MAX_DEPTH = 32
+
+#: The one type of body the API takes (a C{charset} parameter may follow).
+JSON_TYPE = b"application/json"
+
 
 class APIError(Exception):
     """
@@ -61,10 +67,13 @@ def invalid(field, message):
 
 def parseBody(request):
     """
-    The request's JSON object body.
+    The request's JSON object body. Its type, size and depth are checked
+    before it is parsed.
 
-    @raise APIError: 413 if too long, 400 if not a JSON object.
+    @raise APIError: 415 if it is not sent as C{application/json}, 413 if
+        too long, 400 if not a JSON object or nested over L{MAX_DEPTH}.
     """
+    checkJSONType(request)
     length = request.getHeader(b"content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY:
         raise APIError(413, "too-large", "the body is over %d bytes" % (MAX_BODY,), field="body")
@@ -74,6 +83,8 @@ def parseBody(request):
         raise APIError(413, "too-large", "the body is over %d bytes" % (MAX_BODY,), field="body")
     if not raw.strip():
         raise invalid("body", "the body must be a JSON object")
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and nesting(raw) > MAX_DEPTH:
+        raise invalid("body", "the body is nested deeper than %d arrays and objects" % (MAX_DEPTH,))
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_noConstant)
     except (UnicodeDecodeError, ValueError) as e:
@@ -81,6 +92,55 @@ def parseBody(request):
     if not isinstance(data, dict):
         raise invalid("body", "the body must be a JSON object, not %s" % (type(data).__name__,))
     return data
+
+
+def checkJSONType(request):
+    """
+    Refuse a body not sent as C{application/json}: the types a web page
+    may send cross-site without asking first (forms, multipart, plain
+    text) never reach the API's logic.
+
+    @raise APIError: 415, naming the type given.
+    """
+    given = request.getHeader(b"content-type")
+    if given is None:
+        raise APIError(
+            415, "unsupported-type", "send the body as JSON with Content-Type: application/json", field="content-type"
+        )
+    media = given.split(b";", 1)[0].strip().lower()
+    if media != JSON_TYPE:
+        raise APIError(
+            415,
+            "unsupported-type",
+            "the body must be sent as application/json, not %s" % (media.decode("latin-1")[:80] or "(empty)",),
+            field="content-type",
+        )
+
+
+def nesting(raw):
+    """
+    How deeply the arrays and objects of the JSON text C{raw} (bytes)
+    nest, brackets inside strings not counted; found without parsing.
+    """
+    depth = deepest = 0
+    inString = escaped = False
+    for byte in raw:
+        if inString:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                inString = False
+        elif byte == 0x22:
+            inString = True
+        elif byte == 0x7B or byte == 0x5B:  # { [
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        elif byte == 0x7D or byte == 0x5D:  # } ]
+            depth -= 1
+    return deepest
 
 
 def _noConstant(name):
