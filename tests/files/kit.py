@@ -49,7 +49,17 @@ def frames(data):
 
 
 def messages(data):
-    return [json.loads(b) for b in frames(data) if b[:1] == b"{"]
+    """
+    The JSON messages among the frame bodies of C{data} (data frames of
+    random bytes left out, even one that happens to begin with C{{}).
+    """
+    found = []
+    for body in frames(data):
+        try:
+            found.append(json.loads(body))
+        except ValueError:
+            continue
+    return found
 
 
 def tempRoot(case):

@@ -258,6 +258,20 @@ class ServerExchangeTests(SynchronousTestCase):
         protocol.dataReceived(frame({"op": "get", "sender": SENDER, "name": "a.txt"}))
         self.assertEqual(messages(transport.value())[0]["op"], "ready")
 
+    def test_connectionCap(self):
+        """
+        Beyond four connections per transfer slot a connection is closed
+        at once, and logged; one that ends frees its place.
+        """
+        from twisted.internet.address import IPv4Address
+
+        self.rig.factory.max_transfers = 1
+        held = [self.rig.connect() for _ in range(4)]
+        self.assertIsNone(self.rig.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)))
+        self.assertEqual(len(self.events.named("too-many-connections")), 1)
+        lose(held[0][0])
+        self.assertIsNotNone(self.rig.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2)))
+
     def test_stalledPeerDropped(self):
         """
         A peer that sends nothing after the request is aborted at the idle

@@ -303,6 +303,7 @@ class FileServerProtocol(fp.FileExchange):
                     why=self.closeReason if not cut else "the peer closed the connection",
                 )
         self.factory.receiving.discard(self.part)
+        self.factory.connectionEnded()
         if self.counted:
             self.counted = False
             self.factory.endTransfer()
@@ -339,6 +340,7 @@ class FileServerFactory(ServerFactory):
 
     protocol = FileServerProtocol
     noisy = False
+    log = Logger(namespace="tvlink.files")
     #: Whether the connections are over TLS (set by L{FileService}).
     tls = False
 
@@ -361,9 +363,38 @@ class FileServerFactory(ServerFactory):
         self.max_size = atLeast("max_size", max_size, 0)
         self.runInThread = runInThread if runInThread is not None else fp.inThreadPool(self.clock)
         self.active = 0
+        self.connections = 0
         self._digests = {}
         #: The partial files of the uploads in progress.
         self.receiving = set()
+
+    #: Connections held at once, for every transfer slot: the others
+    #: wait at most the idle timeout for their request, and beyond this
+    #: many a connection is closed as soon as it is accepted.
+    connectionsPerTransfer = 4
+
+    @property
+    def max_connections(self):
+        return self.max_transfers * self.connectionsPerTransfer
+
+    def buildProtocol(self, addr):
+        """
+        A protocol for a new connection, or C{None} (closed at once) when
+        L{max_connections} are open.
+        """
+        if self.connections >= self.max_connections:
+            self.log.warn(
+                "files: connection from {peer} refused: {count} connections open",
+                files_event="too-many-connections",
+                peer="%s:%s" % (getattr(addr, "host", addr), getattr(addr, "port", "")),
+                count=self.connections,
+            )
+            return None
+        self.connections += 1
+        return ServerFactory.buildProtocol(self, addr)
+
+    def connectionEnded(self):
+        self.connections -= 1
 
     def startTransfer(self):
         if self.active >= self.max_transfers:
