@@ -134,6 +134,8 @@ class OptionTests(SynchronousTestCase):
             (["--files-listen", "tcp:0", "--files-dir", folder, "--files-max-transfers", "0"], "at least 1"),
             (["--files-listen", "tcp:0", "--files-dir", folder, "--day-cutover", "25:00"], "--day-cutover"),
             (["--files-listen", "tcp:0", "--files-dir", folder, "--files-idle-timeout", "-1"], "files-idle-timeout"),
+            (["--files-listen", "tcp:0", "--files-dir", folder, "--files-sender-check", "ou"], "one of none, cn"),
+            (["--files-listen", "tcp:0", "--files-dir", folder, "--files-sender-check", "cn"], "needs --tls-ca"),
         ):
             e = self.assertRaises(usage.UsageError, self.parse, *argv)
             self.assertIn(words, str(e))

@@ -45,13 +45,16 @@ class Transfers:
         self.events = Events(self)
         self.serverTLS = self.clientTLS = None
         if self.tls:
-            certs = makeCertificates(os.path.join(self.root, "certs"))
+            certs = makeCertificates(os.path.join(self.root, "certs"), clientNames=(SENDER,))
             self.certs = certs
             self.serverTLS = ServerTLS(certs.server, certs.serverKey, certs.ca)
             self.clientTLS = ClientTLS(certs.client, certs.clientKey, certs.ca)
         self.service = self.startService()
 
     def startService(self, **limits):
+        """
+        A file service on a free loopback port, stopped in cleanup.
+        """
         settings = LinkSettings(reactor=getReactor(), header=self.header)
         service = FileService("tcp:0:interface=127.0.0.1", self.files, settings, tls=self.serverTLS, **limits)
         service.startService()
@@ -291,3 +294,25 @@ class TLSTransferTests(Transfers, ReactorTestCase):
         self.assertFalse(os.path.exists(self.local("got")))
         yield waitUntil(lambda: self.events.named("tls-refused"), 5, "the refusal to be logged")
         self.assertIn("127.0.0.1", self.events.named("tls-refused")[0]["peer"])
+
+    @defer.inlineCallbacks
+    def test_senderBoundToTheCertificate(self):
+        """
+        With C{sender_check} C{"cn"}, a platform acts only for the sender
+        its certificate's common name gives: another sender is refused,
+        and so is a certificate that names no sender.
+        """
+        yield self.service.stopService()
+        self.service = self.startService(sender_check="cn")
+        putFile(self.files, SENDER, "day.bin", b"mine")
+        putFile(self.files, OTHER, "day.bin", b"theirs")
+        cert, key = self.certs.named[SENDER]
+        own = ClientTLS(cert, key, self.certs.ca)
+        result = yield self.client(SENDER, tls=own).get("day.bin", self.local("mine"))
+        self.assertEqual(result["size"], 4)
+        failure = yield self.assertFailure(self.client(OTHER, tls=own).get("day.bin", self.local("x")), fp.Refused)
+        self.assertEqual(failure.resp, fp.NOT_ALLOWED)
+        self.assertIn("names 'PLAT01', not sender 'PLAT02'", failure.reason)
+        yield self.assertFailure(self.client(SENDER).list(), fp.Refused)
+        self.assertFalse(os.path.exists(self.local("x")))
+

@@ -30,6 +30,8 @@ class PaymentFilesOptions(usage.Options):
         ["files-total-timeout", None, str(defaults.DEFAULT_TOTAL), "Drop a transfer this long after it began (s)"],
         ["files-max-transfers", None, str(defaults.DEFAULT_MAX_TRANSFERS), "Downloads and uploads at once (beyond: 91)"],
         ["files-max-size", None, str(defaults.DEFAULT_MAX_SIZE), "Largest upload accepted, in bytes (beyond: 13)"],
+        ["files-sender-check", None, "none", "none: a client acts for the sender it names; cn: only for the "
+         "sender its TLS client certificate's common name gives (needs --tls-ca)"],
         ["day-cutover", None, "00:00", "Cut-over HH:MM[:SS] ending each day of the reconciliation files, local time; "
          "each sender's file of the day is written to --files-dir shortly after it"],
     ]
@@ -63,6 +65,14 @@ class PaymentFilesOptions(usage.Options):
             if not value.isdigit() or int(value) < least:
                 raise usage.UsageError("--%s must be a whole number of at least %d, not %r" % (option, least, value))
             options[keyword] = int(value)
+        from tvlink.files.server import SENDER_CHECKS
+
+        check = self["files-sender-check"]
+        if check not in SENDER_CHECKS:
+            raise usage.UsageError("--files-sender-check must be one of %s, not %r" % (", ".join(SENDER_CHECKS), check))
+        if check != "none" and self.get("tls-ca") is None:
+            raise usage.UsageError("--files-sender-check %s reads the client certificate: it needs --tls-ca" % (check,))
+        options["sender_check"] = check
         from tvlink.files.reconcile import parseCutover
 
         try:

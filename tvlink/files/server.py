@@ -24,6 +24,10 @@ DEFAULT_TOTAL = 3600.0
 DEFAULT_MAX_TRANSFERS = 8
 DEFAULT_MAX_SIZE = 4 * 1024**3
 
+#: How the sender a client names is checked: taken as given, or against
+#: the common name of its TLS certificate.
+SENDER_CHECKS = ("none", "cn")
+
 
 class Busy(Exception):
     """
@@ -116,6 +120,9 @@ class FileServerProtocol(fp.FileExchange):
             self.sender = checkSender(message.get("sender"))
         except NameRefused as e:
             return self.refuse(fp.NOT_ALLOWED, str(e), op)
+        mismatch = self.factory.senderMismatch(self.transport, self.sender)
+        if mismatch is not None:
+            return self.refuse(fp.NOT_ALLOWED, mismatch, op)
         if op == fp.LIST:
             return self.listFiles()
         self.name = message.get("name")
@@ -352,6 +359,7 @@ class FileServerFactory(ServerFactory):
         total=DEFAULT_TOTAL,
         max_transfers=DEFAULT_MAX_TRANSFERS,
         max_size=DEFAULT_MAX_SIZE,
+        sender_check="none",
         runInThread=None,
     ):
         self.store = store
@@ -361,6 +369,9 @@ class FileServerFactory(ServerFactory):
         self.total = positive("files total", total)
         self.max_transfers = atLeast("max_transfers", max_transfers, 1)
         self.max_size = atLeast("max_size", max_size, 0)
+        if sender_check not in SENDER_CHECKS:
+            raise ValueError("sender_check must be one of %s, not %r" % (", ".join(SENDER_CHECKS), sender_check))
+        self.sender_check = sender_check
         self.runInThread = runInThread if runInThread is not None else fp.inThreadPool(self.clock)
         self.active = 0
         self.connections = 0
@@ -395,6 +406,26 @@ class FileServerFactory(ServerFactory):
 
     def connectionEnded(self):
         self.connections -= 1
+
+    def senderMismatch(self, transport, sender):
+        """
+        Why a connection on C{transport} may not act for C{sender}, or
+        C{None}. With C{sender_check} C{"cn"} the client certificate's
+        common name must be the sender; with C{"none"} any sender is taken
+        as given.
+        """
+        if self.sender_check == "none":
+            return None
+        certificate = getattr(transport, "getPeerCertificate", lambda: None)()
+        if certificate is None:
+            return "sender %r needs a client certificate naming it" % (sender,)
+        from cryptography.x509.oid import NameOID
+
+        names = certificate.to_cryptography().subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        common = names[0].value if names else None
+        if common != sender:
+            return "the client certificate names %r, not sender %r" % (common, sender)
+        return None
 
     def startTransfer(self):
         if self.active >= self.max_transfers:
