@@ -241,6 +241,42 @@ class PlainTransferTests(Transfers, ReactorTestCase):
         yield waitUntil(lambda: self.service.factory.active == 0, 5, "the transfer slots to be free")
 
 
+    @defer.inlineCallbacks
+    def test_traversalRefusedOverTheWire(self):
+        """
+        Over real TCP, every name or sender that would lead out of the
+        sender's directory is refused C{12} with a reason, logged with the
+        peer, and nothing outside is read or written.
+        """
+        putFile(self.files, OTHER, "secret.txt", b"other institution")
+        with open(os.path.join(self.root, "outside.txt"), "wb") as f:
+            f.write(b"outside the files root")
+        os.makedirs(os.path.join(self.files, SENDER))
+        os.symlink(os.path.join(self.root, "outside.txt"), os.path.join(self.files, SENDER, "out.txt"))
+        os.symlink(os.path.join(self.files, OTHER), os.path.join(self.files, "ALIAS"))
+        requests = [{"op": "get", "sender": SENDER, "name": name} for name in (
+            "../PLAT02/secret.txt", "../../outside.txt", "/etc/passwd", "..", "sub/x", "out.txt", "nul\x00", "\u202egnp.exe",
+        )] + [
+            {"op": "list", "sender": "../PLAT02"},
+            {"op": "list", "sender": "ALIAS"},
+            {"op": "put", "sender": SENDER, "name": "../PLAT02/secret.txt", "size": "1", "sha256": sha(b"x")},
+            {"op": "put", "sender": SENDER, "name": "out.txt/x", "size": "1", "sha256": sha(b"x")},
+        ]
+        port = self.service.port.getHost().port
+        for request in requests:
+            raw = yield connectRaw(self, port)
+            raw.sendMessage(request)
+            answer = yield raw.nextMessage()
+            self.assertEqual((answer["op"], answer["resp"]), ("refused", fp.NOT_ALLOWED), request)
+            self.assertTrue(answer["reason"])
+            yield raw.whenLost(5)
+        refused = self.events.named("refused")
+        self.assertEqual(len(refused), len(requests))
+        self.assertTrue(all(e["peer"].startswith("127.0.0.1:") for e in refused))
+        with open(os.path.join(self.files, OTHER, "secret.txt"), "rb") as f:
+            self.assertEqual(f.read(), b"other institution")
+        self.assertEqual(sorted(os.listdir(self.files)), sorted(["ALIAS", OTHER, SENDER]))
+
     def command(self, *argv):
         """
         Run C{tvlink files ARGV...} in this process; a L{Deferred} of
