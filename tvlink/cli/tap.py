@@ -440,13 +440,15 @@ def _withWeb(config, service):
 
             keys = TerminalKeys(sub.apiKeys)
             _reloadOnHangUp(keys, service.reactor)
-        api = TerminalAPI(service, access=Access(keys, Origins(sub["http-allow-origin"])))
+        api = TerminalAPI(
+            service, access=Access(keys, Origins(sub["http-allow-origin"])), max_calls=sub.apiMaxCalls
+        )
         resource, api = platformResource(service, api=api)
         links = 2 * len(service.factories)
         web = HTTPService(
             http, resource, reactor=service.reactor, api=api, grace=service.terminal_deadline,
             what="terminal API at /v1 (%s), status page, metrics" % ("keys required" if keys else "open",),
-            door=buildDoor(sub, links),
+            door=buildDoor(sub, links), access_log=sub["http-access-log"],
         )
         if sub["journal"] is None:
             log.info(
@@ -455,7 +457,8 @@ def _withWeb(config, service):
             )
     else:
         web = HTTPService(
-            http, paymentResource(service), reactor=service.reactor, door=buildDoor(sub, service.factory.max_links)
+            http, paymentResource(service), reactor=service.reactor, door=buildDoor(sub, service.factory.max_links),
+            access_log=sub["http-access-log"],
         )
     stack = ServiceStack()
     stack.role, stack.service, stack.web = service.role, service, web
@@ -512,4 +515,6 @@ def _makeRoleService(config, reactor=None):
     from tvlink.cli.sandbox import SandboxService
 
     door = buildDoor(sub, 4) if sub.http is not None else None
-    return SandboxService(port=int(sub["port"]), http=sub.http, door=door, **options)
+    return SandboxService(
+        port=int(sub["port"]), http=sub.http, door=door, access_log=sub["http-access-log"], **options
+    )
