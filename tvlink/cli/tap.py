@@ -382,6 +382,7 @@ def makeService(config, reactor=None):
     """
     service = _withWeb(config, _makeRoleService(config, reactor))
     _exitZeroAfterStop(reactor)
+    _settleGarbageCollection(reactor)
     return service
 
 
@@ -416,6 +417,32 @@ def _exitZeroAfterStop(reactor=None):
             signal.signal(number, received)
 
     reactor.callWhenRunning(install)
+
+
+def _settleGarbageCollection(reactor=None):
+    """
+    Once the reactor runs, move everything made at start-up (modules,
+    classes, the services) out of the garbage collector's sight
+    (L{gc.freeze}), so that its full collections scan only what requests
+    leave behind; and collect the young generation less often (every
+    10,000 allocations instead of 700). A request's objects that form
+    cycles (twisted.web's request and channel do) are still collected;
+    the full scans that followed every few hundred requests cost a sixth
+    of the platform's time at 256 connections.
+    """
+    import gc
+
+    if reactor is None:
+        from tvlink.link.settings import globalReactor
+
+        reactor = globalReactor()
+
+    def settle():
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(10000, 10, 10)
+
+    reactor.callWhenRunning(settle)
 
 
 def _withWeb(config, service):
