@@ -83,6 +83,18 @@ class DuplicateKey(RequestError):
     """
 
 
+class OrderDecided(RequestError):
+    """
+    A purchase for an order that a purchase already sent decides: nothing
+    was journalled or sent. C{entries} are the order's journal entries,
+    oldest first.
+    """
+
+    def __init__(self, entries):
+        RequestError.__init__(self, "the order is decided by a purchase already sent")
+        self.entries = entries
+
+
 class SignOnRefused(TVLinkError):
     """
     The payment side answered the sign-on with a code other than C{00}.

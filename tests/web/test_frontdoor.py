@@ -425,3 +425,37 @@ class TerminalScopeTests(SynchronousTestCase):
         self.assertEqual([e["terminal"] for e in entries], ["tv-1"])
         entries = self.successResultOf(rig.service.journal.byOrder("shared-1", "tv-2"))
         self.assertEqual([e["terminal"] for e in entries], ["tv-2"])
+
+
+class BackpressureTests(SynchronousTestCase):
+    def test_saturatedPlatformAnswers503AtOnce(self):
+        """
+        With C{max_calls} calls in progress (their answers held by the
+        payment side), the next call of any kind is answered C{503} with
+        C{Retry-After} at once, before anything is journalled or sent; the
+        calls in progress all end approved, each with its journal entry.
+        """
+        from tests.web.test_web import Held
+
+        handler = Held()
+        rig = WebRig(self, handler=handler)
+        rig.api.max_calls = 3
+        held = [rig.purchase(order="held-%d" % i) for i in range(3)]
+        self.assertEqual([r.finished for r in held], [False] * 3)
+        for request in (rig.purchase(order="extra"), rig.call("POST", "/v1/balance", {"card": PAN})):
+            code, error = answer(request)
+            self.assertEqual((code, error["error"]), (503, "busy"))
+            self.assertEqual(request.responseHeaders.getRawHeaders(b"retry-after"), [b"1"])
+        self.assertEqual(len(handler.seen), 3)
+        handler.release()
+        rig.pool.flush()
+        self.assertEqual([answer(r)[1]["state"] for r in held], ["approved"] * 3)
+        counts = self.successResultOf(rig.service.journal.counts())
+        self.assertEqual(counts, {"approved": 3})
+        self.assertEqual(self.successResultOf(rig.service.journal.byOrder("extra")), [])
+        self.assertEqual(rig.api.results[("purchase", "busy")], 1)
+        again = rig.purchase(order="extra")
+        handler.release()
+        rig.pool.flush()
+        code, reply = answer(again)
+        self.assertEqual((code, reply["state"]), (200, "approved"))

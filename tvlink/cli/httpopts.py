@@ -48,7 +48,7 @@ class HTTPOptions(usage.Options):
     C{--http ENDPOINT} and the limits of the connections it takes.
     """
 
-    httpHelp = "Serve the status page and /metrics on this endpoint"
+    optFlags = [["http-access-log", None, "Log every HTTP request (http_event request; default: off)"]]
 
     optParameters = [
         [
@@ -109,6 +109,12 @@ class TerminalAPIOptions(usage.Options):
             "Key file of the terminals allowed to call the API (made with 'tvlink keys'; read again on SIGHUP), "
             "or 'none' for an open API; required when --http is not on loopback",
         ],
+        [
+            "api-max-calls",
+            None,
+            "500",
+            "Terminal API calls in progress at once; beyond, a call is answered 503 with Retry-After at once",
+        ],
     ]
 
     def accessInit(self):
@@ -134,6 +140,10 @@ class TerminalAPIOptions(usage.Options):
         @raise usage.UsageError: the API would be open off loopback, or
             the key file cannot be read.
         """
+        calls = self["api-max-calls"]
+        if not calls.isdigit() or int(calls) < 1:
+            raise usage.UsageError("--api-max-calls must be a whole number of at least 1, not %r" % (calls,))
+        self.apiMaxCalls = int(calls)
         given = self["api-keys"]
         self.apiKeys = None
         if given is None:

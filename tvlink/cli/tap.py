@@ -388,6 +388,7 @@ def makeService(config, reactor=None):
     role = _makeRoleService(config, reactor)
     service = withFiles(config, role, _withWeb(config, role))
     _exitZeroAfterStop(reactor)
+    _settleGarbageCollection(reactor)
     return service
 
 
@@ -424,6 +425,32 @@ def _exitZeroAfterStop(reactor=None):
     reactor.callWhenRunning(install)
 
 
+def _settleGarbageCollection(reactor=None):
+    """
+    Once the reactor runs, move everything made at start-up (modules,
+    classes, the services) out of the garbage collector's sight
+    (L{gc.freeze}), so that its full collections scan only what requests
+    leave behind; and collect the young generation less often (every
+    10,000 allocations instead of 700). A request's objects that form
+    cycles (twisted.web's request and channel do) are still collected;
+    the full scans that followed every few hundred requests cost a sixth
+    of the platform's time at 256 connections.
+    """
+    import gc
+
+    if reactor is None:
+        from tvlink.link.settings import globalReactor
+
+        reactor = globalReactor()
+
+    def settle():
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(10000, 10, 10)
+
+    reactor.callWhenRunning(settle)
+
+
 def _withWeb(config, service):
     """
     C{service} alone, or with C{--http} a L{tvlink.web.ServiceStack} of
@@ -446,13 +473,15 @@ def _withWeb(config, service):
 
             keys = TerminalKeys(sub.apiKeys)
             _reloadOnHangUp(keys, service.reactor)
-        api = TerminalAPI(service, access=Access(keys, Origins(sub["http-allow-origin"])))
+        api = TerminalAPI(
+            service, access=Access(keys, Origins(sub["http-allow-origin"])), max_calls=sub.apiMaxCalls
+        )
         resource, api = platformResource(service, api=api)
         links = 2 * len(service.factories)
         web = HTTPService(
             http, resource, reactor=service.reactor, api=api, grace=service.terminal_deadline,
             what="terminal API at /v1 (%s), status page, metrics" % ("keys required" if keys else "open",),
-            door=buildDoor(sub, links),
+            door=buildDoor(sub, links), access_log=sub["http-access-log"],
         )
         if sub["journal"] is None:
             log.info(
@@ -461,7 +490,8 @@ def _withWeb(config, service):
             )
     else:
         web = HTTPService(
-            http, paymentResource(service), reactor=service.reactor, door=buildDoor(sub, service.factory.max_links)
+            http, paymentResource(service), reactor=service.reactor, door=buildDoor(sub, service.factory.max_links),
+            access_log=sub["http-access-log"],
         )
     stack = ServiceStack()
     stack.role, stack.service, stack.web = service.role, service, web
@@ -518,4 +548,6 @@ def _makeRoleService(config, reactor=None):
     from tvlink.cli.sandbox import SandboxService
 
     door = buildDoor(sub, 4) if sub.http is not None else None
-    return SandboxService(port=int(sub["port"]), http=sub.http, door=door, **options)
+    return SandboxService(
+        port=int(sub["port"]), http=sub.http, door=door, access_log=sub["http-access-log"], **options
+    )

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tvlink.errors import OrderDecided
 from tvlink.link import wire
 from tvlink.masking import maskCard
 from tvlink.platform.cardvault import CardVaultError, WrongKey, sealedKeyId
@@ -168,6 +169,38 @@ def _row(row):
     return entry
 
 
+#: The entries of one order of one terminal (C{''} for none), oldest first.
+BY_ORDER = "order_id=? AND COALESCE(terminal, '')=? ORDER BY created"
+
+
+def purchasesIn(entries):
+    return [e for e in entries if e["mti"] == "0200" and e["proc"] == "000000"]
+
+
+def refundsIn(entries):
+    return [e for e in entries if e["mti"] == "0220"]
+
+
+def _neverSent(entry):
+    """
+    Whether a journal entry was declined by the platform itself before it
+    was written to any link (no link: nothing can have moved), so its
+    order may be tried again. (A C{91} from the payment side puts the
+    transaction in doubt instead; it ends reversed.)
+    """
+    return entry["state"] == DECLINED and entry["resp"] == wire.DESTINATION_UNAVAILABLE and bool(entry["reason"])
+
+
+def standing(purchases):
+    """
+    The purchase that decides an order: the first one that was sent.
+    """
+    for entry in purchases:
+        if not _neverSent(entry):
+            return entry
+    return None
+
+
 class PlatformJournal:
     """
     The durable record of money-moving requests, on SQLite.
@@ -244,11 +277,17 @@ class PlatformJournal:
     def close(self):
         return self.store.close()
 
-    def record(self, message, terminal=None):
+    def record(self, message, terminal=None, newOrder=False):
         """
         Write a request before it is sent, with the C{terminal} it was
         made for (if any). Fails with L{sqlite3.IntegrityError} if its key
         is already journalled.
+
+        @param newOrder: the request is a purchase for an order that no
+            purchase sent may decide already: in the same transaction the
+            order's entries are read and, if one does, nothing is written
+            and the write fails with L{OrderDecided} carrying them (one
+            trip to the store instead of a read, then a write).
         """
         now = self.reactor.seconds()
         orig = message.get("orig")
@@ -262,6 +301,13 @@ class PlatformJournal:
         )
 
         def insert(conn):
+            if newOrder:
+                rows = conn.execute(
+                    "SELECT %s FROM entries WHERE %s" % (", ".join(COLUMNS), BY_ORDER), (message.get("order"), terminal or "")
+                ).fetchall()
+                entries = [_row(r) for r in rows]
+                if standing(purchasesIn(entries)) is not None:
+                    raise OrderDecided(entries)
             conn.execute(
                 "INSERT INTO entries (sender, stan, time, order_id, mti, proc, amount, currency, pan,"
                 " pan_sealed, orig, state, created, updated, terminal) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -332,7 +378,7 @@ class PlatformJournal:
         A L{Deferred} of the entries carrying merchant order C{order} of
         C{terminal} (C{None}: made without one), oldest first.
         """
-        return self._many("order_id=? AND COALESCE(terminal, '')=? ORDER BY created", (order, terminal or ""))
+        return self._many(BY_ORDER, (order, terminal or ""))
 
     def unfinished(self):
         """

@@ -257,10 +257,13 @@ class PlatformService(PlatformFiles, Draining, LinkService):
                 return True
         return False
 
-    def request(self, message, timeout=None, terminal=None):
+    def request(self, message, timeout=None, terminal=None, newOrder=False):
         """
         Send request C{message} (a C{dict}) to a payment node; its journal
-        entry, if it has one, notes the C{terminal} it was made for.
+        entry, if it has one, notes the C{terminal} it was made for. With
+        C{newOrder}, a purchase is journalled and sent only if no purchase
+        already sent decides its order (else it fails with
+        L{tvlink.errors.OrderDecided}).
 
         C{sender}, C{stan} and C{time} are filled in when missing. If no
         link is ready the request waits for one, up to its C{timeout}, in a
@@ -285,7 +288,9 @@ class PlatformService(PlatformFiles, Draining, LinkService):
             # A caller-chosen key already on a link, whichever.
             return failNow(DuplicateKey("request %s is already in flight" % ("/".join(key),)))
         if self.settlement is not None and isMoneyMoving(message):
-            return self.settlement.request(message, key, timeout, stan, budget=self.minimumBudget, terminal=terminal)
+            return self.settlement.request(
+                message, key, timeout, stan, budget=self.minimumBudget, terminal=terminal, newOrder=newOrder
+            )
         return self._dispatch(message, timeout, stan, None, False, key)
 
     def _releaseStan(self, stan):

@@ -20,6 +20,7 @@ from tvlink.errors import (
     InDoubtTimeout,
     LinkLost,
     NoLinkAvailable,
+    OrderDecided,
     RequestTimeout,
 )
 from tvlink.link import wire
@@ -111,10 +112,11 @@ class Settlement:
         if stan is not None:
             self.settings.stans.release(stan)
 
-    def request(self, message, key, timeout, stan, budget, terminal=None):
+    def request(self, message, key, timeout, stan, budget, terminal=None, newOrder=False):
         """
         Journal the money-moving request C{message} (whose key is C{key})
-        as made for C{terminal},
+        as made for C{terminal} (with C{newOrder}, only if no purchase sent
+        decides its order already: see L{PlatformJournal.record}),
         send it unless less than C{budget} seconds of its C{timeout} are
         left once it is journalled, and settle its outcome. C{stan}, if
         given, is released when the request ends.
@@ -125,7 +127,7 @@ class Settlement:
         """
         started = self.reactor.seconds()
         flight = [False]
-        d = self.journal.record(message, terminal)
+        d = self.journal.record(message, terminal, newOrder)
         d.addCallbacks(
             self._recorded,
             self._notRecorded,
@@ -148,6 +150,8 @@ class Settlement:
         self._releaseStan(stan)
         if failure.check(sqlite3.IntegrityError):
             raise _Unsent(DuplicateKey("transaction %s is already journalled" % ("/".join(key),)))
+        if failure.check(OrderDecided):
+            raise _Unsent(failure.value)
         return failure
 
     def _settled(self, answer, key):

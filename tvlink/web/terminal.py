@@ -27,12 +27,16 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tvlink.errors import InDoubt, LinkLost, NoLinkAvailable, RequestError, RequestTimeout
+from tvlink.errors import InDoubt, LinkLost, NoLinkAvailable, OrderDecided, RequestError, RequestTimeout
 from tvlink.link import wire
-from tvlink.platform.journal import APPROVED, DECLINED, IN_DOUBT, maskedPan
+from tvlink.platform.journal import APPROVED, DECLINED, IN_DOUBT, maskedPan, purchasesIn, refundsIn, standing
 from tvlink.web.access import Access
-from tvlink.web.orders import asFen, entryReply, purchasesIn, reference, refundsIn, standing, stateMessage
+from tvlink.web.orders import asFen, entryReply, reference, stateMessage
 from tvlink.web.validation import APIError, Reply, invalid
+
+
+#: Terminal API calls in progress at once, by default.
+DEFAULT_MAX_CALLS = 500
 
 
 class _Flight:
@@ -76,6 +80,10 @@ class TerminalAPI:
     @param cards: card numbers of this process's approved purchases kept in
         memory (never on disk: the journal holds them masked) so a refund
         need not repeat the card; the oldest are forgotten first.
+    @param max_calls: calls in progress at once; beyond it a call is
+        answered C{503} with C{Retry-After} at once, before anything is
+        journalled or sent (backpressure: latency stays bounded when the
+        link or the stores are saturated).
     @param access: the L{tvlink.web.access.Access} that says which
         terminal a request is from (by default an open API). Order ids are
         per terminal: each call takes the C{terminal} it acts for, and
@@ -86,7 +94,7 @@ class TerminalAPI:
 
     log = Logger(namespace="tvlink.web")
 
-    def __init__(self, service, clock=None, link_wait=None, cards=10000, access=None):
+    def __init__(self, service, clock=None, link_wait=None, cards=10000, access=None, max_calls=DEFAULT_MAX_CALLS):
         self._service = service if callable(service) else (lambda: service)
         self.access = access if access is not None else Access()
         self._clock = clock
@@ -97,6 +105,9 @@ class TerminalAPI:
         self.refunds = {}
         self.results = {}
         self.active = 0
+        self.max_calls = int(max_calls)
+        if self.max_calls < 1:
+            raise ValueError("max_calls must be at least 1, not %r" % (max_calls,))
         self.stopping = False
         self._idleWaiters = []
 
@@ -156,6 +167,20 @@ class TerminalAPI:
         self.results[key] = self.results.get(key, 0) + 1
 
     def begin(self):
+        """
+        A call begins.
+
+        @raise APIError: C{503} when L{max_calls} are in progress already.
+        """
+        if self.active >= self.max_calls:
+            raise APIError(
+                503,
+                "busy",
+                "the platform has %d calls in progress, its limit; nothing was sent, try again in a second"
+                % (self.active,),
+                result="busy",
+                retry_after=1,
+            )
         self.active += 1
 
     def end(self):
@@ -197,15 +222,15 @@ class TerminalAPI:
             if call.active():
                 call.cancel()
 
-    async def _send(self, service, message, terminal=None):
+    async def _send(self, service, message, terminal=None, newOrder=False):
         """
         The answer to request C{message}, sent for C{terminal} once a link
-        is ready.
+        is ready (with C{newOrder}: see L{PlatformService.request}).
         """
         await self._whenLinkReady(service)
-        if terminal is None:
+        if terminal is None and not newOrder:
             return await service.request(message)
-        return await service.request(message, terminal=terminal)
+        return await service.request(message, terminal=terminal, newOrder=newOrder)
 
     def _remember(self, key, card):
         cards = self.cards
@@ -295,13 +320,12 @@ class TerminalAPI:
         )
 
     async def _purchase(self, service, order, card, amount, currency, terminal):
-        entries = await service.journal.byOrder(order, terminal)
-        first = standing(purchasesIn(entries))
-        if first is not None:
-            # Decided already, perhaps before a restart: its outcome again.
-            if (first["amount"], first["currency"], first["pan"]) != ("%012d" % (amount,), currency, maskedPan(card)):
-                raise self._conflict(order)
-            return entryReply(first, refundsIn(entries)).repeated()
+        if not service.candidates():
+            # No link to send on: a decided order is answered from the
+            # journal now, not after the link wait.
+            entries = await service.journal.byOrder(order, terminal)
+            if standing(purchasesIn(entries)) is not None:
+                return self._decided(entries, order, card, amount, currency)
         message = {
             "mti": "0200",
             "proc": "000000",
@@ -311,7 +335,11 @@ class TerminalAPI:
             "order": order,
         }
         try:
-            answer = await self._send(service, message, terminal)
+            # The journal checks, as it records the purchase, that no
+            # purchase sent decides the order already.
+            answer = await self._send(service, message, terminal, newOrder=True)
+        except OrderDecided as e:
+            return self._decided(e.entries, order, card, amount, currency)
         except Exception:
             body = {"order": order, "type": "purchase", "amount": amount, "currency": currency, "card": maskedPan(card)}
             return self._unanswered(Failure(), body, "purchase")
@@ -331,6 +359,17 @@ class TerminalAPI:
             "reference": reference(wire.messageKey(answer)),
         }
         return Reply(200, body, state)
+
+    def _decided(self, entries, order, card, amount, currency):
+        """
+        The answer to a purchase of an order decided already (perhaps
+        before a restart): its outcome again, or a conflict if this one
+        has other details.
+        """
+        first = standing(purchasesIn(entries))
+        if (first["amount"], first["currency"], first["pan"]) != ("%012d" % (amount,), currency, maskedPan(card)):
+            raise self._conflict(order)
+        return entryReply(first, refundsIn(entries)).repeated()
 
     # -- outcome ---------------------------------------------------------
 
