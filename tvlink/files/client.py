@@ -18,6 +18,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrap
 from twisted.logger import Logger
 
 from tvlink.files import protocol as fp
+from tvlink.files.digests import hashPrefix, inThreadPool
 from tvlink.files.names import checkName, checkSender
 from tvlink.link.settings import LinkSettings, globalReactor, positive
 
@@ -235,7 +236,7 @@ class FileClient:
         self.idle = positive("idle", idle)
         self.total = positive("total", total)
         self.connect_timeout = positive("connect_timeout", connect_timeout)
-        self.runInThread = runInThread if runInThread is not None else fp.inThreadPool(self.reactor)
+        self.runInThread = runInThread if runInThread is not None else inThreadPool(self.reactor)
 
     def _exchange(self, protocol):
         endpoint = TCP4ClientEndpoint(self.reactor, self.host, self.port, timeout=self.connect_timeout)
@@ -272,7 +273,7 @@ class FileClient:
         """
         checkName(name)
         have, partDigest = _readPart(dest)
-        d = self.runInThread(fp.hashPrefix, dest + ".part", have) if have else succeed(None)
+        d = self.runInThread(hashPrefix, dest + ".part", have) if have else succeed(None)
 
         def hashed(prefix):
             request = self._request(fp.GET, name=name, offset=fp.sizeText(have if prefix else 0))
@@ -302,4 +303,4 @@ class FileClient:
             f.close()
             return failure
 
-        return self.runInThread(fp.hashPrefix, src, size).addCallback(lambda h: hashed(h.hexdigest())).addErrback(failed)
+        return self.runInThread(hashPrefix, src, size).addCallback(lambda h: hashed(h.hexdigest())).addErrback(failed)

@@ -11,7 +11,6 @@ that frames what it reads; L{Receiving}, which hashes and writes what
 arrives), and the two deadlines of every transfer (L{Deadlines}).
 """
 
-import hashlib
 import os
 
 from twisted.internet.defer import Deferred
@@ -48,10 +47,6 @@ CORRUPT = "E1"
 
 #: Bytes one call of L{FrameSender.resumeProducing} frames at most.
 BURST = 256 * 1024
-
-#: Bytes read from disk at once when hashing a file.
-READ_SIZE = 1024 * 1024
-
 
 class TransferError(TVLinkError):
     """
@@ -109,42 +104,6 @@ def parseSize(value, what):
 
 def isDigest(value):
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
-
-
-def hashPrefix(path, length):
-    """
-    A C{hashlib.sha256} of the first C{length} bytes of the file at
-    C{path}, read in pieces (flat memory); run off the reactor thread.
-
-    @raise ValueError: if the file is shorter.
-    """
-    digest = hashlib.sha256()
-    left = length
-    with open(path, "rb") as f:
-        while left > 0:
-            piece = f.read(min(READ_SIZE, left))
-            if not piece:
-                raise ValueError("%s is shorter than %d bytes" % (path, length))
-            digest.update(piece)
-            left -= len(piece)
-    return digest
-
-
-def digestFile(path):
-    """
-    The SHA-256 of the file at C{path}, in hex; run off the reactor thread.
-    """
-    return hashPrefix(path, os.path.getsize(path)).hexdigest()
-
-
-def inThreadPool(reactor):
-    """
-    A function running C{f(*args)} on C{reactor}'s thread pool and
-    returning a L{Deferred} of its result.
-    """
-    from twisted.internet.threads import deferToThreadPool
-
-    return lambda f, *args: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
 
 class Deadlines:

@@ -15,6 +15,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from tvlink.files import protocol as fp
+from tvlink.files.digests import DigestCache, hashPrefix, inThreadPool
 from tvlink.files.names import NameRefused, checkName, checkSender
 from tvlink.link.settings import atLeast, positive
 
@@ -189,7 +190,7 @@ class FileServerProtocol(fp.FileExchange):
         wanted = message.get("sha256")
         f, size = self.factory.store.openForReading(self.sender, self.name)
         self.file = f
-        d = self.factory.digestOf(f, size)
+        d = self.factory.digests.digestOf(f, size)
 
         def digested(digest):
             if self.finished:
@@ -252,7 +253,7 @@ class FileServerProtocol(fp.FileExchange):
             have = os.path.getsize(self.part)
             if have > size:
                 have = 0
-        d = self.factory.runInThread(fp.hashPrefix, self.part, have) if have else succeed(None)
+        d = self.factory.runInThread(hashPrefix, self.part, have) if have else succeed(None)
 
         def hashed(prefix):
             if self.finished:
@@ -372,10 +373,10 @@ class FileServerFactory(ServerFactory):
         if sender_check not in SENDER_CHECKS:
             raise ValueError("sender_check must be one of %s, not %r" % (", ".join(SENDER_CHECKS), sender_check))
         self.sender_check = sender_check
-        self.runInThread = runInThread if runInThread is not None else fp.inThreadPool(self.clock)
+        self.runInThread = runInThread if runInThread is not None else inThreadPool(self.clock)
+        self.digests = DigestCache(self.runInThread)
         self.active = 0
         self.connections = 0
-        self._digests = {}
         #: The partial files of the uploads in progress.
         self.receiving = set()
 
@@ -435,39 +436,3 @@ class FileServerFactory(ServerFactory):
 
     def endTransfer(self):
         self.active -= 1
-
-    def digestOf(self, f, size):
-        """
-        A L{Deferred} of the SHA-256 of the open file C{f} (hex), from the
-        cache while the file is unchanged.
-        """
-        info = os.fstat(f.fileno())
-        stamp = (info.st_dev, info.st_ino, size, info.st_mtime_ns)
-        cached = self._digests.get(stamp)
-        if cached is not None:
-            return succeed(cached)
-        d = self.runInThread(_digestOpen, f.fileno(), size)
-
-        def remember(digest):
-            if len(self._digests) > 1000:
-                self._digests.clear()
-            self._digests[stamp] = digest
-            return digest
-
-        return d.addCallback(remember)
-
-
-def _digestOpen(fd, size):
-    """
-    The SHA-256 of the first C{size} bytes of the open file C{fd}, read
-    with C{pread} (the file's own position is left where it is).
-    """
-    digest = hashlib.sha256()
-    offset = 0
-    while offset < size:
-        piece = os.pread(fd, min(fp.READ_SIZE, size - offset), offset)
-        if not piece:
-            raise IOError("the file is shorter than %d bytes" % (size,))
-        digest.update(piece)
-        offset += len(piece)
-    return digest.hexdigest()
