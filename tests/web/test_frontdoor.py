@@ -397,6 +397,27 @@ class TerminalScopeTests(SynchronousTestCase):
                 self.assertEqual(request.responseHeaders.getRawHeaders(b"www-authenticate"), [b'Bearer realm="tvlink"'])
         self.assertEqual(rig.handler.seen, [])
 
+    def test_rateLimit(self):
+        """
+        With a rate, a terminal's calls beyond it are answered C{429} with
+        C{Retry-After} and nothing is sent; another terminal is not held
+        back; tokens come back with time.
+        """
+        from tvlink.web.access import RateLimit
+
+        rig, auth = self.rig()
+        rig.api.access.rate = RateLimit(2, rig.reactor)
+        calls = [rig.call("POST", "/v1/balance", {"card": PAN}, headers={b"authorization": auth["tv-1"]}) for _ in range(3)]
+        self.assertEqual([answer(c)[0] for c in calls], [200, 200, 429])
+        code, error = answer(calls[2])
+        self.assertEqual(error["error"], "rate-limited")
+        self.assertEqual(calls[2].responseHeaders.getRawHeaders(b"retry-after"), [b"1"])
+        self.assertEqual(len(rig.handler.seen), 2)
+        self.assertEqual(answer(rig.call("POST", "/v1/balance", {"card": PAN}, headers={b"authorization": auth["tv-2"]}))[0], 200)
+        rig.reactor.advance(0.5)
+        self.assertEqual(answer(rig.call("POST", "/v1/balance", {"card": PAN}, headers={b"authorization": auth["tv-1"]}))[0], 200)
+        self.assertEqual(answer(rig.call("POST", "/v1/balance", {"card": PAN}, headers={b"authorization": auth["tv-1"]}))[0], 429)
+
     def test_ordersArePerTerminal(self):
         """
         An order belongs to the terminal that made it: another terminal

@@ -110,6 +110,13 @@ class TerminalAPIOptions(usage.Options):
             "or 'none' for an open API; required when --http is not on loopback",
         ],
         [
+            "api-rate",
+            None,
+            "0",
+            "With --api-keys: calls a second each terminal may make, in bursts of as many (beyond: 429 with "
+            "Retry-After); 0: no limit",
+        ],
+        [
             "api-max-calls",
             None,
             "500",
@@ -144,8 +151,16 @@ class TerminalAPIOptions(usage.Options):
         if not calls.isdigit() or int(calls) < 1:
             raise usage.UsageError("--api-max-calls must be a whole number of at least 1, not %r" % (calls,))
         self.apiMaxCalls = int(calls)
+        try:
+            self.apiRate = float(self["api-rate"])
+        except ValueError:
+            self.apiRate = -1.0
+        if not self.apiRate >= 0 or self.apiRate == float("inf"):
+            raise usage.UsageError("--api-rate must be a number of calls a second (0: no limit), not %r" % (self["api-rate"],))
         given = self["api-keys"]
         self.apiKeys = None
+        if given is None and self.apiRate:
+            raise usage.UsageError("--api-rate limits each terminal: it needs --api-keys FILE")
         if given is None:
             if self.http is not None and not isLoopback(self.http):
                 raise usage.UsageError(
@@ -155,6 +170,8 @@ class TerminalAPIOptions(usage.Options):
                 )
             return
         if given == "none":
+            if self.apiRate:
+                raise usage.UsageError("--api-rate limits each terminal: it needs --api-keys FILE")
             return
         from tvlink.web.keys import KeyFileError, TerminalKeys
 

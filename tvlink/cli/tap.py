@@ -464,18 +464,19 @@ def _withWeb(config, service):
 
     sub = config.subOptions
     if config.subCommand == "platform":
-        from tvlink.web.access import Access, Origins
+        from tvlink.web.access import Access, Origins, RateLimit
         from tvlink.web.terminal import TerminalAPI
 
-        keys = None
+        keys = rate = None
         if sub.apiKeys is not None:
             from tvlink.web.keys import TerminalKeys
 
             keys = TerminalKeys(sub.apiKeys)
             _reloadOnHangUp(keys, service.reactor)
-        api = TerminalAPI(
-            service, access=Access(keys, Origins(sub["http-allow-origin"])), max_calls=sub.apiMaxCalls
-        )
+            if sub.apiRate:
+                rate = RateLimit(sub.apiRate, service.reactor)
+        access = Access(keys, Origins(sub["http-allow-origin"]), rate)
+        api = TerminalAPI(service, access=access, max_calls=sub.apiMaxCalls)
         resource, api = platformResource(service, api=api)
         links = 2 * len(service.factories)
         web = HTTPService(
