@@ -491,7 +491,7 @@ def _withWeb(config, service):
             )
     else:
         web = HTTPService(
-            http, paymentResource(service), reactor=service.reactor, door=buildDoor(sub, service.factory.max_links),
+            http, paymentResource(service), reactor=service.reactor, door=buildDoor(sub, _paymentDescriptors(sub, service)),
             access_log=sub["http-access-log"],
         )
     stack = ServiceStack()
@@ -499,6 +499,18 @@ def _withWeb(config, service):
     service.setServiceParent(stack)
     web.setServiceParent(stack)
     return stack
+
+
+def _paymentDescriptors(sub, service):
+    """
+    The descriptors a payment node keeps before its HTTP side has any: one
+    per platform link it may accept, and with C{--files-listen} up to four
+    per transfer slot (the most connections the file service holds open).
+    """
+    from tvlink.files.server import FileServerFactory
+
+    files = getattr(sub, "filesOptions", None) or {}
+    return service.factory.max_links + FileServerFactory.connectionsPerTransfer * files.get("max_transfers", 0)
 
 
 def _reloadOnHangUp(keys, reactor):
