@@ -5,31 +5,40 @@ The terminal API under load, against the bare twisted.web floor.
 Three child processes on 127.0.0.1:
 
     - a payment node: C{twistd tvlink payment} (the demo account handler,
-      answering at once);
+      answering at once; C{--ledger sqlite} for the durable ledger);
     - a platform: C{twistd tvlink platform --http ... --journal ...}
       linked to it, serving the terminal API;
     - the floor: this script with C{--serve-floor}, a twisted.web L{Site}
       whose one resource answers a fixed JSON body at once.
 
-This process is the load: C{--concurrency} keep-alive HTTP/1.1
-connections, each sending its next request as soon as the last is
-answered, with a minimal client (no Agent) so the client costs little and
-the same for every target. Phases, each after a warm-up:
+The load is what terminals do: C{--connections} keep-alive HTTP/1.1
+connections (16, 256 and 1,024 by default), each sending its next request
+as soon as the last is answered, with a minimal client (no Agent) so the
+client costs little and the same for every target. With
+C{--load-processes N} the load runs in N processes of its own (this script
+with C{--load-child}), not in this one, so that a load generator short of
+CPU is not taken for a slow server. Phases, for each number of
+connections, each after a warm-up:
 
     - C{floor}: C{POST /} on the floor;
     - C{balance}: C{POST /v1/balance} through the platform into the
       payment node (not journalled);
     - C{purchase}: C{POST /v1/payments}, each a new order (journalled
       twice: before it is sent and when it is answered, with group
-      commit), through the platform into the payment node.
+      commit);
+    - C{mix}: what a fleet sends: 60% new purchases, 20% repeats of an
+      order already paid (answered from the journal, nothing charged) and
+      20% balance inquiries.
 
-It prints requests per second, p50 and p99 latency for each, and the
-ratios to the floor. Bounded: C{--requests} per phase, C{--seconds} per
-phase, C{--wall} for the whole run; children are stopped on every exit
-path. Run from the repository root::
+It prints requests per second and the latency a terminal sees (p50, p99,
+max) for each, with the ratios to the floor of the same number of
+connections. Bounded: C{--requests} per phase, C{--seconds} per phase,
+C{--wall} for the whole run; children are stopped on every exit path. Run
+from the repository root::
 
-    python bench/web_bench.py            # 4000 requests a phase, 16 connections
-    python bench/web_bench.py --quick    # a few seconds
+    python bench/web_bench.py                    # 4000 requests a phase; 16, 256, 1024 connections
+    python bench/web_bench.py --quick            # a few seconds a phase
+    python bench/web_bench.py --load-processes 2 --connections 256
 """
 
 import argparse
@@ -58,15 +67,36 @@ def parseArgs(argv):
     p = argparse.ArgumentParser(description="tvlink terminal API throughput and latency against the bare twisted.web floor")
     p.add_argument("--requests", type=int, default=4000, help="measured requests per phase (4000)")
     p.add_argument("--warmup", type=int, default=400, help="warm-up requests per phase (400)")
-    p.add_argument("--concurrency", type=int, default=16, help="keep-alive connections, one request each in flight (16)")
+    p.add_argument(
+        "--connections", default="16,256,1024",
+        help="keep-alive connections, one request each in flight; a comma-separated list runs each (16,256,1024)",
+    )
+    p.add_argument("--concurrency", type=int, default=None, help="the same as --connections N (one count)")
+    p.add_argument("--phases", default="floor,balance,purchase,mix", help="which phases (floor,balance,purchase,mix)")
+    p.add_argument("--load-processes", type=int, default=1, help="processes generating the load (1: this one)")
+    p.add_argument("--ledger", choices=("memory", "sqlite"), default="memory", help="the payment node's ledger (memory)")
     p.add_argument("--seconds", type=float, default=40.0, help="time limit of one phase (40)")
-    p.add_argument("--wall", type=float, default=240.0, help="hard cap on the whole run (240)")
+    p.add_argument("--wall", type=float, default=600.0, help="hard cap on the whole run (600)")
     p.add_argument("--quick", action="store_true", help="1000 requests a phase, 100 warm-up")
     p.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--load-child", nargs=6, metavar="X", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.requests, args.warmup = 1000, 100
+    if args.concurrency is not None:
+        args.connections = str(args.concurrency)
+    try:
+        args.connections = [int(c) for c in args.connections.split(",")]
+    except ValueError:
+        p.error("--connections takes whole numbers joined by commas, not %r" % (args.connections,))
+    args.phases = args.phases.split(",")
+    unknown = set(args.phases) - set(PHASES)
+    if unknown or any(c < 1 for c in args.connections) or args.load_processes < 1:
+        p.error("phases are %s; connections and --load-processes at least 1" % (", ".join(PHASES),))
     return args
+
+
+PHASES = ("floor", "balance", "purchase", "mix")
 
 
 # -- the floor -------------------------------------------------------------
@@ -310,26 +340,124 @@ def card(index):
     return "6222020%012d" % (index % 500,)
 
 
+def requestMaker(kind, run):
+    """
+    The C{(method, path, body)} of request C{i} of phase C{kind}; C{run}
+    makes the order ids of this run (and of this load process) its own.
+    """
+
+    def balance(i):
+        return "POST", "/v1/balance", json.dumps({"card": card(i)}).encode()
+
+    def purchase(i):
+        return "POST", "/v1/payments", json.dumps({"card": card(i), "amount": 1, "order": "%s-%d" % (run, i)}).encode()
+
+    def mix(i):
+        kind = i % 10
+        if kind < 2:
+            return balance(i)
+        if kind < 4 and i >= 10:
+            # A repeat of an order paid ten requests ago: answered from the
+            # journal, nothing charged.
+            return purchase(i - 10 + 5)
+        return purchase(i)
+
+    def floor(i):
+        return "POST", "/", b'{"card": "6222020000000000001", "amount": 1, "order": "f"}'
+
+    return {"floor": floor, "balance": balance, "purchase": purchase, "mix": mix}[kind]
+
+
+def ok(code, body):
+    return code == 200 and b'"approved"' in body
+
+
+@defer.inlineCallbacks
+def loadChild(reactor, port, kind, connections, count, seconds, run):
+    """
+    The child: run one phase and print its figures as a JSON line.
+    """
+    answered, errors, elapsed, latencies = yield runPhase(
+        reactor, port, requestMaker(kind, run), count, connections, seconds, ok
+    )
+    sys.stdout.write(json.dumps({"answered": answered, "errors": errors, "elapsed": elapsed, "latencies": latencies}) + "\n")
+    sys.stdout.flush()
+
+
+@defer.inlineCallbacks
+def measure(reactor, args, work, port, kind, connections, count, run):
+    """
+    One phase, in this process or split over C{--load-processes}.
+
+    @return: C{(answered, errors, elapsed, sorted latencies)}.
+    """
+    if args.load_processes == 1:
+        result = yield runPhase(reactor, port, requestMaker(kind, run), count, connections, args.seconds, ok)
+        return result
+    share = max(1, connections // args.load_processes)
+    children = [
+        spawn(reactor, "load %d" % (n,), [sys.executable, os.path.abspath(__file__), "--load-child", str(port), kind,
+                                          str(share), str(max(1, count // args.load_processes)), str(args.seconds),
+                                          "%s-p%d" % (run, n)], work)
+        for n in range(args.load_processes)
+    ]
+    lines = yield defer.gatherResults([c.waitFor(r"^(\{.*\})$", reactor, args.seconds + 30) for c in children])
+    figures = [json.loads(m.group(1)) for m in lines]
+    for child in children:
+        yield child.ended
+    latencies = sorted(x for f in figures for x in f["latencies"])
+    return (sum(f["answered"] for f in figures), sum(f["errors"] for f in figures),
+            max(f["elapsed"] for f in figures), latencies)
+
+
+def hasFrontDoor():
+    """
+    Whether the tvlink beside this script has the front door's options
+    (so the same script measures an older checkout too).
+    """
+    import importlib.util
+
+    sys.path.insert(0, ROOT)
+    try:
+        return importlib.util.find_spec("tvlink.cli.httpopts") is not None
+    finally:
+        sys.path.remove(ROOT)
+
+
 @defer.inlineCallbacks
 def main(reactor, args):
     if args.serve_floor:
         yield serveFloor(reactor)
         return
+    if args.load_child:
+        port, kind, connections, count, seconds, run = args.load_child
+        yield loadChild(reactor, int(port), kind, int(connections), int(count), float(seconds), run)
+        return
     work = tempfile.mkdtemp(prefix="tvlink-webbench-")
     children = []
     wall = reactor.callLater(args.wall, lambda: [c.transport.signalProcess("KILL") for c in children if c.running])
     try:
-        payment = spawn(reactor, "payment", TWISTD + ["-n", "--pidfile=", "tvlink", "payment", "--listen", "tcp:0:interface=%s" % HOST, "--ledger", "memory"], work)
+        ledger = ["--ledger", "memory"]
+        if args.ledger == "sqlite":
+            ledgerPath = os.path.join(work, "ledger.db")
+            ledger = ["--ledger", "sqlite:" + ledgerPath]
+            opener = spawn(reactor, "ledger", [sys.executable, "-c", OPEN_CARDS, ledgerPath], work)
+            yield opener.ended
+        payment = spawn(reactor, "payment", TWISTD + ["-n", "--pidfile=", "tvlink", "payment", "--listen", "tcp:0:interface=%s" % HOST] + ledger, work)
         children.append(payment)
         floor = spawn(reactor, "floor", [sys.executable, os.path.abspath(__file__), "--serve-floor"], work)
         children.append(floor)
         paymentPort = int((yield payment.waitFor(r"payment listening on 127\.0\.0\.1:(\d+)", reactor)).group(1))
         floorPort = int((yield floor.waitFor(r"floor listening on 127\.0\.0\.1:(\d+)", reactor)).group(1))
+        # The bench's many connections come from one address, and it
+        # measures the API, not the front door's caps.
+        limits = ["--http-max-per-client", "100000", "--api-max-calls", "100000"] if hasFrontDoor() else []
         platform = spawn(
             reactor,
             "platform",
             TWISTD + ["-n", "--pidfile=", "tvlink", "platform", "--connect", "%s:%d" % (HOST, paymentPort),
-                      "--http", "tcp:0:interface=%s" % HOST, "--journal", "sqlite:" + os.path.join(work, "journal.db")],
+                      "--http", "tcp:0:interface=%s" % HOST, "--journal", "sqlite:" + os.path.join(work, "journal.db")]
+            + limits,
             work,
         )
         children.append(platform)
@@ -337,45 +465,25 @@ def main(reactor, args):
         yield platform.waitFor(r"link 127\.0\.0\.1:%d ready \(platform\)" % (paymentPort,), reactor)
 
         run = "%d" % (os.getpid(),)
-
-        def floorRequest(i):
-            return "POST", "/", b'{"card": "6222020000000000001", "amount": 1, "order": "f"}'
-
-        def balanceRequest(i):
-            return "POST", "/v1/balance", json.dumps({"card": card(i)}).encode()
-
-        def purchaseRequest(prefix):
-            def make(i):
-                return "POST", "/v1/payments", json.dumps({"card": card(i), "amount": 1, "order": "%s-%s-%d" % (run, prefix, i)}).encode()
-
-            return make
-
-        def ok(code, body):
-            return code == 200 and b'"approved"' in body
-
-        phases = [
-            ("floor", floorPort, floorRequest, floorRequest),
-            ("balance", webPort, balanceRequest, balanceRequest),
-            ("purchase", webPort, purchaseRequest("w"), purchaseRequest("m")),
-        ]
-        results = {}
-        print("tvlink web bench: %d requests a phase (after %d warm-up), %d connections, 127.0.0.1"
-              % (args.requests, args.warmup, args.concurrency))
-        print("%-10s %9s %7s %8s %9s %8s %8s %8s" % ("phase", "requests", "errors", "seconds", "req/s", "p50 ms", "p99 ms", "max ms"))
-        for name, port, warm, measured in phases:
-            yield runPhase(reactor, port, warm, args.warmup, args.concurrency, args.seconds, ok)
-            answered, errors, elapsed, lat = yield runPhase(reactor, port, measured, args.requests, args.concurrency, args.seconds, ok)
-            rps = answered / elapsed if elapsed else 0.0
-            results[name] = (rps, percentile(lat, 50), percentile(lat, 99))
-            print("%-10s %9d %7d %8.2f %9.0f %8.2f %8.2f %8.2f" % (
-                name, answered, errors, elapsed, rps, percentile(lat, 50) * 1000, percentile(lat, 99) * 1000,
-                (lat[-1] if lat else 0) * 1000))
-        floorRps, floorP50, floorP99 = results["floor"]
-        print()
-        for name in ("balance", "purchase"):
-            rps, p50, p99 = results[name]
-            print("%-8s / floor: req/s %.3f (%.0f vs %.0f), p99 %.1fx (%.2f ms vs %.2f ms)" % (
-                name, rps / floorRps, rps, floorRps, p99 / floorP99, p99 * 1000, floorP99 * 1000))
+        print("tvlink web bench: %d requests a phase (after %d warm-up), %s connections, load in %s, ledger %s, 127.0.0.1"
+              % (args.requests, args.warmup, "/".join(map(str, args.connections)),
+                 "this process" if args.load_processes == 1 else "%d processes" % args.load_processes, args.ledger))
+        print("%6s %-9s %9s %7s %8s %9s %8s %8s %8s %7s" % (
+            "conns", "phase", "requests", "errors", "seconds", "req/s", "p50 ms", "p99 ms", "max ms", "/floor"))
+        for connections in args.connections:
+            results = {}
+            for name in args.phases:
+                port = floorPort if name == "floor" else webPort
+                tag = "%s-%d-%s" % (run, connections, name)
+                yield measure(reactor, args, work, port, name, connections, args.warmup, tag + "-w")
+                answered, errors, elapsed, lat = yield measure(reactor, args, work, port, name, connections, args.requests, tag)
+                rps = answered / elapsed if elapsed else 0.0
+                results[name] = rps
+                ratio = "%7.3f" % (rps / results["floor"],) if "floor" in results and name != "floor" else "%7s" % ("",)
+                print("%6d %-9s %9d %7d %8.2f %9.0f %8.2f %8.2f %8.2f %s" % (
+                    connections, name, answered, errors, elapsed, rps, percentile(lat, 50) * 1000,
+                    percentile(lat, 99) * 1000, (lat[-1] if lat else 0) * 1000, ratio))
+                sys.stdout.flush()
     finally:
         if wall.active():
             wall.cancel()
@@ -385,6 +493,13 @@ def main(reactor, args):
         for child in reversed(children):
             yield child.stop(reactor)
         shutil.rmtree(work, ignore_errors=True)
+
+
+#: Opens the 500 cards of the load on a new ledger (for --ledger sqlite).
+OPEN_CARDS = (
+    "import sys; from tvlink.cli.ledger import main; path = sys.argv[1]; main(['--db', path, 'init']); "
+    "[main(['--db', path, 'open', '6222020%012d' % i, '100000000']) for i in range(500)]"
+)
 
 
 if __name__ == "__main__":

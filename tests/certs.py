@@ -101,10 +101,14 @@ class Certificates:
         return os.path.join(self.directory, name)
 
 
-def makeCertificates(directory):
+def makeCertificates(directory, clientNames=()):
     """
     Write a fresh set of test certificates into C{directory} (made if
     missing) and return their L{Certificates}.
+
+    @param clientNames: common names of more client certificates signed by
+        C{ca}: each is C{client-NAME.pem} and C{client-NAME.key}, their
+        paths in C{named[NAME]} as C{(certificate, key)}.
     """
     os.makedirs(directory, exist_ok=True)
     out = Certificates(directory)
@@ -155,4 +159,14 @@ def makeCertificates(directory):
     write("rogueClientKey", "rogue-client.key", _keyPEM(rogueClientKey))
     write("otherKey", "other.key", _keyPEM(_key()))
     write("combined", "client-combined.pem", _certPEM(client) + _keyPEM(clientKey))
+    out.named = {}
+    for common in clientNames:
+        key = _key()
+        cert = _build(_name(common), key, caName, caKey, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+        paths = (out.path("client-%s.pem" % (common,)), out.path("client-%s.key" % (common,)))
+        for path, data in zip(paths, (_certPEM(cert), _keyPEM(key))):
+            with open(path, "wb") as f:
+                f.write(data)
+            os.chmod(path, 0o600)
+        out.named[common] = paths
     return out

@@ -83,16 +83,31 @@ class DuplicateKey(RequestError):
     """
 
 
-class OrderTaken(RequestError):
+class OrderDecided(RequestError):
     """
-    A purchase of the same merchant order is already journalled (by this
-    process or another on a shared journal); this one was not sent.
+    A purchase for an order that a purchase already sent decides: nothing
+    was journalled or sent. C{entries} are the order's journal entries,
+    oldest first.
+    """
+
+    def __init__(self, entries):
+        RequestError.__init__(self, "the order is decided by a purchase already sent")
+        self.entries = entries
+
+
+class OrderTaken(OrderDecided):
+    """
+    A purchase of the same merchant order stands in the journal already,
+    journalled (on a journal several processes share, at the same moment)
+    where this transaction could not see it: this one was not sent. Its
+    C{entries} are empty; read them with the journal's C{byOrder}.
 
     @ivar order: the order.
     """
 
     def __init__(self, order):
-        RequestError.__init__(self, "a purchase of order %s is already journalled; this one was not sent" % (order,))
+        OrderDecided.__init__(self, [])
+        self.args = ("a purchase of order %s is already journalled; this one was not sent" % (order,),)
         self.order = order
 
 

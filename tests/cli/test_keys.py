@@ -128,7 +128,12 @@ class AccessOptionTests(SynchronousTestCase):
         self.assertEqual(stack.web.api.access.origins.allowed, {b"https://shop.example"})
         stack = makeService(parse("payment", "--listen", "tcp:0", "--http", "8081"), reactor=MemoryReactorClock())
         self.assertGreaterEqual(stack.web.door.max_connections, 1)
+        e = self.assertRaises(UsageError, parse, "platform", "--connect", "127.0.0.1:7000", "--http", "8080", "--api-rate", "5")
+        self.assertIn("--api-keys", str(e))
         for bad in (
+            ["--api-rate", "-1"],
+            ["--api-rate", "x"],
+            ["--api-max-calls", "0"],
             ["--http-max-connections", "0"],
             ["--http-max-per-client", "x"],
             ["--http-head-timeout", "-1"],

@@ -19,6 +19,28 @@ def parse(*argv):
     return config
 
 
+class GarbageCollectionTests(SynchronousTestCase):
+    def test_startUpIsFrozen(self):
+        """
+        Once the reactor runs, what start-up made is frozen out of the
+        collector's scans and the young generation is collected less
+        often.
+        """
+        import gc
+
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        self.addCleanup(gc.unfreeze)
+        reactor = MemoryReactorClock()
+        makeService(parse("payment", "--listen", "tcp:0"), reactor=reactor)
+        self.assertEqual(gc.get_threshold(), before)
+        # Only the collector's hook: the others take the signals over.
+        [settle] = [call for call, args, kwargs in reactor.whenRunningHooks if call.__name__ == "settle"]
+        settle()
+        self.assertEqual(gc.get_threshold(), (10000, 10, 10))
+        self.assertGreater(gc.get_freeze_count(), 0)
+
+
 class OptionsTests(SynchronousTestCase):
     def test_payment(self):
         config = parse("payment", "--listen", "tcp:0", "--heartbeat", "0.5", "--idle-timeout", "2.5", "--header", "bin2")

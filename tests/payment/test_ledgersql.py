@@ -143,6 +143,8 @@ class OneDoorTests(unittest.SynchronousTestCase):
             stateOf(store, ("PLATFORM", "000001", None))
             accounts.journalEntry(store, ("PLATFORM", "000001", "1125120000"))
             accounts.recentJournal(store, 5)
+            self.assertEqual(len(store.moneyMovedBetween("0000000000", "9999999999")), 4)
+            self.assertEqual(store.moneyMovedBetween("0000000000", "9999999999", "OTHER"), [])
             self.assertEqual(accounts.reconcile(store)["mismatches"], [])
             self.assertRaises(LedgerError, accounts.openAccount, store, PAN, 1, "T")
         statements = {

@@ -313,6 +313,34 @@ class JournalTests(SynchronousTestCase):
         self.successResultOf(j.close())
         self.assertRaises(ValueError, PlatformJournal, "sqlite:")
 
+    def test_newOrderIsCheckedAsItIsRecorded(self):
+        """
+        A purchase recorded as a new order is written only if no purchase
+        sent decides its order: one declined before it was sent does not,
+        a pending or approved one does (L{OrderDecided}, with the
+        entries, and nothing written). Orders are per terminal.
+        """
+        from tvlink.errors import OrderDecided
+        from tvlink.link import wire
+
+        j = PlatformJournal("sqlite:" + self.mktemp(), threaded=False)
+        self.addCleanup(j.close)
+
+        def record(stan, terminal=None):
+            message = dict(purchase(), sender="S", stan=stan, time="t", order="O")
+            return j.record(message, terminal, newOrder=True)
+
+        self.successResultOf(record("000001"))
+        self.successResultOf(j.settle(("S", "000001", "t"), "declined", wire.DESTINATION_UNAVAILABLE, "no link"))
+        self.successResultOf(record("000002"))
+        failure = self.failureResultOf(record("000003"), OrderDecided)
+        self.assertEqual([e["stan"] for e in failure.value.entries], ["000001", "000002"])
+        self.successResultOf(j.settle(("S", "000002", "t"), "approved", "00"))
+        self.failureResultOf(record("000004"), OrderDecided)
+        self.assertEqual(len(self.successResultOf(j.byOrder("O"))), 2)
+        self.successResultOf(record("000005", terminal="tv-1"))
+        self.assertEqual([e["terminal"] for e in self.successResultOf(j.byOrder("O", "tv-1"))], ["tv-1"])
+
 
 class StopTests(SynchronousTestCase):
     def test_answer_during_drain_is_journalled(self):

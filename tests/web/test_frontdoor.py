@@ -397,6 +397,27 @@ class TerminalScopeTests(SynchronousTestCase):
                 self.assertEqual(request.responseHeaders.getRawHeaders(b"www-authenticate"), [b'Bearer realm="tvlink"'])
         self.assertEqual(rig.handler.seen, [])
 
+    def test_rateLimit(self):
+        """
+        With a rate, a terminal's calls beyond it are answered C{429} with
+        C{Retry-After} and nothing is sent; another terminal is not held
+        back; tokens come back with time.
+        """
+        from tvlink.web.access import RateLimit
+
+        rig, auth = self.rig()
+        rig.api.access.rate = RateLimit(2, rig.reactor)
+        calls = [rig.call("POST", "/v1/balance", {"card": PAN}, headers={b"authorization": auth["tv-1"]}) for _ in range(3)]
+        self.assertEqual([answer(c)[0] for c in calls], [200, 200, 429])
+        code, error = answer(calls[2])
+        self.assertEqual(error["error"], "rate-limited")
+        self.assertEqual(calls[2].responseHeaders.getRawHeaders(b"retry-after"), [b"1"])
+        self.assertEqual(len(rig.handler.seen), 2)
+        self.assertEqual(answer(rig.call("POST", "/v1/balance", {"card": PAN}, headers={b"authorization": auth["tv-2"]}))[0], 200)
+        rig.reactor.advance(0.5)
+        self.assertEqual(answer(rig.call("POST", "/v1/balance", {"card": PAN}, headers={b"authorization": auth["tv-1"]}))[0], 200)
+        self.assertEqual(answer(rig.call("POST", "/v1/balance", {"card": PAN}, headers={b"authorization": auth["tv-1"]}))[0], 429)
+
     def test_ordersArePerTerminal(self):
         """
         An order belongs to the terminal that made it: another terminal
@@ -425,3 +446,50 @@ class TerminalScopeTests(SynchronousTestCase):
         self.assertEqual([e["terminal"] for e in entries], ["tv-1"])
         entries = self.successResultOf(rig.service.journal.byOrder("shared-1", "tv-2"))
         self.assertEqual([e["terminal"] for e in entries], ["tv-2"])
+
+
+class BackpressureTests(SynchronousTestCase):
+    def test_saturatedPlatformAnswers503AtOnce(self):
+        """
+        With C{max_calls} calls in progress (their answers held by the
+        payment side), the next call of any kind is answered C{503} with
+        C{Retry-After} at once, before anything is journalled or sent; the
+        calls in progress all end approved, each with its journal entry.
+        """
+        from tests.web.test_web import Held
+
+        handler = Held()
+        rig = WebRig(self, handler=handler)
+        rig.api.max_calls = 3
+        held = [rig.purchase(order="held-%d" % i) for i in range(3)]
+        self.assertEqual([r.finished for r in held], [False] * 3)
+        for request in (rig.purchase(order="extra"), rig.call("POST", "/v1/balance", {"card": PAN})):
+            code, error = answer(request)
+            self.assertEqual((code, error["error"]), (503, "busy"))
+            self.assertEqual(request.responseHeaders.getRawHeaders(b"retry-after"), [b"1"])
+        self.assertEqual(len(handler.seen), 3)
+        handler.release()
+        rig.pool.flush()
+        self.assertEqual([answer(r)[1]["state"] for r in held], ["approved"] * 3)
+        counts = self.successResultOf(rig.service.journal.counts())
+        self.assertEqual(counts, {"approved": 3})
+        self.assertEqual(self.successResultOf(rig.service.journal.byOrder("extra")), [])
+        self.assertEqual(rig.api.results[("purchase", "busy")], 1)
+        again = rig.purchase(order="extra")
+        handler.release()
+        rig.pool.flush()
+        code, reply = answer(again)
+        self.assertEqual((code, reply["state"]), (200, "approved"))
+
+
+class OneAnswerTests(SynchronousTestCase):
+    def test_bodyOverTheLimitInOneReadIsAnsweredOnce(self):
+        """
+        A body over the limit that arrives whole with its head is answered
+        C{413} once: the request is not rendered as well.
+        """
+        door = Door(max_body=100)
+        protocol, transport = door.connect()
+        protocol.dataReceived(_request(body=b"{" + b" " * 300 + b"}"))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual([status for status, _ in _answers(transport)], [413])

@@ -57,7 +57,7 @@ from tvlink.web import (
     paymentResource,
     platformResource,
 )
-from tvlink.web.orders import standing
+from tvlink.platform.journal import standing
 from tvlink.web.service import parseHTTPEndpoint
 from tvlink.web.terminal import TerminalAPI
 
@@ -381,7 +381,7 @@ class PurchaseTests(SynchronousTestCase):
             def candidates(self):
                 return [object()]
 
-            def request(self, message, timeout=None):
+            def request(self, message, timeout=None, terminal=None, newOrder=False):
                 return defer.Deferred()
 
         service = Stuck()

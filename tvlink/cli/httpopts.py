@@ -48,7 +48,7 @@ class HTTPOptions(usage.Options):
     C{--http ENDPOINT} and the limits of the connections it takes.
     """
 
-    httpHelp = "Serve the status page and /metrics on this endpoint"
+    optFlags = [["http-access-log", None, "Log every HTTP request (http_event request; default: off)"]]
 
     optParameters = [
         [
@@ -109,6 +109,19 @@ class TerminalAPIOptions(usage.Options):
             "Key file of the terminals allowed to call the API (made with 'tvlink keys'; read again on SIGHUP), "
             "or 'none' for an open API; required when --http is not on loopback",
         ],
+        [
+            "api-rate",
+            None,
+            "0",
+            "With --api-keys: calls a second each terminal may make, in bursts of as many (beyond: 429 with "
+            "Retry-After); 0: no limit",
+        ],
+        [
+            "api-max-calls",
+            None,
+            "500",
+            "Terminal API calls in progress at once; beyond, a call is answered 503 with Retry-After at once",
+        ],
     ]
 
     def accessInit(self):
@@ -134,8 +147,20 @@ class TerminalAPIOptions(usage.Options):
         @raise usage.UsageError: the API would be open off loopback, or
             the key file cannot be read.
         """
+        calls = self["api-max-calls"]
+        if not calls.isdigit() or int(calls) < 1:
+            raise usage.UsageError("--api-max-calls must be a whole number of at least 1, not %r" % (calls,))
+        self.apiMaxCalls = int(calls)
+        try:
+            self.apiRate = float(self["api-rate"])
+        except ValueError:
+            self.apiRate = -1.0
+        if not self.apiRate >= 0 or self.apiRate == float("inf"):
+            raise usage.UsageError("--api-rate must be a number of calls a second (0: no limit), not %r" % (self["api-rate"],))
         given = self["api-keys"]
         self.apiKeys = None
+        if given is None and self.apiRate:
+            raise usage.UsageError("--api-rate limits each terminal: it needs --api-keys FILE")
         if given is None:
             if self.http is not None and not isLoopback(self.http):
                 raise usage.UsageError(
@@ -145,6 +170,8 @@ class TerminalAPIOptions(usage.Options):
                 )
             return
         if given == "none":
+            if self.apiRate:
+                raise usage.UsageError("--api-rate limits each terminal: it needs --api-keys FILE")
             return
         from tvlink.web.keys import KeyFileError, TerminalKeys
 

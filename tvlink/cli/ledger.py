@@ -11,6 +11,7 @@ C{tvlink ledger}: the operator's command for the payment ledger.
     tvlink ledger --db PATH unfreeze PAN
     tvlink ledger --db PATH journal [--limit N]
     tvlink ledger --db PATH check
+    tvlink ledger --db PATH reconcile-file --date YYYYMMDD --sender ID [--out PATH | --files-dir DIR]
 
 A new ledger file is made by C{init} (or by the payment node's first
 start); every other command refuses a file that is not there, saying so.
@@ -28,6 +29,7 @@ import sys
 import time
 
 from tvlink.cli.commands import databaseParser, parseCommand
+from tvlink.cli.reconcile import addReconcileFileCommand, reconcileFile
 from tvlink.masking import maskCard as maskPan
 from tvlink.payment import accounts
 from tvlink.payment.accounts import formatFen
@@ -66,6 +68,7 @@ def _parser(out, err):
     sub = command("journal", "show the most recent transactions, newest first")
     sub.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default 20)")
     command("check", "reconcile every account against the journal")
+    addReconcileFileCommand(command)
     return parser
 
 
@@ -249,4 +252,5 @@ COMMANDS = {
     "unfreeze": _status(ACTIVE),
     "journal": _journal,
     "check": _check,
+    "reconcile-file": reconcileFile,
 }

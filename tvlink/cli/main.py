@@ -16,6 +16,10 @@ commands:
             (tvlink journal --db PATH list|rekey ...; tvlink journal --help for more)
   keys      make, list and revoke the terminals' API keys
             (tvlink keys --file PATH add|list|revoke ...; tvlink keys --help for more)
+  files     list, fetch and send files to a payment node's file service
+            (tvlink files put|get|list --connect HOST:PORT --sender ID ...)
+  reconcile check a reconciliation file against the platform's journal
+            (tvlink reconcile --journal PATH --file PATH [--csv|--json PATH])
 
 Run the roles with: twistd -n tvlink payment|platform|sandbox --help
 """
@@ -38,6 +42,14 @@ def main(argv=None):
         from tvlink.cli.keys import main as keys
 
         return keys(argv[1:])
+    if argv[0] == "files":
+        from tvlink.cli.files import main as files
+
+        return files(argv[1:])
+    if argv[0] == "reconcile":
+        from tvlink.cli.reconcile import main as reconcile
+
+        return reconcile(argv[1:])
     sys.stderr.write("tvlink: unknown command %r (try --help)\n" % (argv[0],))
     return 2
 

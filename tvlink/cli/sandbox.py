@@ -46,7 +46,9 @@ class SandboxService(MultiService):
 
     log = Logger(namespace="tvlink.sandbox")
 
-    def __init__(self, port=0, sender="PLATFORM", reactor=None, ledger=None, http=None, door=None, **options):
+    def __init__(
+        self, port=0, sender="PLATFORM", reactor=None, ledger=None, http=None, door=None, access_log=False, **options
+    ):
         MultiService.__init__(self)
         self.options = dict(options, reactor=reactor)
         self.platformSender = sender
@@ -68,7 +70,9 @@ class SandboxService(MultiService):
         if http is not None:
             from tvlink.web.service import SandboxWeb
 
-            self.web = SandboxWeb(http, self.payment, reactor=reactor, demo_card=DEMO_PAN, door=door)
+            self.web = SandboxWeb(
+                http, self.payment, reactor=reactor, demo_card=DEMO_PAN, door=door, access_log=access_log
+            )
             self.web.setServiceParent(self)
 
     def _prepareLedger(self):

@@ -426,6 +426,13 @@ class PaymentLedger:
         """
         return self._submit(lambda store, now, work: accounts.reconcile(store))
 
+    def moneyMovedBetween(self, start, end, sender=None):
+        """
+        A L{Deferred} of
+        L{LedgerStore.moneyMovedBetween<tvlink.store.ledgersql.LedgerStore.moneyMovedBetween>}.
+        """
+        return self._submit(lambda store, now, work: store.moneyMovedBetween(start, end, sender))
+
     # -- the writer thread ---------------------------------------------------
 
     def _run(self, store, q):

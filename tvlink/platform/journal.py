@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tvlink.errors import OrderTaken
+from tvlink.errors import OrderDecided, OrderTaken
 from tvlink.link import wire
 from tvlink.masking import maskCard
 from tvlink.platform.cardvault import CardVaultError, WrongKey, sealedKeyId
@@ -159,6 +159,22 @@ def rekeyCards(conn, old, new):
     return resealed, already
 
 
+def moneyMovingBetween(conn, start, end, sender):
+    """
+    The purchase and refund entries of C{sender} with transmission times
+    from C{start} to before C{end} (C{MMDDhhmmss}, a reconciliation
+    file's day), as C{dict}s of L{COLUMNS}, read on the SQLite connection
+    C{conn}.
+    """
+    rows = conn.execute(
+        "SELECT %s FROM entries WHERE sender = ? AND time >= ? AND time < ?"
+        " AND ((mti = '0200' AND proc = '000000') OR (mti = '0220' AND proc = '200000'))"
+        " ORDER BY time, stan" % (", ".join(COLUMNS),),
+        (sender, start, end),
+    ).fetchall()
+    return [_row(row) for row in rows]
+
+
 def isMoneyMoving(message):
     """
     Whether C{message} may move money: a purchase or a refund.
@@ -201,6 +217,38 @@ def _row(row):
         entry["orig"] = json.loads(entry["orig"])
     entry["key"] = (entry["sender"], entry["stan"], entry["time"])
     return entry
+
+
+#: The entries of one order of one terminal (C{''} for none), oldest first.
+BY_ORDER = "order_id=? AND COALESCE(terminal, '')=? ORDER BY created"
+
+
+def purchasesIn(entries):
+    return [e for e in entries if e["mti"] == "0200" and e["proc"] == "000000"]
+
+
+def refundsIn(entries):
+    return [e for e in entries if e["mti"] == "0220"]
+
+
+def _neverSent(entry):
+    """
+    Whether a journal entry was declined by the platform itself before it
+    was written to any link (no link: nothing can have moved), so its
+    order may be tried again. (A C{91} from the payment side puts the
+    transaction in doubt instead; it ends reversed.)
+    """
+    return entry["state"] == DECLINED and entry["resp"] == wire.DESTINATION_UNAVAILABLE and bool(entry["reason"])
+
+
+def standing(purchases):
+    """
+    The purchase that decides an order: the first one that was sent.
+    """
+    for entry in purchases:
+        if not _neverSent(entry):
+            return entry
+    return None
 
 
 class PlatformJournal:
@@ -303,13 +351,21 @@ class PlatformJournal:
     def close(self):
         return self.store.close()
 
-    def record(self, message, terminal=None):
+    def record(self, message, terminal=None, newOrder=False):
         """
         Write a request before it is sent, with the C{terminal} it was
-        made for (if any), owned by this process. Fails with L{OrderTaken}
-        if it is a purchase of an order (of that terminal) that already has
-        one standing, with one of L{INTEGRITY_ERRORS} if its key is already
-        journalled.
+        made for (if any), owned by this process. Fails with one of
+        L{INTEGRITY_ERRORS} if its key is already journalled, and with
+        L{OrderTaken} if it is a purchase of an order (of that terminal)
+        that already has one standing which this transaction could not
+        see (journalled by another process at the same moment: the unique
+        index L{ORDER_INDEX} refused it).
+
+        @param newOrder: the request is a purchase for an order that no
+            purchase sent may decide already: in the same transaction the
+            order's entries are read and, if one does, nothing is written
+            and the write fails with L{OrderDecided} carrying them (one
+            trip to the store instead of a read, then a write).
         """
         now = self.reactor.seconds()
         orig = message.get("orig")
@@ -323,6 +379,13 @@ class PlatformJournal:
         )
 
         def insert(conn):
+            if newOrder:
+                rows = conn.execute(
+                    "SELECT %s FROM entries WHERE %s" % (", ".join(COLUMNS), BY_ORDER), (message.get("order"), terminal or "")
+                ).fetchall()
+                entries = [_row(r) for r in rows]
+                if standing(purchasesIn(entries)) is not None:
+                    raise OrderDecided(entries)
             try:
                 conn.execute(
                     "INSERT INTO entries (sender, stan, time, order_id, mti, proc, amount, currency, pan,"
@@ -399,7 +462,7 @@ class PlatformJournal:
         A L{Deferred} of the entries carrying merchant order C{order} of
         C{terminal} (C{None}: made without one), oldest first.
         """
-        return self._many("order_id=? AND COALESCE(terminal, '')=? ORDER BY created", (order, terminal or ""))
+        return self._many(BY_ORDER, (order, terminal or ""))
 
     def unfinished(self):
         """

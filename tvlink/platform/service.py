@@ -19,6 +19,7 @@ from tvlink.platform.breaker import CircuitBreaker
 from tvlink.platform.draining import Draining
 from tvlink.platform.endpoints import parseGroups
 from tvlink.platform.factory import PlatformFactory
+from tvlink.platform.files import PlatformFiles
 from tvlink.platform.journal import PlatformJournal, isMoneyMoving
 from tvlink.platform.pool import RequestQueue, getBalancer
 from tvlink.platform.settlement import Settlement
@@ -45,7 +46,7 @@ class PlatformHandler:
         return {"resp": wire.INVALID_TRANSACTION}
 
 
-class PlatformService(Draining, LinkService):
+class PlatformService(PlatformFiles, Draining, LinkService):
     """
     An L{IService} holding links to one or more payment endpoints and
     spreading requests over them.
@@ -78,6 +79,8 @@ class PlatformService(Draining, LinkService):
         must be below it (the per-hop timeout ladder).
     @param endpoint_codecs: C{{"HOST:PORT": codec}} for endpoints whose
         codec differs from the service's C{codec}.
+    @param files_endpoint: C{"HOST:PORT"} of the payment node's file
+        service, for L{listFiles}, L{fetchFile} and L{sendFile}.
     @param options: C{heartbeat}, C{idle_timeout}, C{timeout},
         C{header}, C{max_frame}, C{frame_timeout}, C{sender},
         C{echo_interval}, C{reactor} (see L{tvlink.link.settings.LinkSettings}).
@@ -110,9 +113,11 @@ class PlatformService(Draining, LinkService):
         journal_lease=None,
         terminal_deadline=60.0,
         endpoint_codecs=None,
+        files_endpoint=None,
         **options
     ):
         self.groups = parseGroups(endpoints)
+        self.filesEndpoint = files_endpoint
         self.endpoints = [e for group in self.groups for e in group]
         LinkService.__init__(
             self, handler=handler if handler is not None else PlatformHandler(), **options
@@ -273,10 +278,13 @@ class PlatformService(Draining, LinkService):
                 return True
         return False
 
-    def request(self, message, timeout=None, terminal=None):
+    def request(self, message, timeout=None, terminal=None, newOrder=False):
         """
         Send request C{message} (a C{dict}) to a payment node; its journal
-        entry, if it has one, notes the C{terminal} it was made for.
+        entry, if it has one, notes the C{terminal} it was made for. With
+        C{newOrder}, a purchase is journalled and sent only if no purchase
+        already sent decides its order (else it fails with
+        L{tvlink.errors.OrderDecided}).
 
         C{sender}, C{stan} and C{time} are filled in when missing. If no
         link is ready the request waits for one, up to its C{timeout}, in a
@@ -301,7 +309,9 @@ class PlatformService(Draining, LinkService):
             # A caller-chosen key already on a link, whichever.
             return failNow(DuplicateKey("request %s is already in flight" % ("/".join(key),)))
         if self.settlement is not None and isMoneyMoving(message):
-            return self.settlement.request(message, key, timeout, stan, budget=self.minimumBudget, terminal=terminal)
+            return self.settlement.request(
+                message, key, timeout, stan, budget=self.minimumBudget, terminal=terminal, newOrder=newOrder
+            )
         return self._dispatch(message, timeout, stan, None, False, key)
 
     def _releaseStan(self, stan):

@@ -20,7 +20,7 @@ from tvlink.errors import (
     JournalUnavailable,
     LinkLost,
     NoLinkAvailable,
-    OrderTaken,
+    OrderDecided,
     RequestTimeout,
 )
 from tvlink.link import wire
@@ -144,10 +144,11 @@ class Settlement:
         if stan is not None:
             self.settings.stans.release(stan)
 
-    def request(self, message, key, timeout, stan, budget, terminal=None):
+    def request(self, message, key, timeout, stan, budget, terminal=None, newOrder=False):
         """
         Journal the money-moving request C{message} (whose key is C{key})
-        as made for C{terminal},
+        as made for C{terminal} (with C{newOrder}, only if no purchase sent
+        decides its order already: see L{PlatformJournal.record}),
         send it unless less than C{budget} seconds of its C{timeout} are
         left once it is journalled, and settle its outcome. C{stan}, if
         given, is released when the request ends.
@@ -158,7 +159,7 @@ class Settlement:
         """
         started = self.reactor.seconds()
         flight = [False]
-        d = self.journal.record(message, terminal)
+        d = self.journal.record(message, terminal, newOrder)
         d.addCallbacks(
             self._recorded,
             self._notRecorded,
@@ -179,10 +180,12 @@ class Settlement:
 
     def _notRecorded(self, failure, key, stan):
         self._releaseStan(stan)
-        if failure.check(OrderTaken):
-            raise _Unsent(failure.value)
         if failure.check(*INTEGRITY_ERRORS):
             raise _Unsent(DuplicateKey("transaction %s is already journalled" % ("/".join(key),)))
+        if failure.check(OrderDecided):
+            # Decided already (OrderTaken too: by another process at the
+            # same moment).
+            raise _Unsent(failure.value)
         if failure.check(ConnectionError):
             raise _Unsent(JournalUnavailable("transaction %s was not sent: %s" % ("/".join(key), failure.value)))
         return failure

@@ -67,6 +67,11 @@ ACCOUNT_COLUMNS = ("pan", "balance", "opening", "status", "opened_at")
 
 _SELECT_JOURNAL = "SELECT %s FROM journal" % (", ".join(JOURNAL_COLUMNS),)
 _BY_KEY = " WHERE sender = ? AND stan = ? AND time = ?"
+_MONEY_MOVED = (
+    "SELECT sender, stan, time, mti, proc, pan, amount, resp, state, refunded FROM journal"
+    " WHERE time >= ? AND time < ? AND resp = '00'"
+    " AND ((mti = '0200' AND proc = '000000') OR (mti = '0220' AND proc = '200000'))"
+)
 
 
 def _journalDict(row):
@@ -156,6 +161,10 @@ class LedgerStore:
         " GROUP BY pan"
     )
     REFUNDED_BY_CARD = "SELECT pan, CAST(SUM(amount) AS BIGINT) FROM journal WHERE mti = '0220' AND state = ? GROUP BY pan"
+    #: The purchases and refunds once approved, of transmission times in a
+    #: range (the reconciliation file's day), of every sender or of one.
+    MONEY_MOVED_BETWEEN = _MONEY_MOVED + " ORDER BY sender, time, stan"
+    MONEY_MOVED_BETWEEN_OF_SENDER = _MONEY_MOVED + " AND sender = ? ORDER BY time, stan"
 
     def __init__(self, conn, path):
         self.conn = conn
@@ -401,6 +410,21 @@ class LedgerStore:
         C{{pan: fen}}: the sum of the C{0220} requests in C{state}, by card.
         """
         return dict(self._execute(self.REFUNDED_BY_CARD, (state,)).fetchall())
+
+    def moneyMovedBetween(self, start, end, sender=None):
+        """
+        The approved purchases and refunds (C{resp} C{00}, whatever became
+        of them since) with transmission times from C{start} to before
+        C{end} (C{MMDDhhmmss}), of C{sender} or of every sender: C{dict}s
+        with C{sender}, C{stan}, C{time}, C{mti}, C{proc}, C{pan},
+        C{amount}, C{resp}, C{state}, C{refunded}, by sender and time.
+        """
+        columns = ("sender", "stan", "time", "mti", "proc", "pan", "amount", "resp", "state", "refunded")
+        if sender is None:
+            cursor = self._execute(self.MONEY_MOVED_BETWEEN, (start, end))
+        else:
+            cursor = self._execute(self.MONEY_MOVED_BETWEEN_OF_SENDER, (start, end, sender))
+        return [dict(zip(columns, row)) for row in cursor.fetchall()]
 
 
 #: The SQLite schema, as it was first written (C{sqlite_master} keeps this text).

@@ -1,9 +1,11 @@
 """
 Who may call the terminal API: L{Access} checks a request's terminal key
-(L{tvlink.web.keys.TerminalKeys}) and, for browsers, its origin
-(cross-origin requests are refused unless the operator names the origins
-allowed).
+(L{tvlink.web.keys.TerminalKeys}), holds each terminal to a rate
+(L{RateLimit}) and, for browsers, checks its origin (cross-origin
+requests are refused unless the operator names the origins allowed).
 """
+
+import math
 
 from twisted.web.server import NOT_DONE_YET
 
@@ -88,29 +90,70 @@ class Origins:
         return b""
 
 
+class RateLimit:
+    """
+    At most C{rate} calls a second from each terminal, in bursts of up to
+    C{rate} (a token bucket per terminal, on C{clock}).
+    """
+
+    def __init__(self, rate, clock):
+        self.rate = float(rate)
+        if self.rate <= 0:
+            raise ValueError("a rate limit must be above zero, not %r" % (rate,))
+        self.clock = clock
+        #: C{{terminal: (tokens, when counted)}}.
+        self.buckets = {}
+
+    def wait(self, terminal):
+        """
+        Take a call for C{terminal}: C{0} if it may go now, else the
+        seconds until it may.
+        """
+        now = self.clock.seconds()
+        tokens, then = self.buckets.get(terminal, (self.rate, now))
+        tokens = min(self.rate, tokens + (now - then) * self.rate)
+        if tokens >= 1.0:
+            self.buckets[terminal] = (tokens - 1.0, now)
+            return 0.0
+        self.buckets[terminal] = (tokens, now)
+        return (1.0 - tokens) / self.rate
+
+
 class Access:
     """
-    The terminal API's gate: L{terminalFor} names the terminal a request
+    The terminal API's gate: L{authenticate} names the terminal a request
     authenticated as.
 
     @param keys: a L{tvlink.web.keys.TerminalKeys}, or C{None} for an open
         API (every request acts for no terminal in particular).
     @param origins: the L{Origins} allowed.
+    @param rate: a L{RateLimit} each terminal is held to, or C{None}.
     """
 
-    def __init__(self, keys=None, origins=None):
+    def __init__(self, keys=None, origins=None, rate=None):
         self.keys = keys
         self.origins = origins if origins is not None else Origins()
+        self.rate = rate
 
     def authenticate(self, request):
         """
         C{(refusal, terminal)}: C{refusal} a resource answering C{401} when
-        the request carries no valid key, else C{None} and the terminal's
-        id (C{None} on an open API).
+        the request carries no valid key (C{429} when its terminal is over
+        its rate), else C{None} and the terminal's id (C{None} on an open
+        API).
         """
         if self.keys is None:
             return None, None
         terminal = self.keys.terminalFor(request.getHeader(b"authorization"))
         if terminal is None:
             return UNAUTHORIZED, None
+        if self.rate is not None:
+            wait = self.rate.wait(terminal)
+            if wait > 0:
+                return Refusal(
+                    429,
+                    "rate-limited",
+                    "terminal %s is over its %g calls a second; try again in %.1fs" % (terminal, self.rate.rate, wait),
+                    [(b"retry-after", b"%d" % (max(1, math.ceil(wait)),))],
+                ), None
         return None, terminal

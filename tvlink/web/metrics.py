@@ -20,7 +20,7 @@ The names, all prefixed C{tvlink_}:
       C{round_trip_seconds} (histogram), all by C{endpoint}; C{queued},
       C{reversals_outstanding}, C{journal_entries{state}},
       C{requests_total{type,result}} (terminal API calls; C{result} is
-      approved, declined, in-doubt, reversed, unavailable, timeout, invalid,
+      approved, declined, in-doubt, reversed, unavailable, busy, timeout, invalid,
       not-found, conflict or error)
     - payment: C{requests_total{type,result}} (C{result} is the response
       code sent), C{handler_seconds{type}} (histogram), C{ledger_*}

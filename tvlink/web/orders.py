@@ -1,6 +1,6 @@
 """
 An order as the platform's journal has it: which purchase decides it
-(L{standing}), its refunds, the reply that describes them
+(L{standing}, from the journal), its refunds, the reply that describes them
 (L{entryReply}), and the words for a state or response code that a
 person reads in an answer (L{stateMessage}).
 """
@@ -40,34 +40,6 @@ def reference(key):
     A request's key (sender, stan, time) as the answers show it.
     """
     return "/".join(key)
-
-
-def purchasesIn(entries):
-    return [e for e in entries if e["mti"] == "0200" and e["proc"] == "000000"]
-
-
-def refundsIn(entries):
-    return [e for e in entries if e["mti"] == "0220"]
-
-
-def _neverSent(entry):
-    """
-    Whether a journal entry was declined by the platform itself before it
-    was written to any link (no link: nothing can have moved), so its
-    order may be tried again. (A C{91} from the payment side puts the
-    transaction in doubt instead; it ends reversed.)
-    """
-    return entry["state"] == DECLINED and entry["resp"] == wire.DESTINATION_UNAVAILABLE and bool(entry["reason"])
-
-
-def standing(purchases):
-    """
-    The purchase that decides an order: the first one that was sent.
-    """
-    for entry in purchases:
-        if not _neverSent(entry):
-            return entry
-    return None
 
 
 def stateMessage(state, resp, kind):

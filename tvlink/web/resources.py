@@ -39,8 +39,12 @@ class _Call(JSONResource):
         given at the deadline.
         """
         api = self.api
+        try:
+            api.begin()
+        except APIError as e:
+            self._write(e.reply(), request)
+            return NOT_DONE_YET
         watch(request)
-        api.begin()
         context = {"order": getattr(self, "order", None)}
         d = maybeDeferred(call, context)
         d.addBoth(self._ended)

@@ -41,9 +41,12 @@ def parseHTTPEndpoint(value):
 
 class _Site(Site):
     """
-    A L{Site} that logs each request as a structured event instead of a
-    line in the combined log format, shows no tracebacks, and holds its
-    connections to a L{FrontDoor} (L{GuardedChannel}, L{GuardedRequest}).
+    A L{Site} that shows no tracebacks, holds its connections to a
+    L{FrontDoor} (L{GuardedChannel}, L{GuardedRequest}) and, with
+    C{accessLog} set, logs each request as a structured event (not a line
+    in the combined log format). The access log is off by default: it
+    cost a quarter of the platform's time per call, and the journal and
+    the metrics already account for every call.
     """
 
     displayTracebacks = False
@@ -51,8 +54,11 @@ class _Site(Site):
     protocol = GuardedChannel
     requestFactory = GuardedRequest
     access = Logger(namespace="tvlink.web.access")
+    accessLog = False
 
     def log(self, request):
+        if not self.accessLog:
+            return
         address = request.getClientAddress()
         self.access.info(
             "{client} {method} {path} {code} {length}",
@@ -80,12 +86,21 @@ class HTTPService(Service):
     @param door: the L{FrontDoor} every connection is held to (connection
         caps, deadlines, body size); by default one with the default
         limits.
+    @param access_log: log every request (C{http_event} C{request}).
     """
 
     log = Logger(namespace="tvlink.web")
 
     def __init__(
-        self, description, resource, reactor=None, api=None, grace=60.0, what="status page, metrics", door=None
+        self,
+        description,
+        resource,
+        reactor=None,
+        api=None,
+        grace=60.0,
+        what="status page, metrics",
+        door=None,
+        access_log=False,
     ):
         self.reactor = reactor if reactor is not None else globalReactor()
         self.description = description
@@ -95,6 +110,7 @@ class HTTPService(Service):
         self.what = what
         self.door = door if door is not None else FrontDoor()
         self.site = _Site(resource, timeout=self.door.idle_timeout, reactor=self.reactor)
+        self.site.accessLog = bool(access_log)
         self.factory = GuardedConnections(self.site, self.door, self.reactor)
         registry = getattr(resource, "registry", None)
         if registry is not None:
@@ -255,7 +271,9 @@ class SandboxWeb(HTTPService):
     starting.
     """
 
-    def __init__(self, description, payment, reactor=None, link_wait=None, demo_card=None, door=None):
+    def __init__(
+        self, description, payment, reactor=None, link_wait=None, demo_card=None, door=None, access_log=False
+    ):
         self.payment = payment
         #: The card the printed curl command pays with.
         self.demo_card = demo_card
@@ -265,6 +283,7 @@ class SandboxWeb(HTTPService):
         HTTPService.__init__(
             self, description, self.root, reactor=reactor or payment.reactor, api=self.api,
             what="terminal API at /v1, platform status at /, payment status at /payment/", door=door,
+            access_log=access_log,
         )
 
     def attachPlatform(self, platform):

@@ -28,12 +28,16 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tvlink.errors import InDoubt, LinkLost, NoLinkAvailable, OrderTaken, RequestError, RequestTimeout
+from tvlink.errors import InDoubt, LinkLost, NoLinkAvailable, OrderDecided, RequestError, RequestTimeout
 from tvlink.link import wire
-from tvlink.platform.journal import APPROVED, DECLINED, IN_DOUBT, PENDING, maskedPan
+from tvlink.platform.journal import APPROVED, DECLINED, IN_DOUBT, PENDING, maskedPan, purchasesIn, refundsIn, standing
 from tvlink.web.access import Access
-from tvlink.web.orders import asFen, entryReply, purchasesIn, reference, refundsIn, standing, stateMessage
+from tvlink.web.orders import asFen, entryReply, reference, stateMessage
 from tvlink.web.validation import APIError, Reply, invalid
+
+
+#: Terminal API calls in progress at once, by default.
+DEFAULT_MAX_CALLS = 500
 
 
 class _Flight:
@@ -77,6 +81,10 @@ class TerminalAPI:
     @param cards: card numbers of this process's approved purchases kept in
         memory (never on disk: the journal holds them masked) so a refund
         need not repeat the card; the oldest are forgotten first.
+    @param max_calls: calls in progress at once; beyond it a call is
+        answered C{503} with C{Retry-After} at once, before anything is
+        journalled or sent (backpressure: latency stays bounded when the
+        link or the stores are saturated).
     @param access: the L{tvlink.web.access.Access} that says which
         terminal a request is from (by default an open API). Order ids are
         per terminal: each call takes the C{terminal} it acts for, and
@@ -87,7 +95,7 @@ class TerminalAPI:
 
     log = Logger(namespace="tvlink.web")
 
-    def __init__(self, service, clock=None, link_wait=None, cards=10000, access=None):
+    def __init__(self, service, clock=None, link_wait=None, cards=10000, access=None, max_calls=DEFAULT_MAX_CALLS):
         self._service = service if callable(service) else (lambda: service)
         self.access = access if access is not None else Access()
         self._clock = clock
@@ -98,6 +106,9 @@ class TerminalAPI:
         self.refunds = {}
         self.results = {}
         self.active = 0
+        self.max_calls = int(max_calls)
+        if self.max_calls < 1:
+            raise ValueError("max_calls must be at least 1, not %r" % (max_calls,))
         self.stopping = False
         self._idleWaiters = []
 
@@ -157,6 +168,20 @@ class TerminalAPI:
         self.results[key] = self.results.get(key, 0) + 1
 
     def begin(self):
+        """
+        A call begins.
+
+        @raise APIError: C{503} when L{max_calls} are in progress already.
+        """
+        if self.active >= self.max_calls:
+            raise APIError(
+                503,
+                "busy",
+                "the platform has %d calls in progress, its limit; nothing was sent, try again in a second"
+                % (self.active,),
+                result="busy",
+                retry_after=1,
+            )
         self.active += 1
 
     def end(self):
@@ -198,15 +223,15 @@ class TerminalAPI:
             if call.active():
                 call.cancel()
 
-    async def _send(self, service, message, terminal=None):
+    async def _send(self, service, message, terminal=None, newOrder=False):
         """
         The answer to request C{message}, sent for C{terminal} once a link
-        is ready.
+        is ready (with C{newOrder}: see L{PlatformService.request}).
         """
         await self._whenLinkReady(service)
-        if terminal is None:
+        if terminal is None and not newOrder:
             return await service.request(message)
-        return await service.request(message, terminal=terminal)
+        return await service.request(message, terminal=terminal, newOrder=newOrder)
 
     def _remember(self, key, card):
         cards = self.cards
@@ -296,16 +321,12 @@ class TerminalAPI:
         )
 
     async def _purchase(self, service, order, card, amount, currency, terminal):
-        entries = await service.journal.byOrder(order, terminal)
-        first = standing(purchasesIn(entries))
-        if first is not None:
-            # Decided already, perhaps before a restart: its outcome again.
-            if (first["amount"], first["currency"], first["pan"]) != ("%012d" % (amount,), currency, maskedPan(card)):
-                raise self._conflict(order)
-            if first["state"] == PENDING:
-                # In flight from another platform process on the journal.
-                return await self._decidedElsewhere(service, order, (amount, currency, card), terminal)
-            return entryReply(first, refundsIn(entries)).repeated()
+        if not service.candidates():
+            # No link to send on: a decided order is answered from the
+            # journal now, not after the link wait.
+            entries = await service.journal.byOrder(order, terminal)
+            if standing(purchasesIn(entries)) is not None:
+                return await self._decided(service, entries, order, card, amount, currency, terminal)
         message = {
             "mti": "0200",
             "proc": "000000",
@@ -315,11 +336,11 @@ class TerminalAPI:
             "order": order,
         }
         try:
-            answer = await self._send(service, message, terminal)
-        except OrderTaken:
-            # Another platform process on the same journal took the order
-            # first: its outcome, once it has one.
-            return await self._decidedElsewhere(service, order, (amount, currency, card), terminal)
+            # The journal checks, as it records the purchase, that no
+            # purchase sent decides the order already.
+            answer = await self._send(service, message, terminal, newOrder=True)
+        except OrderDecided as e:
+            return await self._decided(service, e.entries, order, card, amount, currency, terminal)
         except Exception:
             body = {"order": order, "type": "purchase", "amount": amount, "currency": currency, "card": maskedPan(card)}
             return self._unanswered(Failure(), body, "purchase")
@@ -340,27 +361,28 @@ class TerminalAPI:
         }
         return Reply(200, body, state)
 
-    #: Seconds between looks at the journal while another process decides
-    #: an order.
+    #: Seconds between looks at the journal while another platform process
+    #: decides an order.
     decidedPoll = 0.1
 
-    async def _decidedElsewhere(self, service, order, details, terminal):
+    async def _decided(self, service, entries, order, card, amount, currency, terminal):
         """
-        The reply for C{order} of C{terminal}, whose purchase another
-        process journalled first: the first purchase's outcome, read from the journal once it
-        is final (or as it stands at the terminal's deadline), marked
-        repeated.
+        The answer to a purchase of an order decided already (perhaps
+        before a restart): its outcome again, or a conflict if this one
+        has other details.
+
+        On a journal several platform processes share, the purchase that
+        decides it may still be in flight from another process (pending),
+        or not yet readable (L{OrderTaken}: C{entries} empty): the journal
+        is read again until it has an outcome, or the terminal's deadline
+        has passed.
         """
-        amount, currency, card = details
+        first = standing(purchasesIn(entries))
         deadline = self.clock.seconds() + service.terminal_deadline
-        while True:
+        while (first is None or first["state"] == PENDING) and self.clock.seconds() < deadline:
+            await deferLater(self.clock, self.decidedPoll, lambda: None)
             entries = await service.journal.byOrder(order, terminal)
             first = standing(purchasesIn(entries))
-            if first is not None and first["state"] not in (PENDING, IN_DOUBT):
-                break
-            if self.clock.seconds() >= deadline:
-                break
-            await deferLater(self.clock, self.decidedPoll, lambda: None)
         if first is None:
             raise APIError(503, "unavailable", "order %s is being decided by another platform process; try again" % (order,))
         if (first["amount"], first["currency"], first["pan"]) != ("%012d" % (amount,), currency, maskedPan(card)):

@@ -23,7 +23,7 @@ class APIError(Exception):
     @ivar result: the word counted in the C{requests_total} metric.
     """
 
-    def __init__(self, code, error, message, field=None, result=None, extra=None):
+    def __init__(self, code, error, message, field=None, result=None, extra=None, retry_after=5):
         Exception.__init__(self, message)
         self.code = code
         self.error = error
@@ -31,13 +31,14 @@ class APIError(Exception):
         self.field = field
         self.result = result or error
         self.extra = extra or {}
+        self.retry_after = retry_after
 
     def reply(self):
         body = {"error": self.error, "message": self.message}
         if self.field is not None:
             body["field"] = self.field
         body.update(self.extra)
-        headers = [(b"retry-after", b"5")] if self.code == 503 else []
+        headers = [(b"retry-after", b"%d" % (self.retry_after,))] if self.code == 503 else []
         return Reply(self.code, body, self.result, headers)
 
 

@@ -1,0 +1,446 @@
+"""
+The file exchange as a state machine: the server protocol on a
+StringTransport with a Clock (no sockets, no sleeping), its refusals,
+its limits and its deadlines.
+"""
+
+import os
+
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.files.kit import Events, ServerRig, frame, frames, messages, putFile, sha
+from tvlink.files import protocol as fp
+from tvlink.files.protocol import Deadlines
+
+SENDER = "PLAT01"
+
+
+def lose(protocol):
+    protocol.connectionLost(Failure(ConnectionDone()))
+
+
+class DeadlinesTests(SynchronousTestCase):
+    def setUp(self):
+        from twisted.internet.task import Clock
+
+        self.clock = Clock()
+        self.expired = []
+        self.deadlines = Deadlines(self.clock, self.expired.append, idle=5, total=12)
+        self.deadlines.start()
+
+    def test_idleRunsFromTheLastActivity(self):
+        """
+        Activity moves the idle deadline without moving a timer; quiet for
+        C{idle} seconds expires it, once.
+        """
+        self.clock.advance(4)
+        self.deadlines.touch()
+        self.clock.advance(4)
+        self.assertEqual(self.expired, [])
+        self.clock.advance(0.9)
+        self.assertEqual(self.expired, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.expired, ["idle for 5s"])
+        self.clock.advance(100)
+        self.assertEqual(self.expired, ["idle for 5s"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_totalCannotBeStretched(self):
+        """
+        A peer that keeps making progress is still stopped at C{total}.
+        """
+        for _ in range(11):
+            self.clock.advance(1)
+            self.deadlines.touch()
+        self.assertEqual(self.expired, [])
+        self.clock.advance(1)
+        self.assertEqual(self.expired, ["not done within 12s"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stop(self):
+        self.deadlines.stop()
+        self.clock.advance(100)
+        self.assertEqual(self.expired, [])
+
+
+class ServerExchangeTests(SynchronousTestCase):
+    def setUp(self):
+        self.rig = ServerRig(self)
+        self.events = Events(self)
+
+    def test_list(self):
+        """
+        A listing holds the sender's plain files only: not another
+        sender's, not a partial file, not a link.
+        """
+        putFile(self.rig.root, SENDER, "b.txt", b"bb")
+        putFile(self.rig.root, SENDER, "a.txt", b"a")
+        putFile(self.rig.root, SENDER, ".a.txt.0123.part", b"partial")
+        putFile(self.rig.root, "OTHER", "secret.txt", b"s")
+        os.symlink(os.path.join(self.rig.root, "OTHER", "secret.txt"), os.path.join(self.rig.root, SENDER, "link"))
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "list", "sender": SENDER}))
+        [answer] = messages(transport.value())
+        self.assertEqual(answer["op"], "files")
+        self.assertEqual([(f["name"], f["size"]) for f in answer["files"]], [("a.txt", "1"), ("b.txt", "2")])
+        self.assertTrue(transport.disconnecting)
+
+    def refusal(self, message, resp):
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame(message))
+        [answer] = messages(transport.value())
+        self.assertEqual((answer["op"], answer["resp"]), ("refused", resp), answer)
+        self.assertTrue(transport.disconnecting)
+        lose(protocol)
+        return answer
+
+    def test_traversalRefused(self):
+        """
+        Every name that is not a plain name is refused C{12} with a reason,
+        logged with the peer; nothing outside the sender's directory is
+        read.
+        """
+        putFile(self.rig.root, "OTHER", "secret.txt", b"s")
+        with open(os.path.join(self.rig.root, "outside.txt"), "wb") as f:
+            f.write(b"outside")
+        os.makedirs(os.path.join(self.rig.root, SENDER))
+        os.symlink(os.path.join(self.rig.root, "outside.txt"), os.path.join(self.rig.root, SENDER, "link.txt"))
+        names = [
+            "../outside.txt", "../OTHER/secret.txt", "/etc/passwd", "..", ".", "a/b", "a\\b", "",
+            "x" * 129, "bad\x00name", "bad\nname", "bad\x1bname", " lead", ".hidden", "link.txt", None, 7,
+        ]
+        for name in names:
+            answer = self.refusal({"op": "get", "sender": SENDER, "name": name}, fp.NOT_ALLOWED)
+            self.assertTrue(answer["reason"])
+        refused = self.events.named("refused")
+        self.assertEqual(len(refused), len(names))
+        self.assertTrue(all(e["peer"].startswith("127.0.0.1:") for e in refused))
+        for name in ("../x", "/abs", "a/b"):
+            self.refusal({"op": "put", "sender": SENDER, "name": name, "size": "1", "sha256": sha(b"x")}, fp.NOT_ALLOWED)
+        self.assertEqual(sorted(os.listdir(self.rig.root)), ["OTHER", SENDER, "outside.txt"])
+        self.assertEqual(os.listdir(os.path.join(self.rig.root, SENDER)), ["link.txt"])
+
+    def test_senderRefused(self):
+        """
+        A sender that cannot be a directory name is refused.
+        """
+        for sender in ("..", "a/b", "", "../OTHER", "x" * 33, "é", None):
+            self.refusal({"op": "list", "sender": sender}, fp.NOT_ALLOWED)
+
+    def test_badRequests(self):
+        """
+        Not JSON: 30. An unknown operation: 12. No such file: 25. A size
+        that is not digits, or over the limit: 13.
+        """
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame(b"not json"))
+        self.assertEqual(messages(transport.value())[0]["resp"], fp.FORMAT_ERROR)
+        self.refusal({"op": "delete", "sender": SENDER, "name": "a"}, fp.NOT_ALLOWED)
+        self.refusal({"op": "get", "sender": SENDER, "name": "missing"}, fp.NOT_FOUND)
+        self.refusal({"op": "put", "sender": SENDER, "name": "a", "size": "-1", "sha256": sha(b"")}, fp.BAD_SIZE)
+        self.rig.factory.max_size = 10
+        self.refusal({"op": "put", "sender": SENDER, "name": "a", "size": "11", "sha256": sha(b"")}, fp.BAD_SIZE)
+        self.refusal({"op": "put", "sender": SENDER, "name": "a", "size": "1", "sha256": "nothex"}, fp.BAD_SIZE)
+
+    def test_download(self):
+        """
+        A download answers C{ready} with size, digest and offset 0, sends
+        the bytes as frames through a pull producer, and closes on the
+        client's C{received}.
+        """
+        data = os.urandom(30000)
+        putFile(self.rig.root, SENDER, "day.txt", data)
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "get", "sender": SENDER, "name": "day.txt"}))
+        self.assertFalse(transport.streaming)
+        self.rig.pump(transport)
+        bodies = frames(transport.value())
+        ready = messages(transport.value())[0]
+        self.assertEqual((ready["size"], ready["sha256"], ready["offset"]), ("30000", sha(data), "0"))
+        self.assertEqual(b"".join(bodies[1:]), data)
+        self.assertTrue(all(len(b) <= 9999 for b in bodies[1:]))
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(frame({"op": "received", "resp": "00"}))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.events.named("sent")), 1)
+
+    def test_downloadResumes(self):
+        """
+        Asked for an offset with the digest of the same file, the download
+        starts there; with another digest, from 0.
+        """
+        data = os.urandom(20000)
+        putFile(self.rig.root, SENDER, "day.txt", data)
+        for digest, start in ((sha(data), 12345), (sha(b"other"), 0)):
+            protocol, transport = self.rig.connect()
+            protocol.dataReceived(frame({"op": "get", "sender": SENDER, "name": "day.txt", "offset": "12345",
+                                         "sha256": digest}))
+            self.rig.pump(transport)
+            self.assertEqual(messages(transport.value())[0]["offset"], str(start))
+            self.assertEqual(b"".join(frames(transport.value())[1:]), data[start:])
+            lose(protocol)
+
+    def upload(self, data, digest, chunks=1):
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "put", "sender": SENDER, "name": "up.bin", "size": str(len(data)),
+                                     "sha256": digest}))
+        ready = messages(transport.value())[0]
+        step = max(1, len(data) // chunks)
+        offset = int(ready["offset"])
+        for at in range(offset, len(data), step):
+            protocol.dataReceived(frame(data[at : at + step]))
+        return protocol, transport, messages(transport.value())
+
+    def test_upload(self):
+        data = os.urandom(25000)
+        protocol, transport, answers = self.upload(data, sha(data), chunks=5)
+        self.assertEqual([a["op"] for a in answers], ["ready", "stored"])
+        self.assertEqual(answers[1]["resp"], "00")
+        with open(os.path.join(self.rig.root, SENDER, "up.bin"), "rb") as f:
+            self.assertEqual(f.read(), data)
+        self.assertEqual(os.listdir(os.path.join(self.rig.root, SENDER)), ["up.bin"])
+
+    def test_uploadCorrupt(self):
+        """
+        Data that does not have the announced digest is answered C{E1},
+        never renamed into place, and its partial file is removed.
+        """
+        data = os.urandom(5000)
+        protocol, transport, answers = self.upload(data, sha(b"something else"), chunks=2)
+        self.assertEqual((answers[1]["op"], answers[1]["resp"]), ("stored", fp.CORRUPT))
+        self.assertEqual(os.listdir(os.path.join(self.rig.root, SENDER)), [])
+        self.assertEqual(len(self.events.named("corrupt")), 1)
+
+    def test_uploadPastItsSize(self):
+        """
+        More data than announced breaks the exchange: the connection is
+        aborted and nothing is stored.
+        """
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "put", "sender": SENDER, "name": "up.bin", "size": "3", "sha256": sha(b"abc")}))
+        protocol.dataReceived(frame(b"abcd"))
+        self.assertTrue(transport.disconnected)
+        lose(protocol)
+        self.assertFalse(os.path.exists(os.path.join(self.rig.root, SENDER, "up.bin")))
+
+    def test_uploadResumes(self):
+        """
+        An upload cut off part-way keeps its partial file; the next upload
+        of the same content is told to start at its end.
+        """
+        data = os.urandom(9000)
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "put", "sender": SENDER, "name": "up.bin", "size": "9000",
+                                     "sha256": sha(data)}))
+        protocol.dataReceived(frame(data[:4000]))
+        lose(protocol)
+        self.assertEqual(len(self.events.named("cut")), 1)
+        protocol, transport, answers = self.upload(data, sha(data))
+        self.assertEqual(answers[0]["offset"], "4000")
+        self.assertEqual(answers[1]["resp"], "00")
+        with open(os.path.join(self.rig.root, SENDER, "up.bin"), "rb") as f:
+            self.assertEqual(f.read(), data)
+
+    def test_busy(self):
+        """
+        Beyond C{max_transfers} a transfer is refused C{91}; once one ends
+        the next is accepted.
+        """
+        self.rig.factory.max_transfers = 1
+        putFile(self.rig.root, SENDER, "a.txt", b"abc")
+        first, _ = self.rig.connect()
+        first.dataReceived(frame({"op": "get", "sender": SENDER, "name": "a.txt"}))
+        self.refusal({"op": "get", "sender": SENDER, "name": "a.txt"}, fp.BUSY)
+        lose(first)
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "get", "sender": SENDER, "name": "a.txt"}))
+        self.assertEqual(messages(transport.value())[0]["op"], "ready")
+
+    def test_connectionCap(self):
+        """
+        Beyond four connections per transfer slot a connection is closed
+        at once, and logged; one that ends frees its place.
+        """
+        from twisted.internet.address import IPv4Address
+
+        self.rig.factory.max_transfers = 1
+        held = [self.rig.connect() for _ in range(4)]
+        self.assertIsNone(self.rig.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)))
+        self.assertEqual(len(self.events.named("too-many-connections")), 1)
+        lose(held[0][0])
+        self.assertIsNotNone(self.rig.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2)))
+
+    def test_stalledPeerDropped(self):
+        """
+        A peer that sends nothing after the request is aborted at the idle
+        timeout; its transfer slot is freed.
+        """
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "put", "sender": SENDER, "name": "up.bin", "size": "10", "sha256": sha(b"x")}))
+        self.assertEqual(self.rig.factory.active, 1)
+        self.rig.clock.advance(4.9)
+        self.assertFalse(transport.disconnected)
+        self.rig.clock.advance(0.1)
+        self.assertTrue(transport.disconnected)
+        lose(protocol)
+        self.assertEqual(self.rig.factory.active, 0)
+        self.assertEqual(len(self.events.named("timeout")), 1)
+
+    def test_slowDripDropped(self):
+        """
+        A peer dripping a byte a second never goes idle but is dropped at
+        the total deadline.
+        """
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "put", "sender": SENDER, "name": "up.bin", "size": "100000",
+                                     "sha256": sha(b"x")}))
+        for second in range(25):
+            if transport.disconnected:
+                break
+            protocol.dataReceived(b"0")
+            self.rig.clock.advance(1)
+        self.assertEqual(second, 20)
+        self.assertIn("within 20s", self.events.named("timeout")[0]["why"])
+
+    def test_readerThatDoesNotRead(self):
+        """
+        A download whose reader stops reading (the producer is never
+        resumed again) is dropped at the idle timeout.
+        """
+        putFile(self.rig.root, SENDER, "big.bin", os.urandom(600000))
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "get", "sender": SENDER, "name": "big.bin"}))
+        transport.producer.resumeProducing()
+        self.rig.clock.advance(3)
+        transport.producer.resumeProducing()
+        self.rig.clock.advance(4)
+        self.assertFalse(transport.disconnected)
+        self.rig.clock.advance(1)
+        self.assertTrue(transport.disconnected)
+
+    def test_listingFitsOneFrame(self):
+        """
+        A listing that would not fit in one frame holds the names that fit
+        and says how many more there are.
+        """
+        for n in range(200):
+            putFile(self.rig.root, SENDER, "%03d-%s" % (n, "x" * 100), b"")
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "list", "sender": SENDER}))
+        [body] = frames(transport.value())
+        self.assertLessEqual(len(body), 9999)
+        [answer] = messages(transport.value())
+        self.assertEqual(len(answer["files"]) + int(answer["more"]), 200)
+        self.assertEqual(answer["files"][0]["name"][:4], "000-")
+
+    def test_storageErrorAnswered(self):
+        """
+        An upload that cannot be renamed into place (a directory has its
+        name) is answered C{96}, and the exchange ends cleanly.
+        """
+        os.makedirs(os.path.join(self.rig.root, SENDER, "up.bin"))
+        protocol, transport, answers = self.upload(b"data", sha(b"data"))
+        self.assertEqual((answers[-1]["op"], answers[-1]["resp"]), ("stored", fp.STORAGE_ERROR))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.events.named("storage-error")), 1)
+
+
+    def test_sameUploadTwiceAtOnce(self):
+        """
+        A second upload of the same content while the first is in progress
+        is refused C{91}; once the first ends it may go on.
+        """
+        data = os.urandom(3000)
+        request = {"op": "put", "sender": SENDER, "name": "up.bin", "size": "3000", "sha256": sha(data)}
+        first, _ = self.rig.connect()
+        first.dataReceived(frame(request))
+        self.refusal(request, fp.BUSY)
+        lose(first)
+        protocol, transport, answers = self.upload(data, sha(data))
+        self.assertEqual(answers[-1]["resp"], "00")
+
+class ClientExchangeTests(SynchronousTestCase):
+    """
+    The client's end against a server that misbehaves, on a Clock.
+    """
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+
+        from tvlink.link.settings import LinkSettings
+
+        self.clock = Clock()
+
+        class Client:
+            settings = LinkSettings(reactor=self.clock)
+            reactor = self.clock
+            idle, total = 5.0, 20.0
+
+        self.clientSide = Client
+
+    def connect(self, request):
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from tvlink.files.client import FileClientProtocol
+
+        protocol = FileClientProtocol(self.clientSide, request)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 7001))
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_requestSentFirst(self):
+        protocol, transport = self.connect({"op": "list", "sender": SENDER})
+        self.assertEqual(messages(transport.value()), [{"op": "list", "sender": SENDER}])
+
+    def test_wrongAnswer(self):
+        """
+        An answer that does not fit the request breaks the exchange: the
+        call fails saying so.
+        """
+        protocol, transport = self.connect({"op": "list", "sender": SENDER})
+        protocol.dataReceived(frame({"op": "ready", "resp": "00", "offset": "0"}))
+        self.assertTrue(transport.disconnected)
+        lose(protocol)
+        failure = self.failureResultOf(protocol.result, fp.TransferError)
+        self.assertIn("unexpected answer 'ready'", str(failure.value))
+
+    def test_refusal(self):
+        protocol, transport = self.connect({"op": "list", "sender": SENDER})
+        protocol.dataReceived(frame({"op": "refused", "resp": "12", "reason": "no"}))
+        lose(protocol)
+        self.assertEqual(self.failureResultOf(protocol.result, fp.Refused).value.resp, "12")
+
+    def test_silentServer(self):
+        """
+        A server that never answers is given up at the client's idle
+        deadline.
+        """
+        protocol, transport = self.connect({"op": "list", "sender": SENDER})
+        self.clock.advance(5)
+        self.assertTrue(transport.disconnected)
+        lose(protocol)
+        self.assertIn("idle for 5s", str(self.failureResultOf(protocol.result, fp.ConnectionCut).value))
+
+
+class ProgressBarTests(SynchronousTestCase):
+    def test_drawnAtMostTenTimesASecond(self):
+        import io
+
+        from twisted.internet.task import Clock
+
+        from tvlink.cli.files import ProgressBar
+
+        clock, out = Clock(), io.StringIO()
+        bar = ProgressBar(out, clock, "get a.bin")
+        for done in range(0, 1000, 100):
+            bar(done, 1000)
+            clock.advance(0.06)
+        self.assertEqual(out.getvalue().count("\r"), 5)
+        self.assertNotIn("\n", out.getvalue())
+        bar(1000, 1000)
+        self.assertTrue(out.getvalue().endswith("\n"))
+        self.assertIn("get a.bin [" + "#" * 30 + "] 100%", out.getvalue())
+
