@@ -226,7 +226,7 @@ class UnreachableJournalTests(SynchronousTestCase):
         handler = SilentThenDemo()
         rig = PoolRig(ports=(7001,), handlers=[handler], journalPath=self.mktemp(), timeout=5)
         self.addCleanup(rig.service.journal.close)
-        self.patch(rig.service.journal, "record", lambda message, terminal=None: fail(ConnectionError("unreachable")))
+        self.patch(rig.service.journal, "record", lambda message, terminal=None, newOrder=False: fail(ConnectionError("unreachable")))
         failure = self.failureResultOf(rig.service.request(purchase(400)), JournalUnavailable)
         self.assertIn("was not sent: unreachable", str(failure.value))
         rig.flush()

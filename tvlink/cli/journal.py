@@ -91,8 +91,8 @@ def main(argv=None, out=None, err=None):
         err.write("tvlink journal show: give an entry's SENDER/STAN/TIME or --order ORDER\n")
         return USAGE
     try:
-        journal = _Journal.open(path, args.busy_timeout)
-    except _Missing as e:
+        journal = JournalConnection.open(path, args.busy_timeout)
+    except JournalMissing as e:
         err.write("tvlink journal %s: %s\n" % (args.command, e))
         return REFUSED
     try:
@@ -104,17 +104,19 @@ def main(argv=None, out=None, err=None):
         journal.close()
 
 
-class _Missing(Exception):
+class JournalMissing(Exception):
     """
     No journal where C{--db} says.
     """
 
 
-class _Journal:
+class JournalConnection:
     """
-    A connection to a journal for the command: its statements take C{?}
-    placeholders on either database; what differs is said here.
+    A connection to a journal for an admin command (C{tvlink journal},
+    C{tvlink reconcile}): its statements take C{?} placeholders on either
+    database; what differs is said here.
 
+    @ivar where: the journal, as messages name it (a URL's password masked).
     @ivar conn: a connection with C{execute}.
     @ivar begin: the statement that begins a writing transaction.
     @ivar columnsOf: the database's way of listing a table's columns.
@@ -123,19 +125,20 @@ class _Journal:
     @classmethod
     def open(cls, path, timeout):
         journal = cls()
+        journal.where = pgsql.maskURL(path) if pgsql.isURL(path) else path
         if pgsql.isURL(path):
             try:
                 raw = psycopg.connect(path, autocommit=True, connect_timeout=max(1, int(timeout)))
             except psycopg.Error as e:
-                raise _Missing("cannot connect to %s: %s" % (pgsql.maskURL(path), " ".join(str(e).split()))) from None
+                raise JournalMissing("cannot connect to %s: %s" % (pgsql.maskURL(path), " ".join(str(e).split()))) from None
             journal.conn, journal.Error = pgsql.Connection(raw), psycopg.Error
             journal.begin, journal.columnsOf, journal.close = "BEGIN", pgsql.columnsOf, raw.close
             if pgsql.schemaVersion(journal.conn, "journal") == 0:
                 raw.close()
-                raise _Missing("no journal in %s" % (pgsql.maskURL(path),))
+                raise JournalMissing("no journal in %s" % (pgsql.maskURL(path),))
             return journal
         if not os.path.isfile(path):
-            raise _Missing("no journal at %s" % (path,))
+            raise JournalMissing("no journal at %s" % (path,))
         journal.conn = sqlite3.connect(path, isolation_level=None, timeout=timeout)
         journal.Error = sqlite3.Error
         journal.begin, journal.columnsOf, journal.close = "BEGIN IMMEDIATE", SQLiteStore.columnsOf, journal.conn.close

@@ -15,7 +15,6 @@ arguments, 3 when the file or the journal cannot be read.
 
 import argparse
 import os
-import sqlite3
 import sys
 import time
 
@@ -130,6 +129,7 @@ def main(argv=None, out=None, err=None):
     """
     Run C{tvlink reconcile ARGV...}; return the exit status.
     """
+    from tvlink.cli.journal import JournalConnection, JournalMissing
     from tvlink.platform.journal import moneyMovingBetween, parseJournalOption
 
     out = sys.stdout if out is None else out
@@ -150,20 +150,20 @@ def main(argv=None, out=None, err=None):
     except ValueError as e:
         err.write("tvlink reconcile: --journal: %s\n" % (e,))
         return USAGE
-    if not os.path.isfile(path):
-        err.write("tvlink reconcile: no journal at %s\n" % (path,))
+    try:
+        journal = JournalConnection.open(path, 10.0)
+    except JournalMissing as e:
+        err.write("tvlink reconcile: %s\n" % (e,))
         return UNREADABLE
     try:
-        conn = sqlite3.connect("file:%s?mode=ro" % (os.path.abspath(path),), uri=True)
-        try:
-            entries = dayRows(
-                lambda start, end: moneyMovingBetween(conn, start, end, sender), header["date"], header["cutover"]
-            )
-        finally:
-            conn.close()
-    except sqlite3.Error as e:
-        err.write("tvlink reconcile: journal %s: %s\n" % (path, e))
+        entries = dayRows(
+            lambda start, end: moneyMovingBetween(journal.conn, start, end, sender), header["date"], header["cutover"]
+        )
+    except journal.Error as e:
+        err.write("tvlink reconcile: journal %s: %s\n" % (journal.where, " ".join(str(e).split())))
         return UNREADABLE
+    finally:
+        journal.close()
     report = compare.compare(details, entries)
     out.write(compare.table(report, header))
     for target, render in ((args.csv, lambda: compare.asCSV(report)), (args.json, lambda: compare.asJSON(report, header))):
