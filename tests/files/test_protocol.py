@@ -337,14 +337,44 @@ class ServerExchangeTests(SynchronousTestCase):
 
     def test_storageErrorAnswered(self):
         """
-        An upload that cannot be renamed into place (a directory has its
-        name) is answered C{96}, and the exchange ends cleanly.
+        An upload that cannot be renamed into place (a directory took its
+        name while the data came) is answered C{96}, and the exchange ends
+        cleanly.
         """
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "put", "sender": SENDER, "name": "up.bin", "size": "4", "sha256": sha(b"data")}))
+        self.assertEqual(messages(transport.value())[0]["op"], "ready")
         os.makedirs(os.path.join(self.rig.root, SENDER, "up.bin"))
-        protocol, transport, answers = self.upload(b"data", sha(b"data"))
+        protocol.dataReceived(frame(b"data"))
+        answers = messages(transport.value())
         self.assertEqual((answers[-1]["op"], answers[-1]["resp"]), ("stored", fp.STORAGE_ERROR))
         self.assertTrue(transport.disconnecting)
         self.assertEqual(len(self.events.named("storage-error")), 1)
+
+    def test_uploadOverALinkOrADirectoryRefused(self):
+        """
+        An upload to a name that is a link, a directory or another special
+        file is refused C{12} before any data comes, logged with the peer;
+        the link and what it points to are left alone, and no partial file
+        is made.
+        """
+        putFile(self.rig.root, "OTHER", "secret.txt", b"secret")
+        folder = os.path.join(self.rig.root, SENDER)
+        os.makedirs(os.path.join(folder, "dir"))
+        os.symlink(os.path.join(self.rig.root, "OTHER", "secret.txt"), os.path.join(folder, "link.txt"))
+        os.symlink(os.path.join(self.rig.root, "nowhere"), os.path.join(folder, "dangling.txt"))
+        os.mkfifo(os.path.join(folder, "fifo"))
+        for name in ("dir", "link.txt", "dangling.txt", "fifo"):
+            answer = self.refusal({"op": "put", "sender": SENDER, "name": name, "size": "4", "sha256": sha(b"data")},
+                                  fp.NOT_ALLOWED)
+            self.assertIn(name, answer["reason"])
+        self.assertEqual(sorted(os.listdir(folder)), ["dangling.txt", "dir", "fifo", "link.txt"])
+        self.assertTrue(os.path.islink(os.path.join(folder, "link.txt")))
+        with open(os.path.join(self.rig.root, "OTHER", "secret.txt"), "rb") as f:
+            self.assertEqual(f.read(), b"secret")
+        refused = self.events.named("refused")
+        self.assertEqual(len(refused), 4)
+        self.assertTrue(all(e["peer"].startswith("127.0.0.1:") for e in refused))
 
 
     def test_sameUploadTwiceAtOnce(self):

@@ -120,6 +120,25 @@ class FileStore:
             raise FileNotFoundError(name)
         return os.path.join(folder, name)
 
+    def pathForWriting(self, sender, name):
+        """
+        The path an upload of C{name} of C{sender} is renamed to (the
+        sender's directory made if need be): nothing there yet, or a
+        regular file it replaces.
+
+        @raise NameRefused: for a bad name, or a link, a directory or a
+            special file under that name.
+        """
+        path = self.path(sender, name, create=True)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return path
+        if not stat.S_ISREG(mode):
+            kind = "a link" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode) else "a special file"
+            raise NameRefused("%r is %s, not a file" % (name, kind))
+        return path
+
     def openForReading(self, sender, name):
         """
         Open C{name} of C{sender} for reading: a regular file, never through

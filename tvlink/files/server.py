@@ -239,7 +239,7 @@ class FileServerProtocol(fp.FileExchange):
             raise ValueError("sha256 must be 64 lower-case hex digits")
         if size > self.factory.max_size:
             raise ValueError("%d bytes is over the %d allowed" % (size, self.factory.max_size))
-        self.final = self.factory.store.path(self.sender, self.name, create=True)
+        self.final = self.factory.store.pathForWriting(self.sender, self.name)
         part = self.factory.store.partPath(self.sender, self.name, digest)
         if part in self.factory.receiving:
             raise Busy("an upload of the same %r is in progress" % (self.name,))
