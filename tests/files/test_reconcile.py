@@ -258,6 +258,27 @@ class ReconciliationTests(SynchronousTestCase):
         self.assertIn("kind,key,type,paymentAmount", out)
         self.assertEqual(out.count("matched,PLATFORM/"), 2)
 
+    def test_lineTwiceReported(self):
+        """
+        A file holding one transaction twice (its trailer counting both)
+        disagrees: the second line is only on the payment side, marked
+        C{duplicate}, though the journal holds the key once.
+        """
+        self.day.both(purchase("000001", "1204090000", 1000))
+        self.day.both(purchase("000002", "1204091000", 2000))
+        rows = self.day.store.moneyMovedBetween("1204000000", "1205000000", SENDER)
+        with open(self.file, "w") as f:
+            f.write(reconcile.renderFile(DAY, SENDER, rows + rows[:1], "PAYMENT", "20261205000200"))
+        status, out, err = self.reconcile("--json", "-")
+        self.assertEqual((status, err), (reconcilecli.DISAGREE, ""))
+        rows = json.loads(out[out.index("{"):])["rows"]
+        got = sorted((r["kind"], r["key"].split("/")[1], ",".join(r["what"])) for r in rows)
+        self.assertEqual(
+            got,
+            [("matched", "000001", ""), ("matched", "000002", ""), ("only on payment", "000001", "duplicate")],
+        )
+        self.assertIn("2 matched, 0 only on platform, 1 only on payment, 0 differ", out)
+
     def test_fileToStandardOutputAndFilesDir(self):
         self.day.both(purchase("000001", "1204090000", 1000))
         status, out, err = self.ledger("reconcile-file", "--date", DAY, "--sender", SENDER)
