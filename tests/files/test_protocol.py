@@ -377,6 +377,35 @@ class ServerExchangeTests(SynchronousTestCase):
         self.assertTrue(all(e["peer"].startswith("127.0.0.1:") for e in refused))
 
 
+    def test_expiredPartsRemoved(self):
+        """
+        A partial file no upload has written to for C{part_lifetime}
+        seconds is removed, logged; a younger one, the one of an upload in
+        progress, and every other file are kept.
+        """
+        self.rig.factory.part_lifetime = 100.0
+        now = 2000000000.0
+        self.rig.clock.advance(now)
+        folder = os.path.join(self.rig.root, SENDER)
+        stale = putFile(self.rig.root, SENDER, ".old.bin.0123456789abcdef.part", b"cut off")
+        young = putFile(self.rig.root, SENDER, ".young.bin.0123456789abcdef.part", b"cut off")
+        other = putFile(self.rig.root, "OTHER", ".x.0123456789abcdef.part", b"cut off")
+        kept = [putFile(self.rig.root, SENDER, "old.bin", b"a file"), putFile(self.rig.root, SENDER, ".tmp", b"not ours")]
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "put", "sender": SENDER, "name": "up.bin", "size": "9", "sha256": sha(b"x" * 9)}))
+        protocol.dataReceived(frame(b"xxx"))
+        [active] = [os.path.join(folder, n) for n in os.listdir(folder) if n.startswith(".up.bin.")]
+        for path in [stale, other, active] + kept:
+            os.utime(path, (now - 101, now - 101))
+        os.utime(young, (now - 99, now - 99))
+        removed = self.successResultOf(self.rig.factory.expireParts())
+        self.assertEqual(sorted(removed), sorted([stale, other]))
+        self.assertEqual(sorted(os.listdir(folder)), sorted(os.path.basename(p) for p in [young, active] + kept))
+        self.assertEqual(os.listdir(os.path.join(self.rig.root, "OTHER")), [])
+        self.assertEqual(sorted(e["path"] for e in self.events.named("part-expired")), sorted(removed))
+        protocol.dataReceived(frame(b"x" * 6))
+        self.assertEqual(messages(transport.value())[-1]["resp"], "00")
+
     def test_sameUploadTwiceAtOnce(self):
         """
         A second upload of the same content while the first is in progress
@@ -390,6 +419,45 @@ class ServerExchangeTests(SynchronousTestCase):
         lose(first)
         protocol, transport, answers = self.upload(data, sha(data))
         self.assertEqual(answers[-1]["resp"], "00")
+
+class PartSweepTests(SynchronousTestCase):
+    def test_serviceSweeps(self):
+        """
+        The file service sweeps the expired partial files when it starts
+        and every hour (or every lifetime, if shorter) while it runs; not
+        once stopped.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from tests.files.kit import inline, tempRoot
+        from tvlink.files.service import FileService
+        from tvlink.link.settings import LinkSettings
+
+        reactor = MemoryReactorClock()
+        reactor.advance(2000000000.0)
+        root = tempRoot(self)
+        service = FileService("tcp:0:interface=127.0.0.1", root, LinkSettings(reactor=reactor), runInThread=inline,
+                              part_lifetime=7200.0)
+
+        def part(name):
+            path = putFile(root, SENDER, "." + name + ".0123456789abcdef.part", b"cut off")
+            os.utime(path, (reactor.seconds() - 7201, reactor.seconds() - 7201))
+            return path
+
+        first = part("first")
+        service.startService()
+        self.assertFalse(os.path.exists(first))
+        second = part("second")
+        reactor.advance(3599)
+        self.assertTrue(os.path.exists(second))
+        reactor.advance(1)
+        self.assertFalse(os.path.exists(second))
+        service.stopService()
+        third = part("third")
+        reactor.advance(7200)
+        self.assertTrue(os.path.exists(third))
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
 
 class ClientExchangeTests(SynchronousTestCase):
     """

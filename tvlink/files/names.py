@@ -182,6 +182,25 @@ class FileStore:
                 found.append((entry.name, info.st_size, info.st_mtime))
         return sorted(found)
 
+    def parts(self):
+        """
+        C{[(path, mtime)]} of the partial files (hidden names ending in
+        L{PART_SUFFIX}) in every sender's directory; links are left out.
+        """
+        found = []
+        for folder in os.scandir(self.root):
+            try:
+                checkSender(folder.name)
+            except NameRefused:
+                continue
+            if not folder.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(folder.path):
+                if entry.name.startswith(".") and entry.name.endswith(PART_SUFFIX):
+                    if entry.is_file(follow_symlinks=False):
+                        found.append((entry.path, entry.stat(follow_symlinks=False).st_mtime))
+        return found
+
     def partPath(self, sender, name, digest):
         """
         The temporary name a file being received is written under: hidden,

@@ -24,6 +24,8 @@ DEFAULT_IDLE = 60.0
 DEFAULT_TOTAL = 3600.0
 DEFAULT_MAX_TRANSFERS = 8
 DEFAULT_MAX_SIZE = 4 * 1024**3
+#: Seconds a partial file no upload writes to is kept for a resume.
+DEFAULT_PART_LIFETIME = 24 * 3600.0
 
 #: How the sender a client names is checked: taken as given, or against
 #: the common name of its TLS certificate.
@@ -362,6 +364,7 @@ class FileServerFactory(ServerFactory):
         max_size=DEFAULT_MAX_SIZE,
         sender_check="none",
         runInThread=None,
+        part_lifetime=DEFAULT_PART_LIFETIME,
     ):
         self.store = store
         self.settings = settings
@@ -373,6 +376,7 @@ class FileServerFactory(ServerFactory):
         if sender_check not in SENDER_CHECKS:
             raise ValueError("sender_check must be one of %s, not %r" % (", ".join(SENDER_CHECKS), sender_check))
         self.sender_check = sender_check
+        self.part_lifetime = positive("part_lifetime", part_lifetime)
         self.runInThread = runInThread if runInThread is not None else inThreadPool(self.clock)
         self.digests = DigestCache(self.runInThread)
         self.active = 0
@@ -427,6 +431,36 @@ class FileServerFactory(ServerFactory):
         if common != sender:
             return "the client certificate names %r, not sender %r" % (common, sender)
         return None
+
+    def expireParts(self):
+        """
+        Remove the partial files no upload has written to for
+        C{part_lifetime} seconds (cut-off uploads not tried again), except
+        those of the uploads in progress.
+
+        @return: a L{Deferred} of the paths removed.
+        """
+
+        def expire(parts):
+            oldest = self.clock.seconds() - self.part_lifetime
+            removed = []
+            for path, mtime in parts:
+                if mtime >= oldest or path in self.receiving:
+                    continue
+                try:
+                    os.remove(path)
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    self.log.error("files: cannot remove the partial file {path}: {why}", files_event="storage-error",
+                                   path=path, why=str(e))
+                    continue
+                removed.append(path)
+                self.log.info("files: removed the partial file {path}, untouched for {lifetime:g}s",
+                              files_event="part-expired", path=path, lifetime=self.part_lifetime)
+            return removed
+
+        return self.runInThread(self.store.parts).addCallback(expire)
 
     def startTransfer(self):
         if self.active >= self.max_transfers:
