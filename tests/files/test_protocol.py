@@ -182,6 +182,30 @@ class ServerExchangeTests(SynchronousTestCase):
             self.assertEqual(b"".join(frames(transport.value())[1:]), data[start:])
             lose(protocol)
 
+    def test_fileShrinksWhileSent(self):
+        """
+        A file that turns out shorter than announced while its data is
+        sent aborts the connection, logged with the peer: no message is
+        put among the data frames, where the client would take it for
+        bytes of the file.
+        """
+        data = os.urandom(fp.BURST * 2 + 1000)
+        path = putFile(self.rig.root, SENDER, "day.bin", data)
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "get", "sender": SENDER, "name": "day.bin"}))
+        transport.producer.resumeProducing()
+        os.truncate(path, fp.BURST + 10)
+        transport.producer.resumeProducing()
+        self.assertEqual([m["op"] for m in messages(transport.value())], ["ready"])
+        sent = b"".join(frames(transport.value())[1:])
+        self.assertEqual(sent, data[: len(sent)])
+        self.assertLess(len(sent), len(data))
+        self.assertTrue(transport.disconnected)
+        [event] = self.events.named("storage-error")
+        self.assertTrue(event["peer"].startswith("127.0.0.1:"))
+        lose(protocol)
+        self.assertEqual(self.rig.factory.active, 0)
+
     def upload(self, data, digest, chunks=1):
         protocol, transport = self.rig.connect()
         protocol.dataReceived(frame({"op": "put", "sender": SENDER, "name": "up.bin", "size": str(len(data)),

@@ -154,9 +154,16 @@ class FileServerProtocol(fp.FileExchange):
     def _failed(self, failure, op):
         if self.finished or failure.check(fp.ConnectionCut):
             return None
+        # While data frames go out, a message would pass for bytes of the
+        # file: the connection is aborted instead.
+        sending = self.state == "sending"
         if failure.check(OSError):
+            if sending:
+                return fp.FileExchange.storageError(self, failure.value)
             return self.refuse(fp.STORAGE_ERROR, "storage: %s" % (failure.getErrorMessage(),), op)
         self.log.failure("files: {op} from {peer} failed", failure, op=op, peer=self.peer)
+        if sending:
+            return self.abort("internal error")
         return self.refuse(fp.STORAGE_ERROR, "internal error", op)
 
     # -- list ----------------------------------------------------------------
