@@ -279,6 +279,33 @@ class ReconciliationTests(SynchronousTestCase):
         )
         self.assertIn("2 matched, 0 only on platform, 1 only on payment, 0 differ", out)
 
+    def test_journalPathWithURICharacters(self):
+        """
+        A journal whose path holds C{?}, C{#} or C{%} is read where it is,
+        read-only: nothing is made beside it.
+        """
+        import shutil
+
+        self.day.both(purchase("000001", "1204090000", 1000))
+        self.assertEqual(self.ledger("reconcile-file", "--date", DAY, "--sender", SENDER, "--out", self.file)[0], 0)
+        self.day.journal.close()
+        folder = os.path.join(self.day.root, "odd?dir#1")
+        os.mkdir(folder)
+        journal = os.path.join(folder, "journal%20.db")
+        shutil.copy(self.day.journalPath, journal)
+
+        def listed():
+            # SQLite may add journal%20.db-wal and -shm beside a WAL file.
+            return sorted(os.listdir(self.day.root)), [n for n in sorted(os.listdir(folder)) if n[:13] != "journal%20.db"]
+
+        before = listed()
+        out, err = io.StringIO(), io.StringIO()
+        status = reconcilecli.main(["--journal", journal, "--file", self.file], out, err)
+        self.assertEqual((status, err.getvalue()), (reconcilecli.AGREE, ""))
+        self.assertIn("1 matched", out.getvalue())
+        self.assertEqual(listed(), before)
+        self.assertTrue(os.path.exists(journal))
+
     def test_fileToStandardOutputAndFilesDir(self):
         self.day.both(purchase("000001", "1204090000", 1000))
         status, out, err = self.ledger("reconcile-file", "--date", DAY, "--sender", SENDER)

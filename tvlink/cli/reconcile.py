@@ -15,6 +15,7 @@ arguments, 3 when the file or the journal cannot be read.
 
 import argparse
 import os
+import pathlib
 import sqlite3
 import sys
 import time
@@ -154,7 +155,8 @@ def main(argv=None, out=None, err=None):
         err.write("tvlink reconcile: no journal at %s\n" % (path,))
         return UNREADABLE
     try:
-        conn = sqlite3.connect("file:%s?mode=ro" % (os.path.abspath(path),), uri=True)
+        # As a URI, its ?, # and % quoted: read-only, and where it is.
+        conn = sqlite3.connect(pathlib.Path(os.path.abspath(path)).as_uri() + "?mode=ro", uri=True)
         try:
             entries = dayRows(
                 lambda start, end: moneyMovingBetween(conn, start, end, sender), header["date"], header["cutover"]
