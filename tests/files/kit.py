@@ -10,7 +10,7 @@ import shutil
 import tempfile
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import succeed
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
@@ -22,9 +22,10 @@ from tvlink.link.settings import LinkSettings
 
 def inline(f, *args):
     """
-    Run C{f(*args)} at once: the thread pool's stand-in under a Clock.
+    Run C{f(*args)} at once: the thread pool's stand-in under a Clock (an
+    exception fails the L{Deferred}, as on the pool).
     """
-    return succeed(f(*args))
+    return maybeDeferred(f, *args)
 
 
 def sha(data):

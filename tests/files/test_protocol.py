@@ -359,6 +359,50 @@ class ServerExchangeTests(SynchronousTestCase):
         self.assertEqual(len(answer["files"]) + int(answer["more"]), 200)
         self.assertEqual(answer["files"][0]["name"][:4], "000-")
 
+    def test_listingOffTheReactorAndBounded(self):
+        """
+        A directory is read on the thread pool, not the reactor's thread,
+        and what is kept of it is bounded by what one frame can hold,
+        however many files it has: the first names by order, and the count
+        of the rest.
+        """
+        from twisted.internet.defer import Deferred
+
+        for n in range(300):
+            putFile(self.rig.root, SENDER, "%03d" % (299 - n,), b"")
+        ran = []
+
+        def later(f, *args):
+            d = Deferred()
+            ran.append((d, f, args))
+            return d
+
+        self.rig.factory.runInThread = later
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "list", "sender": SENDER}))
+        self.assertEqual(transport.value(), b"")
+        [(d, f, args)] = ran
+        names, total = f(*args)
+        self.assertEqual(total, 300)
+        self.assertLess(len(names), 300)
+        self.assertEqual([n for n, _, _ in names], ["%03d" % (n,) for n in range(len(names))])
+        d.callback((names, total))
+        [answer] = messages(transport.value())
+        self.assertEqual(answer["files"][0]["name"], "000")
+        self.assertEqual(len(answer["files"]) + int(answer["more"]), 300)
+        self.assertTrue(transport.disconnecting)
+
+    def test_listingRefusedOffTheReactor(self):
+        """
+        A sender directory that is a link is refused C{12} from the thread
+        pool's answer too, logged with the peer.
+        """
+        os.makedirs(os.path.join(self.rig.root, "OTHER"))
+        os.symlink(os.path.join(self.rig.root, "OTHER"), os.path.join(self.rig.root, SENDER))
+        answer = self.refusal({"op": "list", "sender": SENDER}, fp.NOT_ALLOWED)
+        self.assertIn("not a plain directory", answer["reason"])
+        self.assertTrue(self.events.named("refused")[0]["peer"].startswith("127.0.0.1:"))
+
     def test_storageErrorAnswered(self):
         """
         An upload that cannot be renamed into place (a directory took its

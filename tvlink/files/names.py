@@ -8,6 +8,7 @@ name into a path and refuses every path that would lead out (a symbolic
 link, anything that is not a regular file).
 """
 
+import heapq
 import os
 import stat
 import unicodedata
@@ -163,24 +164,40 @@ class FileStore:
             raise NameRefused("%r is not a regular file" % (name,))
         return os.fdopen(fd, "rb"), info.st_size
 
-    def listing(self, sender):
+    def listing(self, sender, limit=None):
         """
-        C{[(name, size, mtime)]} of the regular files of C{sender}, by name
-        (links, directories and partial files left out).
+        The regular files of C{sender} (links, directories and partial
+        files left out): C{([(name, size, mtime)], count)}, the first
+        C{limit} by name (all when C{None}) and how many there are. No more
+        than C{limit} names are held at once, however large the directory.
         """
         folder = self.directory(sender)
         if folder is None:
-            return []
+            return [], 0
+        count = 0
+
+        def plainFiles():
+            nonlocal count
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    try:
+                        checkName(entry.name)
+                    except NameRefused:
+                        continue
+                    if entry.is_file(follow_symlinks=False):
+                        count += 1
+                        yield entry.name
+
+        names = sorted(plainFiles()) if limit is None else heapq.nsmallest(limit, plainFiles())
         found = []
-        for entry in os.scandir(folder):
+        for name in names:
             try:
-                checkName(entry.name)
-            except NameRefused:
+                info = os.lstat(os.path.join(folder, name))
+            except FileNotFoundError:
                 continue
-            if entry.is_file(follow_symlinks=False):
-                info = entry.stat(follow_symlinks=False)
-                found.append((entry.name, info.st_size, info.st_mtime))
-        return sorted(found)
+            if stat.S_ISREG(info.st_mode):
+                found.append((name, info.st_size, info.st_mtime))
+        return found, count
 
     def parts(self):
         """

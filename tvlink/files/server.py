@@ -169,19 +169,36 @@ class FileServerProtocol(fp.FileExchange):
     # -- list ----------------------------------------------------------------
 
     def listFiles(self):
-        try:
-            found = self.factory.store.listing(self.sender)
-        except NameRefused as e:
-            return self.refuse(fp.NOT_ALLOWED, str(e), fp.LIST)
-        answer = {"op": fp.FILES, "resp": fp.OK, "files": []}
-        room = self.chunk - len(self.codec.encode(answer)) - len(',"more":"999999999"')
+        empty = {"op": fp.FILES, "resp": fp.OK, "files": []}
+        room = self.chunk - len(self.codec.encode(empty)) - len(',"more":"999999999"')
+        smallest = len(self.codec.encode({"name": "x", "size": "0", "mtime": mtimeText(0)})) + 1
+        d = self.factory.runInThread(self.factory.store.listing, self.sender, max(room // smallest, 0))
+        d.addCallback(self.listed, empty, room)
+        d.addErrback(self._listingFailed)
+
+    def _listingFailed(self, failure):
+        if self.finished:
+            return None
+        if failure.check(NameRefused):
+            return self.refuse(fp.NOT_ALLOWED, failure.getErrorMessage(), fp.LIST)
+        return self._failed(failure, fp.LIST)
+
+    def listed(self, listing, answer, room):
+        """
+        Answer with the names of C{listing} (L{FileStore.listing}) that fit
+        in C{room} bytes, and the count of the others.
+        """
+        if self.finished:
+            return
+        found, count = listing
         for n, s, m in found:
             entry = {"name": n, "size": fp.sizeText(s), "mtime": mtimeText(m)}
             room -= len(self.codec.encode(entry)) + 1
             if room < 0:
-                answer["more"] = fp.sizeText(len(found) - len(answer["files"]))
                 break
             answer["files"].append(entry)
+        if len(answer["files"]) < count:
+            answer["more"] = fp.sizeText(count - len(answer["files"]))
         self.log.info(
             "files: listed {count} files for {peer} (sender {sender})",
             files_event="listed",
