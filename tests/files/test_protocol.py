@@ -226,6 +226,25 @@ class ServerExchangeTests(SynchronousTestCase):
             self.assertEqual(f.read(), data)
         self.assertEqual(os.listdir(os.path.join(self.rig.root, SENDER)), ["up.bin"])
 
+    def test_uploadDurable(self):
+        """
+        An upload is answered stored only once the file and the directory
+        entry it was renamed to are on disk (both synced).
+        """
+        real, synced = os.fsync, []
+
+        def fsync(fd):
+            synced.append(os.fstat(fd).st_ino)
+            return real(fd)
+
+        self.patch(os, "fsync", fsync)
+        data = os.urandom(5000)
+        protocol, transport, answers = self.upload(data, sha(data))
+        self.assertEqual(answers[-1]["resp"], "00")
+        folder = os.path.join(self.rig.root, SENDER)
+        self.assertIn(os.stat(os.path.join(folder, "up.bin")).st_ino, synced)
+        self.assertEqual(synced[-1], os.stat(folder).st_ino)
+
     def test_uploadCorrupt(self):
         """
         Data that does not have the announced digest is answered C{E1},
@@ -556,6 +575,37 @@ class ClientExchangeTests(SynchronousTestCase):
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 7001))
         protocol.makeConnection(transport)
         return protocol, transport
+
+    def test_downloadDurable(self):
+        """
+        A download is renamed into place, and the directory entry synced,
+        before it is reported received.
+        """
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from tests.files.kit import tempRoot
+        from tvlink.files.client import FileClientProtocol
+
+        real, synced = os.fsync, []
+
+        def fsync(fd):
+            synced.append(os.fstat(fd).st_ino)
+            return real(fd)
+
+        self.patch(os, "fsync", fsync)
+        folder = tempRoot(self)
+        dest = os.path.join(folder, "day.bin")
+        data = os.urandom(3000)
+        protocol = FileClientProtocol(self.clientSide, {"op": "get", "sender": SENDER, "name": "day.bin", "offset": "0"},
+                                      part=(dest, 0, None, None))
+        protocol.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 7001)))
+        protocol.dataReceived(frame({"op": "ready", "resp": "00", "name": "day.bin", "size": "3000", "sha256": sha(data),
+                                     "offset": "0"}))
+        protocol.dataReceived(frame(data))
+        self.assertEqual(os.listdir(folder), ["day.bin"])
+        self.assertEqual(synced[-1], os.stat(folder).st_ino)
+        self.assertEqual(protocol.outcome["sha256"], sha(data))
 
     def test_requestSentFirst(self):
         protocol, transport = self.connect({"op": "list", "sender": SENDER})

@@ -95,6 +95,24 @@ class LayoutTests(SynchronousTestCase):
             e = self.assertRaises(reconcile.BadReconciliationFile, reconcile.readFile, "\n".join(broken) + "\n")
             self.assertIn(words, str(e))
 
+    def test_writtenDurably(self):
+        """
+        A file written atomically is synced, and so is the directory entry
+        it was renamed to.
+        """
+        real, synced = os.fsync, []
+
+        def fsync(fd):
+            synced.append(os.fstat(fd).st_ino)
+            return real(fd)
+
+        self.patch(os, "fsync", fsync)
+        folder = tempRoot(self)
+        path = os.path.join(folder, "RC%s.txt" % (DAY,))
+        reconcile.writeAtomically(path, reconcile.renderFile(DAY, SENDER, self.rows, "PAYMENT", "20261205000200"))
+        self.assertEqual(os.listdir(folder), ["RC%s.txt" % (DAY,)])
+        self.assertEqual(synced, [os.stat(path).st_ino, os.stat(folder).st_ino])
+
     def test_senderTooLongForTheLayout(self):
         self.assertRaises(ValueError, reconcile.renderFile, DAY, "S" * 12, [], "PAYMENT", "20261205000200")
 

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from tvlink.files import protocol as fp
 from tvlink.files.digests import hashPrefix, inThreadPool
-from tvlink.files.names import checkName, checkSender
+from tvlink.files.names import checkName, checkSender, renameIntoPlace
 from tvlink.link.settings import LinkSettings, globalReactor, positive
 
 
@@ -160,7 +160,7 @@ class FileClientProtocol(fp.FileExchange):
             self.sendMessage({"op": fp.RECEIVED, "resp": fp.CORRUPT, "reason": reason})
             self.finish(reason)
             return self.fail(fp.Corrupt(reason))
-        os.replace(self.dest + ".part", self.dest)
+        renameIntoPlace(self.dest + ".part", self.dest)
         os.remove(self.dest + ".part.json")
         self.sendMessage({"op": fp.RECEIVED, "resp": fp.OK})
         self.finish()

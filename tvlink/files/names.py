@@ -75,6 +75,20 @@ def checkSender(sender):
     return sender
 
 
+def renameIntoPlace(source, target):
+    """
+    Rename the file C{source} (already on disk) to C{target} in one step,
+    then put the directory's new entry on disk too, so a file reported
+    stored or received is still there after a crash.
+    """
+    os.replace(source, target)
+    fd = os.open(os.path.dirname(os.path.abspath(target)), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class FileStore:
     """
     The files root: one directory per sender institution.

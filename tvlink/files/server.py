@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from tvlink.files import protocol as fp
 from tvlink.files.digests import DigestCache, hashPrefix, inThreadPool
-from tvlink.files.names import NameRefused, checkName, checkSender
+from tvlink.files.names import NameRefused, checkName, checkSender, renameIntoPlace
 from tvlink.link.settings import atLeast, positive
 
 #: Defaults of the limits (seconds, counts, bytes).
@@ -309,7 +309,7 @@ class FileServerProtocol(fp.FileExchange):
             )
             self.sendMessage({"op": fp.STORED, "resp": fp.CORRUPT, "reason": reason})
             return self.finish(reason)
-        os.replace(self.part, self.final)
+        renameIntoPlace(self.part, self.final)
         self.note(
             "info",
             "stored",
