@@ -19,7 +19,7 @@ from tests.files.kit import tempRoot
 from tvlink.cli import ledger as ledgercli
 from tvlink.cli import reconcile as reconcilecli
 from tvlink.files import reconcile
-from tvlink.files.daily import DailyReconciliation, dayEnding
+from tvlink.files.daily import DailyReconciliation, dayEnded, dayEnding
 from tvlink.files.names import FileStore
 from tvlink.payment import accounts
 from tvlink.payment.rules import applyMessage
@@ -149,6 +149,20 @@ class DayTests(SynchronousTestCase):
         self.assertEqual(dayEnding(now, "000000", utc), ("20261204", now + 14 * 3600))
         self.assertEqual(dayEnding(now, "233000", utc), ("20261204", now + 13.5 * 3600))
         self.assertEqual(dayEnding(now, "060000", utc), ("20261205", now + 20 * 3600))
+
+    def test_dayEnded(self):
+        """
+        The day that ended last before an instant, and when it ended; the
+        instant of a cut-over counts as after it.
+        """
+        utc = datetime.timezone.utc
+        now = datetime.datetime(2026, 12, 4, 10, 0, tzinfo=utc).timestamp()
+        self.assertEqual(dayEnded(now, "000000", utc), ("20261203", now - 10 * 3600))
+        self.assertEqual(dayEnded(now, "233000", utc), ("20261203", now - 10.5 * 3600))
+        self.assertEqual(dayEnded(now, "060000", utc), ("20261204", now - 4 * 3600))
+        self.assertEqual(dayEnded(now, "100000", utc), ("20261204", now))
+        newYear = datetime.datetime(2027, 1, 1, 0, 1, tzinfo=utc).timestamp()
+        self.assertEqual(dayEnded(newYear, "000000", utc), ("20261231", newYear - 60))
 
 
 class Day:
@@ -393,5 +407,39 @@ class DailyTests(SynchronousTestCase):
         with open(path) as f:
             header, details, trailer = reconcile.readFile(f.read())
         self.assertEqual([d["stan"] for d in details], ["000001"])
+        self.assertEqual(daily.nextDay, "20261205")
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+
+    def test_dayMissedWhileDownWritten(self):
+        """
+        A node that was not running at the last cut-over (or started
+        within its grace) writes the files of that day it does not have
+        yet, once the grace is over; a file already there is left as it is.
+        """
+        day = Day(self)
+        day.both(purchase("000001", "1204090000", 1000))
+        other = dict(purchase("000002", "1204091000", 500), sender="OTHER")
+        day.payment(other)
+        files = os.path.join(day.root, "files")
+        os.mkdir(files)
+        os.makedirs(os.path.join(files, "OTHER"))
+        kept = os.path.join(files, "OTHER", "RC20261204.txt")
+        with open(kept, "w") as f:
+            f.write("written before\n")
+        clock = Clock()
+        utc = datetime.timezone.utc
+        clock.advance(datetime.datetime(2026, 12, 5, 0, 1, tzinfo=utc).timestamp())
+        daily = DailyReconciliation(StoreLedger(day.store), FileStore(files), "PAYMENT", clock, "00:00", 120, utc)
+        daily.startService()
+        self.addCleanup(daily.stopService)
+        clock.advance(59)
+        self.assertEqual(daily.written, [])
+        clock.advance(1)
+        path = os.path.join(files, SENDER, "RC20261204.txt")
+        self.assertEqual(daily.written, [path])
+        with open(path) as f:
+            self.assertEqual([d["stan"] for d in reconcile.readFile(f.read())[1]], ["000001"])
+        with open(kept) as f:
+            self.assertEqual(f.read(), "written before\n")
         self.assertEqual(daily.nextDay, "20261205")
         self.assertEqual(len(clock.getDelayedCalls()), 1)
