@@ -607,6 +607,39 @@ class ClientExchangeTests(SynchronousTestCase):
         self.assertEqual(synced[-1], os.stat(folder).st_ino)
         self.assertEqual(protocol.outcome["sha256"], sha(data))
 
+    def test_downloadNeverWritesThroughALink(self):
+        """
+        A link planted where the download's partial file (or its record)
+        goes is not followed: what it points to is left alone, and the
+        download fails with the local error.
+        """
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from tests.files.kit import tempRoot
+        from tvlink.files.client import FileClientProtocol
+
+        folder = tempRoot(self)
+        victim = os.path.join(folder, "victim")
+        data = os.urandom(3000)
+        for planted in (".part", ".part.json"):
+            with open(victim, "wb") as f:
+                f.write(b"precious")
+            dest = os.path.join(folder, "day%s.bin" % (planted,))
+            os.symlink(victim, dest + planted)
+            request = {"op": "get", "sender": SENDER, "name": "day.bin", "offset": "0"}
+            protocol = FileClientProtocol(self.clientSide, request, part=(dest, 0, None, None))
+            transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 7001))
+            protocol.makeConnection(transport)
+            protocol.dataReceived(frame({"op": "ready", "resp": "00", "name": "day.bin", "size": "3000",
+                                         "sha256": sha(data), "offset": "0"}))
+            protocol.dataReceived(frame(data))
+            with open(victim, "rb") as f:
+                self.assertEqual(f.read(), b"precious", planted)
+            self.assertIsInstance(protocol.outcome, OSError)
+            self.assertFalse(os.path.exists(dest))
+            self.assertTrue(transport.disconnected)
+
     def test_requestSentFirst(self):
         protocol, transport = self.connect({"op": "list", "sender": SENDER})
         self.assertEqual(messages(transport.value()), [{"op": "list", "sender": SENDER}])

@@ -40,6 +40,15 @@ def _readPart(dest):
     return have, digest
 
 
+def _openNoLink(path, mode, truncate):
+    """
+    Open C{path} for writing (made if need be, emptied when C{truncate})
+    without following a link planted there.
+    """
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (os.O_TRUNC if truncate else 0)
+    return os.fdopen(os.open(path, flags, 0o666), mode)
+
+
 #: The answers each request may get (besides C{refused}).
 ANSWERS = {fp.LIST: (fp.FILES,), fp.GET: (fp.READY,), fp.PUT: (fp.READY, fp.STORED)}
 
@@ -137,12 +146,12 @@ class FileClientProtocol(fp.FileExchange):
         dest = self.dest
         if offset == 0:
             prefix = hashlib.sha256()
-            self.file = open(dest + ".part", "wb")
-            with open(dest + ".part.json", "w") as f:
+            self.file = _openNoLink(dest + ".part", "r+b", truncate=True)
+            with _openNoLink(dest + ".part.json", "w", truncate=True) as f:
                 json.dump({"name": self.request["name"], "sha256": digest, "size": size}, f)
         elif self.prefix is not None and offset == self.have and digest == self.partDigest:
             prefix = self.prefix
-            self.file = open(dest + ".part", "r+b")
+            self.file = _openNoLink(dest + ".part", "r+b", truncate=False)
             self.file.seek(offset)
             self.file.truncate(offset)
         else:
