@@ -347,6 +347,44 @@ class ServerExchangeTests(SynchronousTestCase):
         self.assertEqual(second, 20)
         self.assertIn("within 20s", self.events.named("timeout")[0]["why"])
 
+    def test_requestDrippedDropped(self):
+        """
+        A request dripped a byte a second, or one that never comes, is
+        dropped at the idle timeout from the connection, not the total
+        one: a place on the port is held for C{idle} seconds at most
+        before a request, however the peer sends.
+        """
+        request = frame({"op": "list", "sender": SENDER})
+        protocol, transport = self.rig.connect()
+        for second in range(25):
+            if transport.disconnected:
+                break
+            protocol.dataReceived(request[second : second + 1])
+            self.rig.clock.advance(1)
+        self.assertEqual(second, 5)
+        [event] = self.events.named("timeout")
+        self.assertIn("no request within 5s", event["why"])
+        self.assertTrue(event["peer"].startswith("127.0.0.1:"))
+        lose(protocol)
+        self.assertEqual(self.rig.factory.connections, 0)
+        self.assertEqual(self.rig.clock.getDelayedCalls(), [])
+
+    def test_requestInTimeGoesOn(self):
+        """
+        Once its request came, a transfer runs on its idle and total
+        deadlines alone.
+        """
+        data = os.urandom(100)
+        protocol, transport = self.rig.connect()
+        self.rig.clock.advance(4)
+        protocol.dataReceived(frame({"op": "put", "sender": SENDER, "name": "up.bin", "size": "100",
+                                     "sha256": sha(data)}))
+        for at in range(0, 100, 10):
+            self.rig.clock.advance(1.5)
+            protocol.dataReceived(frame(data[at : at + 10]))
+        self.assertEqual(messages(transport.value())[-1]["resp"], "00")
+        self.assertEqual(self.events.named("timeout"), [])
+
     def test_readerThatDoesNotRead(self):
         """
         A download whose reader stops reading (the producer is never

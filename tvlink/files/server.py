@@ -56,16 +56,34 @@ class FileServerProtocol(fp.FileExchange):
     counted = False
     part = None
     file = None
+    requestDue = None
 
     def connectionMade(self):
         factory = self.factory
         self.settings, self.clock = factory.settings, factory.clock
         self.idle, self.total = factory.idle, factory.total
         fp.FileExchange.connectionMade(self)
+        # The request is one small frame: it has the idle timeout from the
+        # connection to arrive whole, however it is dripped.
+        self.requestDue = self.clock.callLater(self.idle, self.requestTimedOut)
+
+    def requestTimedOut(self):
+        self.requestDue = None
+        if self.state == "request" and not self.finished:
+            self.timedOut("no request within %gs" % (self.idle,))
+
+    def requestCame(self):
+        self.state = "answering"
+        self.stopRequestClock()
+
+    def stopRequestClock(self):
+        call, self.requestDue = self.requestDue, None
+        if call is not None and call.active():
+            call.cancel()
 
     def messageReceived(self, message):
         if self.state == "request":
-            self.state = "answering"
+            self.requestCame()
             self.requestReceived(message)
         elif self.state == "sent" and message.get("op") == fp.RECEIVED:
             self.downloadAcknowledged(message)
@@ -74,7 +92,7 @@ class FileServerProtocol(fp.FileExchange):
 
     def formatError(self, why):
         if self.state == "request":
-            self.state = "answering"
+            self.requestCame()
             self.refuse(fp.FORMAT_ERROR, why)
         else:
             self.protocolError(why)
@@ -325,6 +343,7 @@ class FileServerProtocol(fp.FileExchange):
         cut = not self.finished
         if self.factory.tls and self.state == "request":
             self.tlsRefused(reason)
+        self.stopRequestClock()
         fp.FileExchange.connectionLost(self, reason)
         f, self.file = self.file, None
         if f is not None:
