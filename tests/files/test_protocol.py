@@ -10,7 +10,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.files.kit import Events, ServerRig, frame, frames, messages, putFile, sha
+from tests.files.kit import Events, ServerRig, frame, frames, inline, messages, putFile, sha
 from tvlink.files import protocol as fp
 from tvlink.files.protocol import Deadlines
 
@@ -165,6 +165,45 @@ class ServerExchangeTests(SynchronousTestCase):
         protocol.dataReceived(frame({"op": "received", "resp": "00"}))
         self.assertTrue(transport.disconnecting)
         self.assertEqual(len(self.events.named("sent")), 1)
+
+    def test_peerGoneWhileHashing(self):
+        """
+        A download whose peer leaves while its file is being hashed on the
+        thread pool does not leave a wrong digest behind: the hashing reads
+        its own descriptor of the file, not one that closing the connection
+        frees for another file to take.
+        """
+        from twisted.internet.defer import Deferred
+
+        data, other = os.urandom(20000), os.urandom(20000)
+        putFile(self.rig.root, SENDER, "day.bin", data)
+        otherPath = putFile(self.rig.root, SENDER, "other.bin", other)
+        jobs = []
+
+        def later(f, *args):
+            d = Deferred()
+            jobs.append((d, f, args))
+            return d
+
+        self.rig.factory.runInThread = later
+        self.rig.factory.digests.runInThread = later
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "get", "sender": SENDER, "name": "day.bin"}))
+        lose(protocol)
+        taken = open(otherPath, "rb")
+        self.addCleanup(taken.close)
+        [(d, f, args)] = jobs
+        try:
+            result = f(*args)
+        except OSError as e:
+            d.errback(e)
+        else:
+            d.callback(result)
+        self.rig.factory.runInThread = self.rig.factory.digests.runInThread = inline
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "get", "sender": SENDER, "name": "day.bin"}))
+        self.rig.pump(transport)
+        self.assertEqual(messages(transport.value())[0]["sha256"], sha(data))
 
     def test_downloadResumes(self):
         """
