@@ -733,6 +733,41 @@ class ClientExchangeTests(SynchronousTestCase):
         failure = self.failureResultOf(protocol.result, fp.TransferError)
         self.assertIn("unexpected answer 'ready'", str(failure.value))
 
+    def test_listingWithBadNames(self):
+        """
+        A listing naming a file no server may serve (a terminal escape, a
+        path), or with a time that is not one, breaks the exchange: nothing
+        of it reaches the caller, or a terminal.
+        """
+        for name, mtime in (("\x1b]0;owned\x07day.txt", "20261204000000"), ("../x", "20261204000000"),
+                            ("a/b", "20261204000000"), (7, "20261204000000"), ("day.txt", "\x1b[2J0000000000")):
+            protocol, transport = self.connect({"op": "list", "sender": SENDER})
+            protocol.dataReceived(frame({"op": "files", "resp": "00", "files": [
+                {"name": "ok.txt", "size": "1", "mtime": "20261204000000"},
+                {"name": name, "size": "1", "mtime": mtime}]}))
+            self.assertTrue(transport.disconnected)
+            lose(protocol)
+            failure = self.failureResultOf(protocol.result, fp.TransferError)
+            self.assertIn("bad files answer", str(failure.value))
+
+    def test_reasonsQuoted(self):
+        """
+        A server's reason with control characters in it is quoted in the
+        error, so no escape of it reaches a terminal.
+        """
+        for answer, error in (({"op": "refused", "resp": "12", "reason": "no\x1b[2J"}, fp.Refused),
+                              ({"op": "refused", "resp": "\x1b[2J", "reason": "no"}, fp.Refused),
+                              ({"op": "stored", "resp": "E1", "reason": "bad\x1b[2J"}, fp.Corrupt),
+                              ({"op": "stored", "resp": "96", "reason": "disk\x1b[2J"}, fp.Refused)):
+            protocol, transport = self.connect({"op": "put", "sender": SENDER, "name": "a", "size": "0",
+                                                "sha256": sha(b"")})
+            protocol.size, protocol.digest, protocol.offset = 0, sha(b""), 0
+            protocol.dataReceived(frame(answer))
+            lose(protocol)
+            failure = self.failureResultOf(protocol.result, error)
+            self.assertNotIn("\x1b", str(failure.value))
+            self.assertIn("\\x1b", str(failure.value))
+
     def test_refusal(self):
         protocol, transport = self.connect({"op": "list", "sender": SENDER})
         protocol.dataReceived(frame({"op": "refused", "resp": "12", "reason": "no"}))

@@ -49,6 +49,25 @@ def _openNoLink(path, mode, truncate):
     return os.fdopen(os.open(path, flags, 0o666), mode)
 
 
+def _words(text):
+    """
+    The server's C{text} (a reason, an answer code) fit for a log or a
+    terminal: as it is if it is printable, quoted otherwise.
+    """
+    return text if isinstance(text, str) and text.isprintable() else repr(text)
+
+
+def _mtime(text):
+    """
+    C{text} if it is a listing's C{YYYYMMDDhhmmss}.
+
+    @raise ValueError: otherwise.
+    """
+    if not (isinstance(text, str) and len(text) == 14 and text.isascii() and text.isdigit()):
+        raise ValueError("mtime must be YYYYMMDDhhmmss, not %r" % (text,))
+    return text
+
+
 #: The answers each request may get (besides C{refused}).
 ANSWERS = {fp.LIST: (fp.FILES,), fp.GET: (fp.READY,), fp.PUT: (fp.READY, fp.STORED)}
 
@@ -93,7 +112,7 @@ class FileClientProtocol(fp.FileExchange):
     def messageReceived(self, message):
         op, resp = message.get("op"), message.get("resp")
         if op == fp.REFUSED:
-            return self.fail(fp.Refused("%s (%s)" % (message.get("reason"), resp), resp))
+            return self.fail(fp.Refused("%s (%s)" % (_words(message.get("reason")), _words(resp)), resp))
         handler = {fp.FILES: self.listed, fp.READY: self.ready, fp.STORED: self.stored}.get(op)
         if op not in ANSWERS[self.request["op"]] or resp != fp.OK and op != fp.STORED:
             return self.protocolError("unexpected answer %r %r to a %s" % (op, resp, self.request["op"]))
@@ -105,8 +124,10 @@ class FileClientProtocol(fp.FileExchange):
             self.protocolError("bad %s answer: %s" % (op, e))
 
     def listed(self, message):
-        files = message["files"]
-        entries = [{"name": f["name"], "size": fp.parseSize(f["size"], "size"), "mtime": f["mtime"]} for f in files]
+        entries = [
+            {"name": checkName(f["name"]), "size": fp.parseSize(f["size"], "size"), "mtime": _mtime(f["mtime"])}
+            for f in message["files"]
+        ]
         if "more" in message:
             self.log.warn(
                 "files: the listing of {sender} holds {more} more files than fit in one frame",
@@ -133,9 +154,10 @@ class FileClientProtocol(fp.FileExchange):
 
     def stored(self, message):
         if message.get("resp") == fp.CORRUPT:
-            return self.fail(fp.Corrupt(message.get("reason", "corrupt")))
+            return self.fail(fp.Corrupt(_words(message.get("reason", "corrupt"))))
         if message.get("resp") != fp.OK:
-            return self.fail(fp.Refused("%s (%s)" % (message.get("reason"), message.get("resp")), message.get("resp")))
+            resp = message.get("resp")
+            return self.fail(fp.Refused("%s (%s)" % (_words(message.get("reason")), _words(resp)), resp))
         self.succeed({"name": self.request["name"], "size": self.size, "sha256": self.digest, "resumed": self.offset})
 
     def startFetching(self, message, offset):
