@@ -480,3 +480,16 @@ class BackpressureTests(SynchronousTestCase):
         rig.pool.flush()
         code, reply = answer(again)
         self.assertEqual((code, reply["state"]), (200, "approved"))
+
+
+class OneAnswerTests(SynchronousTestCase):
+    def test_bodyOverTheLimitInOneReadIsAnsweredOnce(self):
+        """
+        A body over the limit that arrives whole with its head is answered
+        C{413} once: the request is not rendered as well.
+        """
+        door = Door(max_body=100)
+        protocol, transport = door.connect()
+        protocol.dataReceived(_request(body=b"{" + b" " * 300 + b"}"))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual([status for status, _ in _answers(transport)], [413])
