@@ -10,7 +10,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.files.kit import Events, ServerRig, frame, frames, inline, messages, putFile, sha
+from tests.files.kit import Events, HeldJobs, ServerRig, frame, frames, inline, messages, putFile, recordSyncs, sha
 from tvlink.files import protocol as fp
 from tvlink.files.protocol import Deadlines
 
@@ -173,26 +173,17 @@ class ServerExchangeTests(SynchronousTestCase):
         its own descriptor of the file, not one that closing the connection
         frees for another file to take.
         """
-        from twisted.internet.defer import Deferred
-
         data, other = os.urandom(20000), os.urandom(20000)
         putFile(self.rig.root, SENDER, "day.bin", data)
         otherPath = putFile(self.rig.root, SENDER, "other.bin", other)
-        jobs = []
-
-        def later(f, *args):
-            d = Deferred()
-            jobs.append((d, f, args))
-            return d
-
-        self.rig.factory.runInThread = later
-        self.rig.factory.digests.runInThread = later
+        held = HeldJobs()
+        self.rig.factory.runInThread = self.rig.factory.digests.runInThread = held.runInThread
         protocol, transport = self.rig.connect()
         protocol.dataReceived(frame({"op": "get", "sender": SENDER, "name": "day.bin"}))
         lose(protocol)
         taken = open(otherPath, "rb")
         self.addCleanup(taken.close)
-        [(d, f, args)] = jobs
+        [(d, f, args)] = held.jobs
         try:
             result = f(*args)
         except OSError as e:
@@ -270,13 +261,7 @@ class ServerExchangeTests(SynchronousTestCase):
         An upload is answered stored only once the file and the directory
         entry it was renamed to are on disk (both synced).
         """
-        real, synced = os.fsync, []
-
-        def fsync(fd):
-            synced.append(os.fstat(fd).st_ino)
-            return real(fd)
-
-        self.patch(os, "fsync", fsync)
+        synced = recordSyncs(self)
         data = os.urandom(5000)
         protocol, transport, answers = self.upload(data, sha(data))
         self.assertEqual(answers[-1]["resp"], "00")
@@ -462,22 +447,14 @@ class ServerExchangeTests(SynchronousTestCase):
         however many files it has: the first names by order, and the count
         of the rest.
         """
-        from twisted.internet.defer import Deferred
-
         for n in range(300):
             putFile(self.rig.root, SENDER, "%03d" % (299 - n,), b"")
-        ran = []
-
-        def later(f, *args):
-            d = Deferred()
-            ran.append((d, f, args))
-            return d
-
-        self.rig.factory.runInThread = later
+        held = HeldJobs()
+        self.rig.factory.runInThread = held.runInThread
         protocol, transport = self.rig.connect()
         protocol.dataReceived(frame({"op": "list", "sender": SENDER}))
         self.assertEqual(transport.value(), b"")
-        [(d, f, args)] = ran
+        [(d, f, args)] = held.jobs
         names, total = f(*args)
         self.assertEqual(total, 300)
         self.assertLess(len(names), 300)
@@ -664,13 +641,7 @@ class ClientExchangeTests(SynchronousTestCase):
         from tests.files.kit import tempRoot
         from tvlink.files.client import FileClientProtocol
 
-        real, synced = os.fsync, []
-
-        def fsync(fd):
-            synced.append(os.fstat(fd).st_ino)
-            return real(fd)
-
-        self.patch(os, "fsync", fsync)
+        synced = recordSyncs(self)
         folder = tempRoot(self)
         dest = os.path.join(folder, "day.bin")
         data = os.urandom(3000)

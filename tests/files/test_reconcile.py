@@ -15,7 +15,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.files.kit import tempRoot
+from tests.files.kit import recordSyncs, tempRoot
 from tvlink.cli import ledger as ledgercli
 from tvlink.cli import reconcile as reconcilecli
 from tvlink.files import reconcile
@@ -100,13 +100,7 @@ class LayoutTests(SynchronousTestCase):
         A file written atomically is synced, and so is the directory entry
         it was renamed to.
         """
-        real, synced = os.fsync, []
-
-        def fsync(fd):
-            synced.append(os.fstat(fd).st_ino)
-            return real(fd)
-
-        self.patch(os, "fsync", fsync)
+        synced = recordSyncs(self)
         folder = tempRoot(self)
         path = os.path.join(folder, "RC%s.txt" % (DAY,))
         reconcile.writeAtomically(path, reconcile.renderFile(DAY, SENDER, self.rows, "PAYMENT", "20261205000200"))
@@ -383,6 +377,20 @@ class StoreLedger:
 
 
 class DailyTests(SynchronousTestCase):
+    def started(self, day, files, now, cutover):
+        """
+        A L{DailyReconciliation} of C{day}'s ledger into C{files}, started
+        on a Clock at C{now} (a UTC C{datetime}), the day cut at
+        C{cutover} UTC: C{(clock, daily)}.
+        """
+        clock = Clock()
+        utc = datetime.timezone.utc
+        clock.advance(now.replace(tzinfo=utc).timestamp())
+        daily = DailyReconciliation(StoreLedger(day.store), FileStore(files), "PAYMENT", clock, cutover, 120, utc)
+        daily.startService()
+        self.addCleanup(daily.stopService)
+        return clock, daily
+
     def test_writtenAfterTheCutover(self):
         """
         Each sender's file of the day is written into its directory the
@@ -393,12 +401,7 @@ class DailyTests(SynchronousTestCase):
         day.both(purchase("000002", "1204235000", 1000))
         files = os.path.join(day.root, "files")
         os.mkdir(files)
-        clock = Clock()
-        utc = datetime.timezone.utc
-        clock.advance(datetime.datetime(2026, 12, 4, 12, 0, tzinfo=utc).timestamp())
-        daily = DailyReconciliation(StoreLedger(day.store), FileStore(files), "PAYMENT", clock, "23:30", 120, utc)
-        daily.startService()
-        self.addCleanup(daily.stopService)
+        clock, daily = self.started(day, files, datetime.datetime(2026, 12, 4, 12, 0), "23:30")
         clock.advance(11.5 * 3600 + 119)
         self.assertEqual(daily.written, [])
         clock.advance(1)
@@ -426,12 +429,7 @@ class DailyTests(SynchronousTestCase):
         kept = os.path.join(files, "OTHER", "RC20261204.txt")
         with open(kept, "w") as f:
             f.write("written before\n")
-        clock = Clock()
-        utc = datetime.timezone.utc
-        clock.advance(datetime.datetime(2026, 12, 5, 0, 1, tzinfo=utc).timestamp())
-        daily = DailyReconciliation(StoreLedger(day.store), FileStore(files), "PAYMENT", clock, "00:00", 120, utc)
-        daily.startService()
-        self.addCleanup(daily.stopService)
+        clock, daily = self.started(day, files, datetime.datetime(2026, 12, 5, 0, 1), "00:00")
         clock.advance(59)
         self.assertEqual(daily.written, [])
         clock.advance(1)
