@@ -10,6 +10,7 @@ link, anything that is not a regular file).
 
 import heapq
 import os
+import re
 import stat
 import unicodedata
 
@@ -23,6 +24,10 @@ MAX_SENDER = 32
 
 #: Suffix of a file being received (hidden: names may not start with a dot).
 PART_SUFFIX = ".part"
+
+#: The names of the payment side's daily reconciliation files
+#: (L{tvlink.files.reconcile.fileName}): never taken by an upload.
+DAILY_FILE = re.compile(r"\ARC\d{8}\.txt\Z")
 
 
 class NameRefused(TVLinkError, ValueError):
@@ -141,9 +146,14 @@ class FileStore:
         sender's directory made if need be): nothing there yet, or a
         regular file it replaces.
 
-        @raise NameRefused: for a bad name, or a link, a directory or a
-            special file under that name.
+        @raise NameRefused: for a bad name, the name of a daily
+            reconciliation file (L{DAILY_FILE}: the payment side's own), or
+            a link, a directory or a special file under that name.
         """
+        if DAILY_FILE.match(name):
+            raise NameRefused(
+                "%r is the name of the payment side's daily reconciliation file; uploads may not use it" % (name,)
+            )
         path = self.path(sender, name, create=True)
         try:
             mode = os.lstat(path).st_mode
