@@ -10,7 +10,7 @@ import shutil
 import tempfile
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
@@ -22,9 +22,10 @@ from tvlink.link.settings import LinkSettings
 
 def inline(f, *args):
     """
-    Run C{f(*args)} at once: the thread pool's stand-in under a Clock.
+    Run C{f(*args)} at once: the thread pool's stand-in under a Clock (an
+    exception fails the L{Deferred}, as on the pool).
     """
-    return succeed(f(*args))
+    return maybeDeferred(f, *args)
 
 
 def sha(data):
@@ -60,6 +61,36 @@ def messages(data):
         except ValueError:
             continue
     return found
+
+
+class HeldJobs:
+    """
+    A stand-in for the thread pool that runs nothing until told:
+    C{runInThread(f, *args)} keeps C{(deferred, f, args)} in C{jobs}.
+    """
+
+    def __init__(self):
+        self.jobs = []
+
+    def runInThread(self, f, *args):
+        d = Deferred()
+        self.jobs.append((d, f, args))
+        return d
+
+
+def recordSyncs(case):
+    """
+    Record, for the rest of the test, the inode of every descriptor
+    C{os.fsync} is called on (and still sync it); the list they go to.
+    """
+    real, synced = os.fsync, []
+
+    def fsync(fd):
+        synced.append(os.fstat(fd).st_ino)
+        return real(fd)
+
+    case.patch(os, "fsync", fsync)
+    return synced
 
 
 def tempRoot(case):

@@ -36,7 +36,9 @@ class NodeTests(ReactorTestCase):
         self.root = tempRoot(self)
         self.files = os.path.join(self.root, "files")
         os.mkdir(self.files)
-        self.certs = makeCertificates(os.path.join(self.root, "certs"))
+        # Under mutual TLS the node lets a client act only for the sender
+        # its certificate names (--files-sender-check auto): PLATFORM's.
+        self.certs = makeCertificates(os.path.join(self.root, "certs"), clientNames=("PLATFORM", "OTHER"))
         c = self.certs
         self.node = spawnTwistd(
             self, "payment", "--listen", "tcp:0:interface=127.0.0.1", "--ledger", "memory",
@@ -47,9 +49,9 @@ class NodeTests(ReactorTestCase):
         match = yield self.node.waitFor(r"files: serving .* on 127\.0\.0\.1:(\d+) over TLS", 15)
         self.port = int(match.group(1))
 
-    def tvlinkFiles(self, *args, cert=True):
+    def tvlinkFiles(self, *args, cert=True, name="PLATFORM"):
         c = self.certs
-        tls = ["--tls-ca", c.ca] + (["--tls-cert", c.client, "--tls-key", c.clientKey] if cert else [])
+        tls = ["--tls-ca", c.ca] + (["--tls-cert", c.named[name][0], "--tls-key", c.named[name][1]] if cert else [])
         argv = ["-m", "tvlink", "files", args[0], "--connect", "127.0.0.1:%d" % (self.port,), "--sender", "PLATFORM"]
         return getProcessOutputAndValue(sys.executable, argv + tls + list(args[1:]), env=childEnv(), path=self.root)
 
@@ -87,6 +89,23 @@ class NodeTests(ReactorTestCase):
         self.assertTrue(self.node.find(r"refused get of missing\.bin from 127\.0\.0\.1:\d+ \(sender PLATFORM\)"))
 
     @defer.inlineCallbacks
+    def test_certificateNamesTheSender(self):
+        """
+        Under mutual TLS another institution's certificate cannot list,
+        fetch or replace PLATFORM's files; and no upload may take the name
+        of a daily reconciliation file.
+        """
+        putFile(self.files, "PLATFORM", "RC20261204.txt", b"H...\n")
+        for args in (("list",), ("get", "RC20261204.txt", "x"), ("put", __file__, "other.txt")):
+            out, err, status = yield self.tvlinkFiles(*args, name="OTHER")
+            self.assertEqual(status, filescli.REFUSED, (args, err))
+            self.assertIn(b"names 'OTHER', not sender 'PLATFORM'", err)
+        self.assertFalse(os.path.exists(os.path.join(self.files, "PLATFORM", "other.txt")))
+        out, err, status = yield self.tvlinkFiles("put", __file__, "RC20261205.txt")
+        self.assertEqual(status, filescli.REFUSED, err)
+        self.assertIn(b"daily reconciliation file", err)
+
+    @defer.inlineCallbacks
     def test_platformServiceCalls(self):
         """
         L{PlatformService.fetchFile}, C{sendFile} and C{listFiles} go over
@@ -95,7 +114,7 @@ class NodeTests(ReactorTestCase):
         c = self.certs
         platform = PlatformService(
             ["127.0.0.1:1"], files_endpoint="127.0.0.1:%d" % (self.port,),
-            tls_cert=c.client, tls_key=c.clientKey, tls_ca=c.ca,
+            tls_cert=c.named["PLATFORM"][0], tls_key=c.named["PLATFORM"][1], tls_ca=c.ca,
         )
         putFile(self.files, "PLATFORM", "RC20261204.txt", b"H...\n")
         self.assertEqual([f["name"] for f in (yield platform.listFiles())], ["RC20261204.txt"])
@@ -134,7 +153,7 @@ class OptionTests(SynchronousTestCase):
             (["--files-listen", "tcp:0", "--files-dir", folder, "--files-max-transfers", "0"], "at least 1"),
             (["--files-listen", "tcp:0", "--files-dir", folder, "--day-cutover", "25:00"], "--day-cutover"),
             (["--files-listen", "tcp:0", "--files-dir", folder, "--files-idle-timeout", "-1"], "files-idle-timeout"),
-            (["--files-listen", "tcp:0", "--files-dir", folder, "--files-sender-check", "ou"], "one of none, cn"),
+            (["--files-listen", "tcp:0", "--files-dir", folder, "--files-sender-check", "ou"], "one of auto, none, cn"),
             (["--files-listen", "tcp:0", "--files-dir", folder, "--files-sender-check", "cn"], "needs --tls-ca"),
         ):
             e = self.assertRaises(usage.UsageError, self.parse, *argv)

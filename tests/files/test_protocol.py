@@ -10,7 +10,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.files.kit import Events, ServerRig, frame, frames, messages, putFile, sha
+from tests.files.kit import Events, HeldJobs, ServerRig, frame, frames, inline, messages, putFile, recordSyncs, sha
 from tvlink.files import protocol as fp
 from tvlink.files.protocol import Deadlines
 
@@ -166,6 +166,36 @@ class ServerExchangeTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(len(self.events.named("sent")), 1)
 
+    def test_peerGoneWhileHashing(self):
+        """
+        A download whose peer leaves while its file is being hashed on the
+        thread pool does not leave a wrong digest behind: the hashing reads
+        its own descriptor of the file, not one that closing the connection
+        frees for another file to take.
+        """
+        data, other = os.urandom(20000), os.urandom(20000)
+        putFile(self.rig.root, SENDER, "day.bin", data)
+        otherPath = putFile(self.rig.root, SENDER, "other.bin", other)
+        held = HeldJobs()
+        self.rig.factory.runInThread = self.rig.factory.digests.runInThread = held.runInThread
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "get", "sender": SENDER, "name": "day.bin"}))
+        lose(protocol)
+        taken = open(otherPath, "rb")
+        self.addCleanup(taken.close)
+        [(d, f, args)] = held.jobs
+        try:
+            result = f(*args)
+        except OSError as e:
+            d.errback(e)
+        else:
+            d.callback(result)
+        self.rig.factory.runInThread = self.rig.factory.digests.runInThread = inline
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "get", "sender": SENDER, "name": "day.bin"}))
+        self.rig.pump(transport)
+        self.assertEqual(messages(transport.value())[0]["sha256"], sha(data))
+
     def test_downloadResumes(self):
         """
         Asked for an offset with the digest of the same file, the download
@@ -181,6 +211,30 @@ class ServerExchangeTests(SynchronousTestCase):
             self.assertEqual(messages(transport.value())[0]["offset"], str(start))
             self.assertEqual(b"".join(frames(transport.value())[1:]), data[start:])
             lose(protocol)
+
+    def test_fileShrinksWhileSent(self):
+        """
+        A file that turns out shorter than announced while its data is
+        sent aborts the connection, logged with the peer: no message is
+        put among the data frames, where the client would take it for
+        bytes of the file.
+        """
+        data = os.urandom(fp.BURST * 2 + 1000)
+        path = putFile(self.rig.root, SENDER, "day.bin", data)
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "get", "sender": SENDER, "name": "day.bin"}))
+        transport.producer.resumeProducing()
+        os.truncate(path, fp.BURST + 10)
+        transport.producer.resumeProducing()
+        self.assertEqual([m["op"] for m in messages(transport.value())], ["ready"])
+        sent = b"".join(frames(transport.value())[1:])
+        self.assertEqual(sent, data[: len(sent)])
+        self.assertLess(len(sent), len(data))
+        self.assertTrue(transport.disconnected)
+        [event] = self.events.named("storage-error")
+        self.assertTrue(event["peer"].startswith("127.0.0.1:"))
+        lose(protocol)
+        self.assertEqual(self.rig.factory.active, 0)
 
     def upload(self, data, digest, chunks=1):
         protocol, transport = self.rig.connect()
@@ -201,6 +255,19 @@ class ServerExchangeTests(SynchronousTestCase):
         with open(os.path.join(self.rig.root, SENDER, "up.bin"), "rb") as f:
             self.assertEqual(f.read(), data)
         self.assertEqual(os.listdir(os.path.join(self.rig.root, SENDER)), ["up.bin"])
+
+    def test_uploadDurable(self):
+        """
+        An upload is answered stored only once the file and the directory
+        entry it was renamed to are on disk (both synced).
+        """
+        synced = recordSyncs(self)
+        data = os.urandom(5000)
+        protocol, transport, answers = self.upload(data, sha(data))
+        self.assertEqual(answers[-1]["resp"], "00")
+        folder = os.path.join(self.rig.root, SENDER)
+        self.assertIn(os.stat(os.path.join(folder, "up.bin")).st_ino, synced)
+        self.assertEqual(synced[-1], os.stat(folder).st_ino)
 
     def test_uploadCorrupt(self):
         """
@@ -304,6 +371,44 @@ class ServerExchangeTests(SynchronousTestCase):
         self.assertEqual(second, 20)
         self.assertIn("within 20s", self.events.named("timeout")[0]["why"])
 
+    def test_requestDrippedDropped(self):
+        """
+        A request dripped a byte a second, or one that never comes, is
+        dropped at the idle timeout from the connection, not the total
+        one: a place on the port is held for C{idle} seconds at most
+        before a request, however the peer sends.
+        """
+        request = frame({"op": "list", "sender": SENDER})
+        protocol, transport = self.rig.connect()
+        for second in range(25):
+            if transport.disconnected:
+                break
+            protocol.dataReceived(request[second : second + 1])
+            self.rig.clock.advance(1)
+        self.assertEqual(second, 5)
+        [event] = self.events.named("timeout")
+        self.assertIn("no request within 5s", event["why"])
+        self.assertTrue(event["peer"].startswith("127.0.0.1:"))
+        lose(protocol)
+        self.assertEqual(self.rig.factory.connections, 0)
+        self.assertEqual(self.rig.clock.getDelayedCalls(), [])
+
+    def test_requestInTimeGoesOn(self):
+        """
+        Once its request came, a transfer runs on its idle and total
+        deadlines alone.
+        """
+        data = os.urandom(100)
+        protocol, transport = self.rig.connect()
+        self.rig.clock.advance(4)
+        protocol.dataReceived(frame({"op": "put", "sender": SENDER, "name": "up.bin", "size": "100",
+                                     "sha256": sha(data)}))
+        for at in range(0, 100, 10):
+            self.rig.clock.advance(1.5)
+            protocol.dataReceived(frame(data[at : at + 10]))
+        self.assertEqual(messages(transport.value())[-1]["resp"], "00")
+        self.assertEqual(self.events.named("timeout"), [])
+
     def test_readerThatDoesNotRead(self):
         """
         A download whose reader stops reading (the producer is never
@@ -335,17 +440,112 @@ class ServerExchangeTests(SynchronousTestCase):
         self.assertEqual(len(answer["files"]) + int(answer["more"]), 200)
         self.assertEqual(answer["files"][0]["name"][:4], "000-")
 
+    def test_listingOffTheReactorAndBounded(self):
+        """
+        A directory is read on the thread pool, not the reactor's thread,
+        and what is kept of it is bounded by what one frame can hold,
+        however many files it has: the first names by order, and the count
+        of the rest.
+        """
+        for n in range(300):
+            putFile(self.rig.root, SENDER, "%03d" % (299 - n,), b"")
+        held = HeldJobs()
+        self.rig.factory.runInThread = held.runInThread
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "list", "sender": SENDER}))
+        self.assertEqual(transport.value(), b"")
+        [(d, f, args)] = held.jobs
+        names, total = f(*args)
+        self.assertEqual(total, 300)
+        self.assertLess(len(names), 300)
+        self.assertEqual([n for n, _, _ in names], ["%03d" % (n,) for n in range(len(names))])
+        d.callback((names, total))
+        [answer] = messages(transport.value())
+        self.assertEqual(answer["files"][0]["name"], "000")
+        self.assertEqual(len(answer["files"]) + int(answer["more"]), 300)
+        self.assertTrue(transport.disconnecting)
+
+    def test_listingRefusedOffTheReactor(self):
+        """
+        A sender directory that is a link is refused C{12} from the thread
+        pool's answer too, logged with the peer.
+        """
+        os.makedirs(os.path.join(self.rig.root, "OTHER"))
+        os.symlink(os.path.join(self.rig.root, "OTHER"), os.path.join(self.rig.root, SENDER))
+        answer = self.refusal({"op": "list", "sender": SENDER}, fp.NOT_ALLOWED)
+        self.assertIn("not a plain directory", answer["reason"])
+        self.assertTrue(self.events.named("refused")[0]["peer"].startswith("127.0.0.1:"))
+
     def test_storageErrorAnswered(self):
         """
-        An upload that cannot be renamed into place (a directory has its
-        name) is answered C{96}, and the exchange ends cleanly.
+        An upload that cannot be renamed into place (a directory took its
+        name while the data came) is answered C{96}, and the exchange ends
+        cleanly.
         """
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "put", "sender": SENDER, "name": "up.bin", "size": "4", "sha256": sha(b"data")}))
+        self.assertEqual(messages(transport.value())[0]["op"], "ready")
         os.makedirs(os.path.join(self.rig.root, SENDER, "up.bin"))
-        protocol, transport, answers = self.upload(b"data", sha(b"data"))
+        protocol.dataReceived(frame(b"data"))
+        answers = messages(transport.value())
         self.assertEqual((answers[-1]["op"], answers[-1]["resp"]), ("stored", fp.STORAGE_ERROR))
         self.assertTrue(transport.disconnecting)
         self.assertEqual(len(self.events.named("storage-error")), 1)
 
+    def test_uploadOverALinkOrADirectoryRefused(self):
+        """
+        An upload to a name that is a link, a directory or another special
+        file is refused C{12} before any data comes, logged with the peer;
+        the link and what it points to are left alone, and no partial file
+        is made.
+        """
+        putFile(self.rig.root, "OTHER", "secret.txt", b"secret")
+        folder = os.path.join(self.rig.root, SENDER)
+        os.makedirs(os.path.join(folder, "dir"))
+        os.symlink(os.path.join(self.rig.root, "OTHER", "secret.txt"), os.path.join(folder, "link.txt"))
+        os.symlink(os.path.join(self.rig.root, "nowhere"), os.path.join(folder, "dangling.txt"))
+        os.mkfifo(os.path.join(folder, "fifo"))
+        for name in ("dir", "link.txt", "dangling.txt", "fifo"):
+            answer = self.refusal({"op": "put", "sender": SENDER, "name": name, "size": "4", "sha256": sha(b"data")},
+                                  fp.NOT_ALLOWED)
+            self.assertIn(name, answer["reason"])
+        self.assertEqual(sorted(os.listdir(folder)), ["dangling.txt", "dir", "fifo", "link.txt"])
+        self.assertTrue(os.path.islink(os.path.join(folder, "link.txt")))
+        with open(os.path.join(self.rig.root, "OTHER", "secret.txt"), "rb") as f:
+            self.assertEqual(f.read(), b"secret")
+        refused = self.events.named("refused")
+        self.assertEqual(len(refused), 4)
+        self.assertTrue(all(e["peer"].startswith("127.0.0.1:") for e in refused))
+
+
+    def test_expiredPartsRemoved(self):
+        """
+        A partial file no upload has written to for C{part_lifetime}
+        seconds is removed, logged; a younger one, the one of an upload in
+        progress, and every other file are kept.
+        """
+        self.rig.factory.part_lifetime = 100.0
+        now = 2000000000.0
+        self.rig.clock.advance(now)
+        folder = os.path.join(self.rig.root, SENDER)
+        stale = putFile(self.rig.root, SENDER, ".old.bin.0123456789abcdef.part", b"cut off")
+        young = putFile(self.rig.root, SENDER, ".young.bin.0123456789abcdef.part", b"cut off")
+        other = putFile(self.rig.root, "OTHER", ".x.0123456789abcdef.part", b"cut off")
+        kept = [putFile(self.rig.root, SENDER, "old.bin", b"a file"), putFile(self.rig.root, SENDER, ".tmp", b"not ours")]
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "put", "sender": SENDER, "name": "up.bin", "size": "9", "sha256": sha(b"x" * 9)}))
+        protocol.dataReceived(frame(b"xxx"))
+        [active] = [os.path.join(folder, n) for n in os.listdir(folder) if n.startswith(".up.bin.")]
+        for path in [stale, other, active] + kept:
+            os.utime(path, (now - 101, now - 101))
+        os.utime(young, (now - 99, now - 99))
+        removed = self.successResultOf(self.rig.factory.expireParts())
+        self.assertEqual(sorted(removed), sorted([stale, other]))
+        self.assertEqual(sorted(os.listdir(folder)), sorted(os.path.basename(p) for p in [young, active] + kept))
+        self.assertEqual(os.listdir(os.path.join(self.rig.root, "OTHER")), [])
+        self.assertEqual(sorted(e["path"] for e in self.events.named("part-expired")), sorted(removed))
+        protocol.dataReceived(frame(b"x" * 6))
+        self.assertEqual(messages(transport.value())[-1]["resp"], "00")
 
     def test_sameUploadTwiceAtOnce(self):
         """
@@ -360,6 +560,45 @@ class ServerExchangeTests(SynchronousTestCase):
         lose(first)
         protocol, transport, answers = self.upload(data, sha(data))
         self.assertEqual(answers[-1]["resp"], "00")
+
+class PartSweepTests(SynchronousTestCase):
+    def test_serviceSweeps(self):
+        """
+        The file service sweeps the expired partial files when it starts
+        and every hour (or every lifetime, if shorter) while it runs; not
+        once stopped.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from tests.files.kit import inline, tempRoot
+        from tvlink.files.service import FileService
+        from tvlink.link.settings import LinkSettings
+
+        reactor = MemoryReactorClock()
+        reactor.advance(2000000000.0)
+        root = tempRoot(self)
+        service = FileService("tcp:0:interface=127.0.0.1", root, LinkSettings(reactor=reactor), runInThread=inline,
+                              part_lifetime=7200.0)
+
+        def part(name):
+            path = putFile(root, SENDER, "." + name + ".0123456789abcdef.part", b"cut off")
+            os.utime(path, (reactor.seconds() - 7201, reactor.seconds() - 7201))
+            return path
+
+        first = part("first")
+        service.startService()
+        self.assertFalse(os.path.exists(first))
+        second = part("second")
+        reactor.advance(3599)
+        self.assertTrue(os.path.exists(second))
+        reactor.advance(1)
+        self.assertFalse(os.path.exists(second))
+        service.stopService()
+        third = part("third")
+        reactor.advance(7200)
+        self.assertTrue(os.path.exists(third))
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
 
 class ClientExchangeTests(SynchronousTestCase):
     """
@@ -391,6 +630,64 @@ class ClientExchangeTests(SynchronousTestCase):
         protocol.makeConnection(transport)
         return protocol, transport
 
+    def test_downloadDurable(self):
+        """
+        A download is renamed into place, and the directory entry synced,
+        before it is reported received.
+        """
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from tests.files.kit import tempRoot
+        from tvlink.files.client import FileClientProtocol
+
+        synced = recordSyncs(self)
+        folder = tempRoot(self)
+        dest = os.path.join(folder, "day.bin")
+        data = os.urandom(3000)
+        protocol = FileClientProtocol(self.clientSide, {"op": "get", "sender": SENDER, "name": "day.bin", "offset": "0"},
+                                      part=(dest, 0, None, None))
+        protocol.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 7001)))
+        protocol.dataReceived(frame({"op": "ready", "resp": "00", "name": "day.bin", "size": "3000", "sha256": sha(data),
+                                     "offset": "0"}))
+        protocol.dataReceived(frame(data))
+        self.assertEqual(os.listdir(folder), ["day.bin"])
+        self.assertEqual(synced[-1], os.stat(folder).st_ino)
+        self.assertEqual(protocol.outcome["sha256"], sha(data))
+
+    def test_downloadNeverWritesThroughALink(self):
+        """
+        A link planted where the download's partial file (or its record)
+        goes is not followed: what it points to is left alone, and the
+        download fails with the local error.
+        """
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from tests.files.kit import tempRoot
+        from tvlink.files.client import FileClientProtocol
+
+        folder = tempRoot(self)
+        victim = os.path.join(folder, "victim")
+        data = os.urandom(3000)
+        for planted in (".part", ".part.json"):
+            with open(victim, "wb") as f:
+                f.write(b"precious")
+            dest = os.path.join(folder, "day%s.bin" % (planted,))
+            os.symlink(victim, dest + planted)
+            request = {"op": "get", "sender": SENDER, "name": "day.bin", "offset": "0"}
+            protocol = FileClientProtocol(self.clientSide, request, part=(dest, 0, None, None))
+            transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 7001))
+            protocol.makeConnection(transport)
+            protocol.dataReceived(frame({"op": "ready", "resp": "00", "name": "day.bin", "size": "3000",
+                                         "sha256": sha(data), "offset": "0"}))
+            protocol.dataReceived(frame(data))
+            with open(victim, "rb") as f:
+                self.assertEqual(f.read(), b"precious", planted)
+            self.assertIsInstance(protocol.outcome, OSError)
+            self.assertFalse(os.path.exists(dest))
+            self.assertTrue(transport.disconnected)
+
     def test_requestSentFirst(self):
         protocol, transport = self.connect({"op": "list", "sender": SENDER})
         self.assertEqual(messages(transport.value()), [{"op": "list", "sender": SENDER}])
@@ -406,6 +703,41 @@ class ClientExchangeTests(SynchronousTestCase):
         lose(protocol)
         failure = self.failureResultOf(protocol.result, fp.TransferError)
         self.assertIn("unexpected answer 'ready'", str(failure.value))
+
+    def test_listingWithBadNames(self):
+        """
+        A listing naming a file no server may serve (a terminal escape, a
+        path), or with a time that is not one, breaks the exchange: nothing
+        of it reaches the caller, or a terminal.
+        """
+        for name, mtime in (("\x1b]0;owned\x07day.txt", "20261204000000"), ("../x", "20261204000000"),
+                            ("a/b", "20261204000000"), (7, "20261204000000"), ("day.txt", "\x1b[2J0000000000")):
+            protocol, transport = self.connect({"op": "list", "sender": SENDER})
+            protocol.dataReceived(frame({"op": "files", "resp": "00", "files": [
+                {"name": "ok.txt", "size": "1", "mtime": "20261204000000"},
+                {"name": name, "size": "1", "mtime": mtime}]}))
+            self.assertTrue(transport.disconnected)
+            lose(protocol)
+            failure = self.failureResultOf(protocol.result, fp.TransferError)
+            self.assertIn("bad files answer", str(failure.value))
+
+    def test_reasonsQuoted(self):
+        """
+        A server's reason with control characters in it is quoted in the
+        error, so no escape of it reaches a terminal.
+        """
+        for answer, error in (({"op": "refused", "resp": "12", "reason": "no\x1b[2J"}, fp.Refused),
+                              ({"op": "refused", "resp": "\x1b[2J", "reason": "no"}, fp.Refused),
+                              ({"op": "stored", "resp": "E1", "reason": "bad\x1b[2J"}, fp.Corrupt),
+                              ({"op": "stored", "resp": "96", "reason": "disk\x1b[2J"}, fp.Refused)):
+            protocol, transport = self.connect({"op": "put", "sender": SENDER, "name": "a", "size": "0",
+                                                "sha256": sha(b"")})
+            protocol.size, protocol.digest, protocol.offset = 0, sha(b""), 0
+            protocol.dataReceived(frame(answer))
+            lose(protocol)
+            failure = self.failureResultOf(protocol.result, error)
+            self.assertNotIn("\x1b", str(failure.value))
+            self.assertIn("\\x1b", str(failure.value))
 
     def test_refusal(self):
         protocol, transport = self.connect({"op": "list", "sender": SENDER})

@@ -15,11 +15,11 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.files.kit import tempRoot
+from tests.files.kit import recordSyncs, tempRoot
 from tvlink.cli import ledger as ledgercli
 from tvlink.cli import reconcile as reconcilecli
 from tvlink.files import reconcile
-from tvlink.files.daily import DailyReconciliation, dayEnding
+from tvlink.files.daily import DailyReconciliation, dayEnded, dayEnding
 from tvlink.files.names import FileStore
 from tvlink.payment import accounts
 from tvlink.payment.rules import applyMessage
@@ -95,6 +95,18 @@ class LayoutTests(SynchronousTestCase):
             e = self.assertRaises(reconcile.BadReconciliationFile, reconcile.readFile, "\n".join(broken) + "\n")
             self.assertIn(words, str(e))
 
+    def test_writtenDurably(self):
+        """
+        A file written atomically is synced, and so is the directory entry
+        it was renamed to.
+        """
+        synced = recordSyncs(self)
+        folder = tempRoot(self)
+        path = os.path.join(folder, "RC%s.txt" % (DAY,))
+        reconcile.writeAtomically(path, reconcile.renderFile(DAY, SENDER, self.rows, "PAYMENT", "20261205000200"))
+        self.assertEqual(os.listdir(folder), ["RC%s.txt" % (DAY,)])
+        self.assertEqual(synced, [os.stat(path).st_ino, os.stat(folder).st_ino])
+
     def test_senderTooLongForTheLayout(self):
         self.assertRaises(ValueError, reconcile.renderFile, DAY, "S" * 12, [], "PAYMENT", "20261205000200")
 
@@ -131,6 +143,20 @@ class DayTests(SynchronousTestCase):
         self.assertEqual(dayEnding(now, "000000", utc), ("20261204", now + 14 * 3600))
         self.assertEqual(dayEnding(now, "233000", utc), ("20261204", now + 13.5 * 3600))
         self.assertEqual(dayEnding(now, "060000", utc), ("20261205", now + 20 * 3600))
+
+    def test_dayEnded(self):
+        """
+        The day that ended last before an instant, and when it ended; the
+        instant of a cut-over counts as after it.
+        """
+        utc = datetime.timezone.utc
+        now = datetime.datetime(2026, 12, 4, 10, 0, tzinfo=utc).timestamp()
+        self.assertEqual(dayEnded(now, "000000", utc), ("20261203", now - 10 * 3600))
+        self.assertEqual(dayEnded(now, "233000", utc), ("20261203", now - 10.5 * 3600))
+        self.assertEqual(dayEnded(now, "060000", utc), ("20261204", now - 4 * 3600))
+        self.assertEqual(dayEnded(now, "100000", utc), ("20261204", now))
+        newYear = datetime.datetime(2027, 1, 1, 0, 1, tzinfo=utc).timestamp()
+        self.assertEqual(dayEnded(newYear, "000000", utc), ("20261231", newYear - 60))
 
 
 class Day:
@@ -258,6 +284,54 @@ class ReconciliationTests(SynchronousTestCase):
         self.assertIn("kind,key,type,paymentAmount", out)
         self.assertEqual(out.count("matched,PLATFORM/"), 2)
 
+    def test_lineTwiceReported(self):
+        """
+        A file holding one transaction twice (its trailer counting both)
+        disagrees: the second line is only on the payment side, marked
+        C{duplicate}, though the journal holds the key once.
+        """
+        self.day.both(purchase("000001", "1204090000", 1000))
+        self.day.both(purchase("000002", "1204091000", 2000))
+        rows = self.day.store.moneyMovedBetween("1204000000", "1205000000", SENDER)
+        with open(self.file, "w") as f:
+            f.write(reconcile.renderFile(DAY, SENDER, rows + rows[:1], "PAYMENT", "20261205000200"))
+        status, out, err = self.reconcile("--json", "-")
+        self.assertEqual((status, err), (reconcilecli.DISAGREE, ""))
+        rows = json.loads(out[out.index("{"):])["rows"]
+        got = sorted((r["kind"], r["key"].split("/")[1], ",".join(r["what"])) for r in rows)
+        self.assertEqual(
+            got,
+            [("matched", "000001", ""), ("matched", "000002", ""), ("only on payment", "000001", "duplicate")],
+        )
+        self.assertIn("2 matched, 0 only on platform, 1 only on payment, 0 differ", out)
+
+    def test_journalPathWithURICharacters(self):
+        """
+        A journal whose path holds C{?}, C{#} or C{%} is read where it is,
+        read-only: nothing is made beside it.
+        """
+        import shutil
+
+        self.day.both(purchase("000001", "1204090000", 1000))
+        self.assertEqual(self.ledger("reconcile-file", "--date", DAY, "--sender", SENDER, "--out", self.file)[0], 0)
+        self.day.journal.close()
+        folder = os.path.join(self.day.root, "odd?dir#1")
+        os.mkdir(folder)
+        journal = os.path.join(folder, "journal%20.db")
+        shutil.copy(self.day.journalPath, journal)
+
+        def listed():
+            # SQLite may add journal%20.db-wal and -shm beside a WAL file.
+            return sorted(os.listdir(self.day.root)), [n for n in sorted(os.listdir(folder)) if n[:13] != "journal%20.db"]
+
+        before = listed()
+        out, err = io.StringIO(), io.StringIO()
+        status = reconcilecli.main(["--journal", journal, "--file", self.file], out, err)
+        self.assertEqual((status, err.getvalue()), (reconcilecli.AGREE, ""))
+        self.assertIn("1 matched", out.getvalue())
+        self.assertEqual(listed(), before)
+        self.assertTrue(os.path.exists(journal))
+
     def test_fileToStandardOutputAndFilesDir(self):
         self.day.both(purchase("000001", "1204090000", 1000))
         status, out, err = self.ledger("reconcile-file", "--date", DAY, "--sender", SENDER)
@@ -303,6 +377,20 @@ class StoreLedger:
 
 
 class DailyTests(SynchronousTestCase):
+    def started(self, day, files, now, cutover):
+        """
+        A L{DailyReconciliation} of C{day}'s ledger into C{files}, started
+        on a Clock at C{now} (a UTC C{datetime}), the day cut at
+        C{cutover} UTC: C{(clock, daily)}.
+        """
+        clock = Clock()
+        utc = datetime.timezone.utc
+        clock.advance(now.replace(tzinfo=utc).timestamp())
+        daily = DailyReconciliation(StoreLedger(day.store), FileStore(files), "PAYMENT", clock, cutover, 120, utc)
+        daily.startService()
+        self.addCleanup(daily.stopService)
+        return clock, daily
+
     def test_writtenAfterTheCutover(self):
         """
         Each sender's file of the day is written into its directory the
@@ -313,12 +401,7 @@ class DailyTests(SynchronousTestCase):
         day.both(purchase("000002", "1204235000", 1000))
         files = os.path.join(day.root, "files")
         os.mkdir(files)
-        clock = Clock()
-        utc = datetime.timezone.utc
-        clock.advance(datetime.datetime(2026, 12, 4, 12, 0, tzinfo=utc).timestamp())
-        daily = DailyReconciliation(StoreLedger(day.store), FileStore(files), "PAYMENT", clock, "23:30", 120, utc)
-        daily.startService()
-        self.addCleanup(daily.stopService)
+        clock, daily = self.started(day, files, datetime.datetime(2026, 12, 4, 12, 0), "23:30")
         clock.advance(11.5 * 3600 + 119)
         self.assertEqual(daily.written, [])
         clock.advance(1)
@@ -327,5 +410,34 @@ class DailyTests(SynchronousTestCase):
         with open(path) as f:
             header, details, trailer = reconcile.readFile(f.read())
         self.assertEqual([d["stan"] for d in details], ["000001"])
+        self.assertEqual(daily.nextDay, "20261205")
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+
+    def test_dayMissedWhileDownWritten(self):
+        """
+        A node that was not running at the last cut-over (or started
+        within its grace) writes the files of that day it does not have
+        yet, once the grace is over; a file already there is left as it is.
+        """
+        day = Day(self)
+        day.both(purchase("000001", "1204090000", 1000))
+        other = dict(purchase("000002", "1204091000", 500), sender="OTHER")
+        day.payment(other)
+        files = os.path.join(day.root, "files")
+        os.mkdir(files)
+        os.makedirs(os.path.join(files, "OTHER"))
+        kept = os.path.join(files, "OTHER", "RC20261204.txt")
+        with open(kept, "w") as f:
+            f.write("written before\n")
+        clock, daily = self.started(day, files, datetime.datetime(2026, 12, 5, 0, 1), "00:00")
+        clock.advance(59)
+        self.assertEqual(daily.written, [])
+        clock.advance(1)
+        path = os.path.join(files, SENDER, "RC20261204.txt")
+        self.assertEqual(daily.written, [path])
+        with open(path) as f:
+            self.assertEqual([d["stan"] for d in reconcile.readFile(f.read())[1]], ["000001"])
+        with open(kept) as f:
+            self.assertEqual(f.read(), "written before\n")
         self.assertEqual(daily.nextDay, "20261205")
         self.assertEqual(len(clock.getDelayedCalls()), 1)

@@ -30,8 +30,8 @@ class PaymentFilesOptions(usage.Options):
         ["files-total-timeout", None, str(defaults.DEFAULT_TOTAL), "Drop a transfer this long after it began (s)"],
         ["files-max-transfers", None, str(defaults.DEFAULT_MAX_TRANSFERS), "Downloads and uploads at once (beyond: 91)"],
         ["files-max-size", None, str(defaults.DEFAULT_MAX_SIZE), "Largest upload accepted, in bytes (beyond: 13)"],
-        ["files-sender-check", None, "none", "none: a client acts for the sender it names; cn: only for the "
-         "sender its TLS client certificate's common name gives (needs --tls-ca)"],
+        ["files-sender-check", None, "auto", "cn: a client acts only for the sender its TLS client certificate's "
+         "common name gives (needs --tls-ca); none: for the sender it names; auto: cn with --tls-ca, else none"],
         ["day-cutover", None, "00:00", "Cut-over HH:MM[:SS] ending each day of the reconciliation files, local time; "
          "each sender's file of the day is written to --files-dir shortly after it"],
     ]
@@ -68,8 +68,14 @@ class PaymentFilesOptions(usage.Options):
         from tvlink.files.server import SENDER_CHECKS
 
         check = self["files-sender-check"]
+        if check == "auto":
+            # Under mutual TLS the certificate says who the client is: it
+            # may act for that institution only.
+            check = "cn" if self.get("tls-ca") is not None else "none"
         if check not in SENDER_CHECKS:
-            raise usage.UsageError("--files-sender-check must be one of %s, not %r" % (", ".join(SENDER_CHECKS), check))
+            raise usage.UsageError(
+                "--files-sender-check must be one of auto, %s, not %r" % (", ".join(SENDER_CHECKS), check)
+            )
         if check != "none" and self.get("tls-ca") is None:
             raise usage.UsageError("--files-sender-check %s reads the client certificate: it needs --tls-ca" % (check,))
         options["sender_check"] = check

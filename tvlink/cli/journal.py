@@ -23,6 +23,7 @@ a bad key file, a card under neither key ...), 2 bad arguments.
 """
 
 import os
+import pathlib
 import sqlite3
 import sys
 import time
@@ -123,7 +124,15 @@ class JournalConnection:
     """
 
     @classmethod
-    def open(cls, path, timeout):
+    def open(cls, path, timeout, readOnly=False):
+        """
+        Connect to the journal at C{path} (a SQLite path or a URL),
+        waiting up to C{timeout} seconds; with C{readOnly}, for reading
+        only (SQLite: the file opened read-only, by a URI with its C{?},
+        C{#} and C{%} quoted).
+
+        @raise JournalMissing: if there is no journal there.
+        """
         journal = cls()
         journal.where = pgsql.maskURL(path) if pgsql.isURL(path) else path
         if pgsql.isURL(path):
@@ -131,6 +140,8 @@ class JournalConnection:
                 raw = psycopg.connect(path, autocommit=True, connect_timeout=max(1, int(timeout)))
             except psycopg.Error as e:
                 raise JournalMissing("cannot connect to %s: %s" % (pgsql.maskURL(path), " ".join(str(e).split()))) from None
+            if readOnly:
+                raw.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
             journal.conn, journal.Error = pgsql.Connection(raw), psycopg.Error
             journal.begin, journal.columnsOf, journal.close = "BEGIN", pgsql.columnsOf, raw.close
             if pgsql.schemaVersion(journal.conn, "journal") == 0:
@@ -139,7 +150,11 @@ class JournalConnection:
             return journal
         if not os.path.isfile(path):
             raise JournalMissing("no journal at %s" % (path,))
-        journal.conn = sqlite3.connect(path, isolation_level=None, timeout=timeout)
+        if readOnly:
+            uri = pathlib.Path(os.path.abspath(path)).as_uri() + "?mode=ro"
+            journal.conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=timeout)
+        else:
+            journal.conn = sqlite3.connect(path, isolation_level=None, timeout=timeout)
         journal.Error = sqlite3.Error
         journal.begin, journal.columnsOf, journal.close = "BEGIN IMMEDIATE", SQLiteStore.columnsOf, journal.conn.close
         return journal

@@ -151,7 +151,7 @@ def main(argv=None, out=None, err=None):
         err.write("tvlink reconcile: --journal: %s\n" % (e,))
         return USAGE
     try:
-        journal = JournalConnection.open(path, 10.0)
+        journal = JournalConnection.open(path, 10.0, readOnly=True)
     except JournalMissing as e:
         err.write("tvlink reconcile: %s\n" % (e,))
         return UNREADABLE

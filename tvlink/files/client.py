@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from tvlink.files import protocol as fp
 from tvlink.files.digests import hashPrefix, inThreadPool
-from tvlink.files.names import checkName, checkSender
+from tvlink.files.names import checkName, checkSender, renameIntoPlace
 from tvlink.link.settings import LinkSettings, globalReactor, positive
 
 
@@ -38,6 +38,34 @@ def _readPart(dest):
     if not fp.isDigest(digest):
         return 0, None
     return have, digest
+
+
+def _openNoLink(path, mode, truncate):
+    """
+    Open C{path} for writing (made if need be, emptied when C{truncate})
+    without following a link planted there.
+    """
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (os.O_TRUNC if truncate else 0)
+    return os.fdopen(os.open(path, flags, 0o666), mode)
+
+
+def _words(text):
+    """
+    The server's C{text} (a reason, an answer code) fit for a log or a
+    terminal: as it is if it is printable, quoted otherwise.
+    """
+    return text if isinstance(text, str) and text.isprintable() else repr(text)
+
+
+def _mtime(text):
+    """
+    C{text} if it is a listing's C{YYYYMMDDhhmmss}.
+
+    @raise ValueError: otherwise.
+    """
+    if not (isinstance(text, str) and len(text) == 14 and text.isascii() and text.isdigit()):
+        raise ValueError("mtime must be YYYYMMDDhhmmss, not %r" % (text,))
+    return text
 
 
 #: The answers each request may get (besides C{refused}).
@@ -84,7 +112,7 @@ class FileClientProtocol(fp.FileExchange):
     def messageReceived(self, message):
         op, resp = message.get("op"), message.get("resp")
         if op == fp.REFUSED:
-            return self.fail(fp.Refused("%s (%s)" % (message.get("reason"), resp), resp))
+            return self.fail(fp.Refused("%s (%s)" % (_words(message.get("reason")), _words(resp)), resp))
         handler = {fp.FILES: self.listed, fp.READY: self.ready, fp.STORED: self.stored}.get(op)
         if op not in ANSWERS[self.request["op"]] or resp != fp.OK and op != fp.STORED:
             return self.protocolError("unexpected answer %r %r to a %s" % (op, resp, self.request["op"]))
@@ -96,8 +124,10 @@ class FileClientProtocol(fp.FileExchange):
             self.protocolError("bad %s answer: %s" % (op, e))
 
     def listed(self, message):
-        files = message["files"]
-        entries = [{"name": f["name"], "size": fp.parseSize(f["size"], "size"), "mtime": f["mtime"]} for f in files]
+        entries = [
+            {"name": checkName(f["name"]), "size": fp.parseSize(f["size"], "size"), "mtime": _mtime(f["mtime"])}
+            for f in message["files"]
+        ]
         if "more" in message:
             self.log.warn(
                 "files: the listing of {sender} holds {more} more files than fit in one frame",
@@ -124,9 +154,10 @@ class FileClientProtocol(fp.FileExchange):
 
     def stored(self, message):
         if message.get("resp") == fp.CORRUPT:
-            return self.fail(fp.Corrupt(message.get("reason", "corrupt")))
+            return self.fail(fp.Corrupt(_words(message.get("reason", "corrupt"))))
         if message.get("resp") != fp.OK:
-            return self.fail(fp.Refused("%s (%s)" % (message.get("reason"), message.get("resp")), message.get("resp")))
+            resp = message.get("resp")
+            return self.fail(fp.Refused("%s (%s)" % (_words(message.get("reason")), _words(resp)), resp))
         self.succeed({"name": self.request["name"], "size": self.size, "sha256": self.digest, "resumed": self.offset})
 
     def startFetching(self, message, offset):
@@ -137,12 +168,12 @@ class FileClientProtocol(fp.FileExchange):
         dest = self.dest
         if offset == 0:
             prefix = hashlib.sha256()
-            self.file = open(dest + ".part", "wb")
-            with open(dest + ".part.json", "w") as f:
+            self.file = _openNoLink(dest + ".part", "r+b", truncate=True)
+            with _openNoLink(dest + ".part.json", "w", truncate=True) as f:
                 json.dump({"name": self.request["name"], "sha256": digest, "size": size}, f)
         elif self.prefix is not None and offset == self.have and digest == self.partDigest:
             prefix = self.prefix
-            self.file = open(dest + ".part", "r+b")
+            self.file = _openNoLink(dest + ".part", "r+b", truncate=False)
             self.file.seek(offset)
             self.file.truncate(offset)
         else:
@@ -160,7 +191,7 @@ class FileClientProtocol(fp.FileExchange):
             self.sendMessage({"op": fp.RECEIVED, "resp": fp.CORRUPT, "reason": reason})
             self.finish(reason)
             return self.fail(fp.Corrupt(reason))
-        os.replace(self.dest + ".part", self.dest)
+        renameIntoPlace(self.dest + ".part", self.dest)
         os.remove(self.dest + ".part.json")
         self.sendMessage({"op": fp.RECEIVED, "resp": fp.OK})
         self.finish()

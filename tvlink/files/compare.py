@@ -11,7 +11,9 @@ C{reversed}. A journal entry with no line agrees when the platform does
 not hold it for money moved: C{declined} or C{reversed} (nothing stands
 on either side), or C{pending} or C{in-doubt} (its reversal is under way,
 and the payment side never applied it). An entry C{approved} with no line
-is only on the platform; a line with no entry, only on the payment side.
+is only on the platform; a line with no entry, only on the payment side,
+and so is a second line of the same key (C{duplicate}): the journal holds
+the transaction once.
 """
 
 import csv
@@ -55,8 +57,9 @@ def compare(details, entries):
     seen = set()
     for d in details:
         key = (d["sender"], d["stan"], d["time"])
+        duplicate = key in seen
         seen.add(key)
-        entry = journal.get(key)
+        entry = None if duplicate else journal.get(key)
         row = {
             "key": "/".join(key),
             "type": TYPES.get((d["mti"], d["proc"]), d["mti"] + "/" + d["proc"]),
@@ -64,7 +67,7 @@ def compare(details, entries):
             "paymentState": d["state"],
             "platformAmount": None,
             "platformState": None,
-            "what": [],
+            "what": ["duplicate"] if duplicate else [],
         }
         if entry is None:
             row["kind"] = ONLY_PAYMENT

@@ -34,6 +34,18 @@ def dayEnding(now, cutover, tz=None):
     return day.strftime("%Y%m%d"), at.timestamp()
 
 
+def dayEnded(now, cutover, tz=None):
+    """
+    C{(day, at)}: the day (C{YYYYMMDD}) that ended last at or before the
+    instant C{now}, and the instant it ended (the same cut-over a calendar
+    day before the one L{dayEnding} gives, whatever the clocks did).
+    """
+    day, at = dayEnding(now, cutover, tz)
+    ended = datetime.datetime.fromtimestamp(at, tz) - datetime.timedelta(days=1)
+    previous = datetime.datetime.strptime(day, "%Y%m%d") - datetime.timedelta(days=1)
+    return previous.strftime("%Y%m%d"), ended.timestamp()
+
+
 class DailyReconciliation(Service):
     """
     Write C{RCYYYYMMDD.txt} for every sender with transactions in the day,
@@ -55,11 +67,28 @@ class DailyReconciliation(Service):
         self.grace = grace
         self.tz = tz
         self._call = None
+        self._catchUpCall = None
         self.written = []
 
     def startService(self):
         Service.startService(self)
+        self._catchUp()
         self._schedule()
+
+    def _catchUp(self):
+        """
+        The day that ended last, whose end this service may not have seen
+        running: its files that are not there yet are written once its
+        grace is over (at once if it is).
+        """
+        now = self.reactor.seconds()
+        day, at = dayEnded(now, self.cutover, self.tz)
+        self._catchUpCall = self.reactor.callLater(max(at + self.grace - now, 0), self._caughtUp, day)
+
+    def _caughtUp(self, day):
+        self._catchUpCall = None
+        d = self.writeDay(day, missingOnly=True)
+        d.addErrback(lambda f: self.log.failure("files: reconciliation files of {day} not written", f, day=day))
 
     def _schedule(self):
         day, at = dayEnding(self.reactor.seconds(), self.cutover, self.tz)
@@ -72,15 +101,16 @@ class DailyReconciliation(Service):
         d.addErrback(lambda f: self.log.failure("files: reconciliation files of {day} not written", f, day=day))
         d.addBoth(lambda _: self._schedule() if self.running else None)
 
-    def writeDay(self, day):
+    def writeDay(self, day, missingOnly=False):
         """
-        Write the files of C{day}; a L{Deferred} of the paths written.
+        Write the files of C{day} (with C{missingOnly}, only those not
+        there yet); a L{Deferred} of the paths written.
         """
         windows = reconcile.dayWindows(day, self.cutover)
         d = gatherResults([self.ledger.moneyMovedBetween(start, end) for start, end in windows])
-        return d.addCallback(self._write, day)
+        return d.addCallback(self._write, day, missingOnly)
 
-    def _write(self, results, day):
+    def _write(self, results, day, missingOnly):
         bySender = {}
         for rows in results:
             for row in rows:
@@ -91,6 +121,8 @@ class DailyReconciliation(Service):
             try:
                 folder = self.store.directory(sender, create=True)
                 path = os.path.join(folder, reconcile.fileName(day))
+                if missingOnly and os.path.lexists(path):
+                    continue
                 reconcile.writeAtomically(path, reconcile.renderFile(day, sender, rows, self.writer, created, self.cutover))
             except (NameRefused, ValueError, OSError) as e:
                 self.log.error(
@@ -115,6 +147,8 @@ class DailyReconciliation(Service):
 
     def stopService(self):
         Service.stopService(self)
-        call, self._call = self._call, None
-        if call is not None and call.active():
-            call.cancel()
+        for name in ("_call", "_catchUpCall"):
+            call = getattr(self, name)
+            setattr(self, name, None)
+            if call is not None and call.active():
+                call.cancel()

@@ -31,6 +31,16 @@ def hashOpenFile(fd, length):
     return digest
 
 
+def _hashCopy(fd, length):
+    """
+    L{hashOpenFile} of the descriptor C{fd}, closed after.
+    """
+    try:
+        return hashOpenFile(fd, length)
+    finally:
+        os.close(fd)
+
+
 def hashPrefix(path, length):
     """
     A C{hashlib.sha256} of the first C{length} bytes of the file at
@@ -76,7 +86,9 @@ class DigestCache:
         cached = self._digests.get(stamp)
         if cached is not None:
             return succeed(cached)
-        d = self.runInThread(hashOpenFile, f.fileno(), length)
+        # The hashing reads a descriptor of its own: the connection may close
+        # C{f} meanwhile, and its number go to another file.
+        d = self.runInThread(_hashCopy, os.dup(f.fileno()), length)
 
         def remember(digest):
             if len(self._digests) >= self.size:

@@ -8,7 +8,9 @@ name into a path and refuses every path that would lead out (a symbolic
 link, anything that is not a regular file).
 """
 
+import heapq
 import os
+import re
 import stat
 import unicodedata
 
@@ -22,6 +24,10 @@ MAX_SENDER = 32
 
 #: Suffix of a file being received (hidden: names may not start with a dot).
 PART_SUFFIX = ".part"
+
+#: The names of the payment side's daily reconciliation files
+#: (L{tvlink.files.reconcile.fileName}): never taken by an upload.
+DAILY_FILE = re.compile(r"\ARC\d{8}\.txt\Z")
 
 
 class NameRefused(TVLinkError, ValueError):
@@ -74,6 +80,20 @@ def checkSender(sender):
     return sender
 
 
+def renameIntoPlace(source, target):
+    """
+    Rename the file C{source} (already on disk) to C{target} in one step,
+    then put the directory's new entry on disk too, so a file reported
+    stored or received is still there after a crash.
+    """
+    os.replace(source, target)
+    fd = os.open(os.path.dirname(os.path.abspath(target)), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class FileStore:
     """
     The files root: one directory per sender institution.
@@ -120,6 +140,30 @@ class FileStore:
             raise FileNotFoundError(name)
         return os.path.join(folder, name)
 
+    def pathForWriting(self, sender, name):
+        """
+        The path an upload of C{name} of C{sender} is renamed to (the
+        sender's directory made if need be): nothing there yet, or a
+        regular file it replaces.
+
+        @raise NameRefused: for a bad name, the name of a daily
+            reconciliation file (L{DAILY_FILE}: the payment side's own), or
+            a link, a directory or a special file under that name.
+        """
+        if DAILY_FILE.match(name):
+            raise NameRefused(
+                "%r is the name of the payment side's daily reconciliation file; uploads may not use it" % (name,)
+            )
+        path = self.path(sender, name, create=True)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return path
+        if not stat.S_ISREG(mode):
+            kind = "a link" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode) else "a special file"
+            raise NameRefused("%r is %s, not a file" % (name, kind))
+        return path
+
     def openForReading(self, sender, name):
         """
         Open C{name} of C{sender} for reading: a regular file, never through
@@ -144,24 +188,59 @@ class FileStore:
             raise NameRefused("%r is not a regular file" % (name,))
         return os.fdopen(fd, "rb"), info.st_size
 
-    def listing(self, sender):
+    def listing(self, sender, limit=None):
         """
-        C{[(name, size, mtime)]} of the regular files of C{sender}, by name
-        (links, directories and partial files left out).
+        The regular files of C{sender} (links, directories and partial
+        files left out): C{([(name, size, mtime)], count)}, the first
+        C{limit} by name (all when C{None}) and how many there are. No more
+        than C{limit} names are held at once, however large the directory.
         """
         folder = self.directory(sender)
         if folder is None:
-            return []
+            return [], 0
+        count = 0
+
+        def plainFiles():
+            nonlocal count
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    try:
+                        checkName(entry.name)
+                    except NameRefused:
+                        continue
+                    if entry.is_file(follow_symlinks=False):
+                        count += 1
+                        yield entry.name
+
+        names = sorted(plainFiles()) if limit is None else heapq.nsmallest(limit, plainFiles())
         found = []
-        for entry in os.scandir(folder):
+        for name in names:
             try:
-                checkName(entry.name)
+                info = os.lstat(os.path.join(folder, name))
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                found.append((name, info.st_size, info.st_mtime))
+        return found, count
+
+    def parts(self):
+        """
+        C{[(path, mtime)]} of the partial files (hidden names ending in
+        L{PART_SUFFIX}) in every sender's directory; links are left out.
+        """
+        found = []
+        for folder in os.scandir(self.root):
+            try:
+                checkSender(folder.name)
             except NameRefused:
                 continue
-            if entry.is_file(follow_symlinks=False):
-                info = entry.stat(follow_symlinks=False)
-                found.append((entry.name, info.st_size, info.st_mtime))
-        return sorted(found)
+            if not folder.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(folder.path):
+                if entry.name.startswith(".") and entry.name.endswith(PART_SUFFIX):
+                    if entry.is_file(follow_symlinks=False):
+                        found.append((entry.path, entry.stat(follow_symlinks=False).st_mtime))
+        return found
 
     def partPath(self, sender, name, digest):
         """

@@ -20,6 +20,7 @@ import os
 import tempfile
 import time
 
+from tvlink.files.names import renameIntoPlace
 from tvlink.masking import maskCard
 
 #: Line types.
@@ -262,7 +263,8 @@ def renderFile(date, sender, rows, writer, created, cutover="000000"):
 def writeAtomically(path, text):
     """
     Write C{text} to C{path} by way of a temporary file in the same
-    folder, renamed into place once it is on disk.
+    folder, renamed into place once it is on disk (and the new entry
+    synced).
     """
     folder = os.path.dirname(os.path.abspath(path))
     fd, temp = tempfile.mkstemp(prefix=".", suffix=".part", dir=folder)
@@ -272,7 +274,7 @@ def writeAtomically(path, text):
             f.flush()
             os.fsync(f.fileno())
         os.chmod(temp, 0o640)
-        os.replace(temp, path)
+        renameIntoPlace(temp, path)
     except BaseException:
         if os.path.exists(temp):
             os.remove(temp)

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from tvlink.files import protocol as fp
 from tvlink.files.digests import DigestCache, hashPrefix, inThreadPool
-from tvlink.files.names import NameRefused, checkName, checkSender
+from tvlink.files.names import NameRefused, checkName, checkSender, renameIntoPlace
 from tvlink.link.settings import atLeast, positive
 
 #: Defaults of the limits (seconds, counts, bytes).
@@ -24,6 +24,8 @@ DEFAULT_IDLE = 60.0
 DEFAULT_TOTAL = 3600.0
 DEFAULT_MAX_TRANSFERS = 8
 DEFAULT_MAX_SIZE = 4 * 1024**3
+#: Seconds a partial file no upload writes to is kept for a resume.
+DEFAULT_PART_LIFETIME = 24 * 3600.0
 
 #: How the sender a client names is checked: taken as given, or against
 #: the common name of its TLS certificate.
@@ -54,16 +56,34 @@ class FileServerProtocol(fp.FileExchange):
     counted = False
     part = None
     file = None
+    requestDue = None
 
     def connectionMade(self):
         factory = self.factory
         self.settings, self.clock = factory.settings, factory.clock
         self.idle, self.total = factory.idle, factory.total
         fp.FileExchange.connectionMade(self)
+        # The request is one small frame: it has the idle timeout from the
+        # connection to arrive whole, however it is dripped.
+        self.requestDue = self.clock.callLater(self.idle, self.requestTimedOut)
+
+    def requestTimedOut(self):
+        self.requestDue = None
+        if self.state == "request" and not self.finished:
+            self.timedOut("no request within %gs" % (self.idle,))
+
+    def requestCame(self):
+        self.state = "answering"
+        self.stopRequestClock()
+
+    def stopRequestClock(self):
+        call, self.requestDue = self.requestDue, None
+        if call is not None and call.active():
+            call.cancel()
 
     def messageReceived(self, message):
         if self.state == "request":
-            self.state = "answering"
+            self.requestCame()
             self.requestReceived(message)
         elif self.state == "sent" and message.get("op") == fp.RECEIVED:
             self.downloadAcknowledged(message)
@@ -72,7 +92,7 @@ class FileServerProtocol(fp.FileExchange):
 
     def formatError(self, why):
         if self.state == "request":
-            self.state = "answering"
+            self.requestCame()
             self.refuse(fp.FORMAT_ERROR, why)
         else:
             self.protocolError(why)
@@ -152,27 +172,51 @@ class FileServerProtocol(fp.FileExchange):
     def _failed(self, failure, op):
         if self.finished or failure.check(fp.ConnectionCut):
             return None
+        # While data frames go out, a message would pass for bytes of the
+        # file: the connection is aborted instead.
+        sending = self.state == "sending"
         if failure.check(OSError):
+            if sending:
+                return fp.FileExchange.storageError(self, failure.value)
             return self.refuse(fp.STORAGE_ERROR, "storage: %s" % (failure.getErrorMessage(),), op)
         self.log.failure("files: {op} from {peer} failed", failure, op=op, peer=self.peer)
+        if sending:
+            return self.abort("internal error")
         return self.refuse(fp.STORAGE_ERROR, "internal error", op)
 
     # -- list ----------------------------------------------------------------
 
     def listFiles(self):
-        try:
-            found = self.factory.store.listing(self.sender)
-        except NameRefused as e:
-            return self.refuse(fp.NOT_ALLOWED, str(e), fp.LIST)
-        answer = {"op": fp.FILES, "resp": fp.OK, "files": []}
-        room = self.chunk - len(self.codec.encode(answer)) - len(',"more":"999999999"')
+        empty = {"op": fp.FILES, "resp": fp.OK, "files": []}
+        room = self.chunk - len(self.codec.encode(empty)) - len(',"more":"999999999"')
+        smallest = len(self.codec.encode({"name": "x", "size": "0", "mtime": mtimeText(0)})) + 1
+        d = self.factory.runInThread(self.factory.store.listing, self.sender, max(room // smallest, 0))
+        d.addCallback(self.listed, empty, room)
+        d.addErrback(self._listingFailed)
+
+    def _listingFailed(self, failure):
+        if self.finished:
+            return None
+        if failure.check(NameRefused):
+            return self.refuse(fp.NOT_ALLOWED, failure.getErrorMessage(), fp.LIST)
+        return self._failed(failure, fp.LIST)
+
+    def listed(self, listing, answer, room):
+        """
+        Answer with the names of C{listing} (L{FileStore.listing}) that fit
+        in C{room} bytes, and the count of the others.
+        """
+        if self.finished:
+            return
+        found, count = listing
         for n, s, m in found:
             entry = {"name": n, "size": fp.sizeText(s), "mtime": mtimeText(m)}
             room -= len(self.codec.encode(entry)) + 1
             if room < 0:
-                answer["more"] = fp.sizeText(len(found) - len(answer["files"]))
                 break
             answer["files"].append(entry)
+        if len(answer["files"]) < count:
+            answer["more"] = fp.sizeText(count - len(answer["files"]))
         self.log.info(
             "files: listed {count} files for {peer} (sender {sender})",
             files_event="listed",
@@ -239,7 +283,7 @@ class FileServerProtocol(fp.FileExchange):
             raise ValueError("sha256 must be 64 lower-case hex digits")
         if size > self.factory.max_size:
             raise ValueError("%d bytes is over the %d allowed" % (size, self.factory.max_size))
-        self.final = self.factory.store.path(self.sender, self.name, create=True)
+        self.final = self.factory.store.pathForWriting(self.sender, self.name)
         part = self.factory.store.partPath(self.sender, self.name, digest)
         if part in self.factory.receiving:
             raise Busy("an upload of the same %r is in progress" % (self.name,))
@@ -283,7 +327,7 @@ class FileServerProtocol(fp.FileExchange):
             )
             self.sendMessage({"op": fp.STORED, "resp": fp.CORRUPT, "reason": reason})
             return self.finish(reason)
-        os.replace(self.part, self.final)
+        renameIntoPlace(self.part, self.final)
         self.note(
             "info",
             "stored",
@@ -299,6 +343,7 @@ class FileServerProtocol(fp.FileExchange):
         cut = not self.finished
         if self.factory.tls and self.state == "request":
             self.tlsRefused(reason)
+        self.stopRequestClock()
         fp.FileExchange.connectionLost(self, reason)
         f, self.file = self.file, None
         if f is not None:
@@ -362,6 +407,7 @@ class FileServerFactory(ServerFactory):
         max_size=DEFAULT_MAX_SIZE,
         sender_check="none",
         runInThread=None,
+        part_lifetime=DEFAULT_PART_LIFETIME,
     ):
         self.store = store
         self.settings = settings
@@ -373,6 +419,7 @@ class FileServerFactory(ServerFactory):
         if sender_check not in SENDER_CHECKS:
             raise ValueError("sender_check must be one of %s, not %r" % (", ".join(SENDER_CHECKS), sender_check))
         self.sender_check = sender_check
+        self.part_lifetime = positive("part_lifetime", part_lifetime)
         self.runInThread = runInThread if runInThread is not None else inThreadPool(self.clock)
         self.digests = DigestCache(self.runInThread)
         self.active = 0
@@ -427,6 +474,36 @@ class FileServerFactory(ServerFactory):
         if common != sender:
             return "the client certificate names %r, not sender %r" % (common, sender)
         return None
+
+    def expireParts(self):
+        """
+        Remove the partial files no upload has written to for
+        C{part_lifetime} seconds (cut-off uploads not tried again), except
+        those of the uploads in progress.
+
+        @return: a L{Deferred} of the paths removed.
+        """
+
+        def expire(parts):
+            oldest = self.clock.seconds() - self.part_lifetime
+            removed = []
+            for path, mtime in parts:
+                if mtime >= oldest or path in self.receiving:
+                    continue
+                try:
+                    os.remove(path)
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    self.log.error("files: cannot remove the partial file {path}: {why}", files_event="storage-error",
+                                   path=path, why=str(e))
+                    continue
+                removed.append(path)
+                self.log.info("files: removed the partial file {path}, untouched for {lifetime:g}s",
+                              files_event="part-expired", path=path, lifetime=self.part_lifetime)
+            return removed
+
+        return self.runInThread(self.store.parts).addCallback(expire)
 
     def startTransfer(self):
         if self.active >= self.max_transfers:

@@ -6,6 +6,7 @@ listening on a server endpoint (over TLS when the role has it).
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from tvlink.files.names import FileStore
@@ -38,6 +39,7 @@ class FileService(Service):
             self.factory.tls = True
         self.tls = tls
         self.port = None
+        self.sweep = None
         self._listenCalled = False
         self._waiters = []
 
@@ -49,10 +51,26 @@ class FileService(Service):
         if failures:
             failures[0].raiseException()
 
+    #: Seconds between two sweeps of expired partial files, at most.
+    sweepInterval = 3600.0
+
     def startService(self):
         if not self._listenCalled:
             self.privilegedStartService()
         Service.startService(self)
+        self.sweep = LoopingCall(self.expireParts)
+        self.sweep.clock = self.reactor
+        self.sweep.start(min(self.sweepInterval, self.factory.part_lifetime), now=True)
+
+    def expireParts(self):
+        """
+        One sweep of the partial files past their lifetime
+        (L{FileServerFactory.expireParts}); a failure is logged and the
+        sweeps go on.
+        """
+        d = self.factory.expireParts()
+        d.addErrback(lambda f: self.log.failure("files: partial files not swept", f))
+        return d
 
     def _listening(self, port):
         self.port = port
@@ -83,6 +101,9 @@ class FileService(Service):
     def stopService(self):
         Service.stopService(self)
         self._listenCalled = False
+        sweep, self.sweep = self.sweep, None
+        if sweep is not None and sweep.running:
+            sweep.stop()
         port, self.port = self.port, None
         if port is not None:
             return port.stopListening()
