@@ -5,6 +5,7 @@ ledger and C{tvlink reconcile --journal postgresql://...} checks it
 against the shared journal (a real server, L{tests.pgcluster}).
 """
 
+import datetime
 import io
 import os
 
@@ -38,7 +39,10 @@ class PostgreSQLReconciliationTests(SynchronousTestCase):
         ledger, journalURL = pgcluster.newDatabase(), pgcluster.newDatabase()
         store = openLedgerStore(ledger)
         self.addCleanup(store.close)
-        journal = PlatformJournal(journalURL, reactor=Clock(), threaded=False)
+        # The platform writes its entries on the day.
+        clock = Clock()
+        clock.advance(datetime.datetime(2026, 12, 4, 10, 0, tzinfo=datetime.timezone.utc).timestamp())
+        journal = PlatformJournal(journalURL, reactor=clock, threaded=False)
         self.addCleanup(journal.close)
         with store.transaction():
             accounts.openAccount(store, PAN, 1000000, "2026-12-04T00:00:00Z")

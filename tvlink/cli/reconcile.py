@@ -91,7 +91,10 @@ def reconcileFile(store, args, out):
     C{tvlink ledger reconcile-file}: the file of C{args.sender} and
     C{args.date} from the ledger C{store}.
     """
-    rows = dayRows(lambda start, end: store.moneyMovedBetween(start, end, args.sender), args.date, args.cutover)
+    applied = reconcile.appliedRange(args.date)
+    rows = dayRows(
+        lambda start, end: store.moneyMovedBetween(start, end, args.sender, applied), args.date, args.cutover
+    )
     text = reconcile.renderFile(args.date, args.sender, rows, args.writer, reconcile.createdText(time.time()), args.cutover)
     path = args.out
     if args.files_dir is not None:
@@ -156,8 +159,11 @@ def main(argv=None, out=None, err=None):
         err.write("tvlink reconcile: %s\n" % (e,))
         return UNREADABLE
     try:
+        created = reconcile.createdRange(header["date"])
         entries = dayRows(
-            lambda start, end: moneyMovingBetween(journal.conn, start, end, sender), header["date"], header["cutover"]
+            lambda start, end: moneyMovingBetween(journal.conn, start, end, sender, created),
+            header["date"],
+            header["cutover"],
         )
     except journal.Error as e:
         err.write("tvlink reconcile: journal %s: %s\n" % (journal.where, " ".join(str(e).split())))

@@ -107,7 +107,8 @@ class DailyReconciliation(Service):
         there yet); a L{Deferred} of the paths written.
         """
         windows = reconcile.dayWindows(day, self.cutover)
-        d = gatherResults([self.ledger.moneyMovedBetween(start, end) for start, end in windows])
+        applied = reconcile.appliedRange(day)
+        d = gatherResults([self.ledger.moneyMovedBetween(start, end, applied=applied) for start, end in windows])
         return d.addCallback(self._write, day, missingOnly)
 
     def _write(self, results, day, missingOnly):

@@ -142,6 +142,38 @@ def dayWindows(date, cutover="000000"):
     return [(start, "9999999999"), ("0000000000", end)]
 
 
+#: How far a ledger entry's applied time (UTC) may be from its day: the
+#: platform's clock, the time zone of the day and the payment side's clock
+#: put together, with room to spare.
+APPLIED_SLACK = datetime.timedelta(days=2)
+
+
+def _around(date):
+    day = parseDate(date) if isinstance(date, str) else date
+    utc = datetime.timezone.utc
+    begins = datetime.datetime.combine(day - APPLIED_SLACK, datetime.time(), utc)
+    ends = datetime.datetime.combine(day + datetime.timedelta(days=1) + APPLIED_SLACK, datetime.time(), utc)
+    return begins, ends
+
+
+def appliedRange(date):
+    """
+    The applied times (ISO 8601 UTC texts C{(from, to)}) that a ledger
+    entry of day C{date} must fall between. Transmission times carry no
+    year, so without this a ledger of more than a year would put last
+    year's same date into the day.
+    """
+    return tuple(t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in _around(date))
+
+
+def createdRange(date):
+    """
+    The same for a platform journal's entries: the POSIX times
+    C{(from, to)} their C{created} must fall between.
+    """
+    return tuple(t.timestamp() for t in _around(date))
+
+
 def _field(value, width, kind, name):
     text = "" if value is None else str(value)
     if kind == "n":

@@ -426,12 +426,12 @@ class PaymentLedger:
         """
         return self._submit(lambda store, now, work: accounts.reconcile(store))
 
-    def moneyMovedBetween(self, start, end, sender=None):
+    def moneyMovedBetween(self, start, end, sender=None, applied=None):
         """
         A L{Deferred} of
         L{LedgerStore.moneyMovedBetween<tvlink.store.ledgersql.LedgerStore.moneyMovedBetween>}.
         """
-        return self._submit(lambda store, now, work: store.moneyMovedBetween(start, end, sender))
+        return self._submit(lambda store, now, work: store.moneyMovedBetween(start, end, sender, applied))
 
     # -- the writer thread ---------------------------------------------------
 

@@ -159,18 +159,20 @@ def rekeyCards(conn, old, new):
     return resealed, already
 
 
-def moneyMovingBetween(conn, start, end, sender):
+def moneyMovingBetween(conn, start, end, sender, created=None):
     """
     The purchase and refund entries of C{sender} with transmission times
     from C{start} to before C{end} (C{MMDDhhmmss}, a reconciliation
     file's day), as C{dict}s of L{COLUMNS}, read on the SQLite connection
-    C{conn}.
+    C{conn}; with C{created} (POSIX times C{(from, to)}), only those
+    written in that span (a transmission time has no year).
     """
+    created = tuple(created) if created is not None else (float("-inf"), float("inf"))
     rows = conn.execute(
-        "SELECT %s FROM entries WHERE sender = ? AND time >= ? AND time < ?"
+        "SELECT %s FROM entries WHERE sender = ? AND time >= ? AND time < ? AND created >= ? AND created < ?"
         " AND ((mti = '0200' AND proc = '000000') OR (mti = '0220' AND proc = '200000'))"
         " ORDER BY time, stan" % (", ".join(COLUMNS),),
-        (sender, start, end),
+        (sender, start, end) + created,
     ).fetchall()
     return [_row(row) for row in rows]
 

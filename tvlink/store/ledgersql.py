@@ -69,7 +69,7 @@ _SELECT_JOURNAL = "SELECT %s FROM journal" % (", ".join(JOURNAL_COLUMNS),)
 _BY_KEY = " WHERE sender = ? AND stan = ? AND time = ?"
 _MONEY_MOVED = (
     "SELECT sender, stan, time, mti, proc, pan, amount, resp, state, refunded FROM journal"
-    " WHERE time >= ? AND time < ? AND resp = '00'"
+    " WHERE time >= ? AND time < ? AND applied_at >= ? AND applied_at < ? AND resp = '00'"
     " AND ((mti = '0200' AND proc = '000000') OR (mti = '0220' AND proc = '200000'))"
 )
 
@@ -411,19 +411,24 @@ class LedgerStore:
         """
         return dict(self._execute(self.REFUNDED_BY_CARD, (state,)).fetchall())
 
-    def moneyMovedBetween(self, start, end, sender=None):
+    def moneyMovedBetween(self, start, end, sender=None, applied=None):
         """
         The approved purchases and refunds (C{resp} C{00}, whatever became
         of them since) with transmission times from C{start} to before
         C{end} (C{MMDDhhmmss}), of C{sender} or of every sender: C{dict}s
         with C{sender}, C{stan}, C{time}, C{mti}, C{proc}, C{pan},
         C{amount}, C{resp}, C{state}, C{refunded}, by sender and time.
+
+        @param applied: C{(from, to)}, ISO 8601 UTC texts: only entries
+            applied from C{from} to before C{to} (a transmission time has
+            no year: this keeps another year's same date out).
         """
         columns = ("sender", "stan", "time", "mti", "proc", "pan", "amount", "resp", "state", "refunded")
+        applied = tuple(applied) if applied is not None else ("", "~")
         if sender is None:
-            cursor = self._execute(self.MONEY_MOVED_BETWEEN, (start, end))
+            cursor = self._execute(self.MONEY_MOVED_BETWEEN, (start, end) + applied)
         else:
-            cursor = self._execute(self.MONEY_MOVED_BETWEEN_OF_SENDER, (start, end, sender))
+            cursor = self._execute(self.MONEY_MOVED_BETWEEN_OF_SENDER, (start, end) + applied + (sender,))
         return [dict(zip(columns, row)) for row in cursor.fetchall()]
 
 
