@@ -297,7 +297,7 @@ def main(argv=None):
     )
 
     from tvlink.platform.factory import PlatformFactory
-    from tvlink.platform.journal import Reversals
+    from tvlink.platform.reversals import Reversals
     from tvlink.platform.service import PlatformService
 
     if args.log:

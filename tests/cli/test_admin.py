@@ -17,7 +17,8 @@ from twisted.trial import unittest
 from tests.ledgerkit import PAN, RealReactorTestCase, balanceInquiry, purchase, refund
 from tvlink.cli import ledger as admin
 from tvlink.payment.rules import applyMessage
-from tvlink.store.ledgersql import SQLiteLedgerStore, openLedgerStore
+from tvlink.store.ledgersql import openLedgerStore
+from tvlink.store.ledgersqlite import SQLiteLedgerStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OTHER = "6222020000000000026"

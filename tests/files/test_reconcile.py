@@ -24,7 +24,7 @@ from tvlink.files.names import FileStore
 from tvlink.payment import accounts
 from tvlink.payment.rules import applyMessage
 from tvlink.platform.journal import PlatformJournal
-from tvlink.store.ledgersql import SQLiteLedgerStore
+from tvlink.store.ledgersqlite import SQLiteLedgerStore
 
 PAN = "6222020000000000018"
 SENDER = "PLATFORM"

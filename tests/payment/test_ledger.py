@@ -53,9 +53,10 @@ from tvlink.payment.errors import (
     StillApplying,
     UnknownAccount,
 )
-from tvlink.payment.ledger import PaymentLedger, _Work
+from tvlink.payment.ledger import PaymentLedger
 from tvlink.payment.rules import Outcome
 from tvlink.payment.service import DemoHandler, LedgerPaymentService, parseLedgerSpec
+from tvlink.payment.writer import Work
 
 
 class HelperTests(unittest.SynchronousTestCase):
@@ -564,7 +565,7 @@ class WriterTests(RealReactorTestCase):
         real answer at once.
         """
         ledger = PaymentLedger("unused.db", reactor=Clock())
-        work = _Work(None)
+        work = Work(None)
         work.deferred = Deferred(lambda d: ledger._cancel(work))
         work.done = True
         work.result = Outcome({"resp": "00"})

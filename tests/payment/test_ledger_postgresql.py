@@ -1,5 +1,5 @@
 """
-The payment ledger on PostgreSQL (L{tvlink.store.ledgersql.PostgreSQLLedgerStore}):
+The payment ledger on PostgreSQL (L{tvlink.store.ledgerpostgresql.PostgreSQLLedgerStore}):
 the same rules as on SQLite, its versioned schema, several ledgers (payment
 nodes) on one database at once, and a database that goes away and comes
 back. A real server is started for them (L{tests.pgcluster}); without one
@@ -31,7 +31,8 @@ from tvlink.payment.errors import LedgerError, LedgerNotFound
 from tvlink.payment.ledger import PaymentLedger
 from tvlink.payment.rules import ACTIVE, FROZEN, applyMessage, stateOf
 from tvlink.payment.service import parseLedgerSpec
-from tvlink.store.ledgersql import SCHEMA_VERSION, PostgreSQLLedgerStore, openLedgerStore
+from tvlink.store.ledgerpostgresql import PostgreSQLLedgerStore
+from tvlink.store.ledgersql import SCHEMA_VERSION, openLedgerStore
 from tvlink.store.postgresql import checkURL, maskURL
 
 

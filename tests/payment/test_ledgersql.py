@@ -13,7 +13,8 @@ from tests.ledgerkit import OTHER, PAN, balanceInquiry, message, purchase, refun
 from tvlink.payment import accounts
 from tvlink.payment.errors import LedgerError, LedgerNotFound, NotALedger
 from tvlink.payment.rules import ACTIVE, FROZEN, applyMessage, stateOf
-from tvlink.store.ledgersql import SCHEMA_VERSION, LedgerStore, SQLiteLedgerStore
+from tvlink.store.ledgersql import SCHEMA_VERSION, LedgerStore
+from tvlink.store.ledgersqlite import SQLiteLedgerStore
 
 
 class _Recording(SQLiteLedgerStore):

@@ -14,7 +14,8 @@ What a request does is decided by L{tvlink.payment.rules.applyMessage}
 (and the account operations of L{tvlink.payment.accounts}); the SQL and
 the database are those of a L{tvlink.store.ledgersql.LedgerStore}. This
 module holds neither: it owns the thread, the queue, the batches and what
-happens to a request whose caller stops waiting.
+happens to a request whose caller stops waiting (the writer thread's side,
+the batches and their transactions, is L{tvlink.payment.writer}).
 
 A caller that stops waiting (the back-end timeout of
 L{tvlink.payment.backend.LedgerHandler}) calls L{PaymentLedger.abandon}:
@@ -38,45 +39,16 @@ from tvlink.link.settings import globalReactor
 from tvlink.payment import accounts
 from tvlink.payment.backend import IAbandonableBackend
 from tvlink.payment.errors import LedgerClosed, LedgerError, StillApplying
-from tvlink.payment.rules import ACTIVE, FROZEN, Outcome, applyMessage, stateOf, wallclockText
+from tvlink.payment.rules import ACTIVE, FROZEN, Outcome, applyMessage, stateOf
+from tvlink.payment.writer import STOP, LedgerWriter, Work
 from tvlink.store.ledgersql import openLedgerStore
 from tvlink.store.postgresql import isURL, maskURL
 
 __all__ = ["PaymentLedger"]
 
 
-class _Work:
-    """
-    One piece of work for the writer: C{run(store, now, work)}, and the
-    L{Deferred} of its result.
-
-    The flags are set under the ledger's lock. C{started}: the writer has
-    begun applying it (from then on it is committed as it is).
-    C{abandoned}: its caller stopped waiting (L{PaymentLedger.abandon} or
-    a cancellation). C{cancelled}: abandoned before it was started, so a
-    purchase or refund is journalled C{91} and not applied; never set once
-    C{started}. C{done}: its transaction has ended and C{result} is final.
-    """
-
-    __slots__ = ("run", "pans", "deferred", "cancelled", "abandoned", "started", "done", "result")
-
-    def __init__(self, run, pans=()):
-        self.run = run
-        #: The accounts it may change, locked before the batch runs.
-        self.pans = pans
-        self.deferred = None
-        self.cancelled = False
-        self.abandoned = False
-        self.started = False
-        self.done = False
-        self.result = None
-
-
-_STOP = object()
-
-
 @implementer(IAbandonableBackend)
-class PaymentLedger:
+class PaymentLedger(LedgerWriter):
     """
     Accounts and the journal of applied requests in one SQLite file, or in
     a PostgreSQL database several ledgers (payment nodes) share, with one
@@ -110,16 +82,6 @@ class PaymentLedger:
     """
 
     log = Logger(namespace="tvlink.ledger")
-
-    #: The most pieces of work one transaction takes.
-    maxBatch = 1000
-
-    #: How many times a batch rolled back by a deadlock with another
-    #: node is run again before its work fails.
-    maxRetries = 5
-    #: Seconds between attempts to reach a database that went away (the
-    #: pool backs off on its own under this).
-    reconnectDelay = 0.5
 
     def __init__(self, path, reactor=None, group_commit=True, busy_timeout=5.0, wallclock=time.time):
         if not isinstance(path, str) or not path:
@@ -220,7 +182,7 @@ class PaymentLedger:
             return d
         self.state = "closing"
         self._closing = [d]
-        self._queue.put(_STOP)
+        self._queue.put(STOP)
         # A writer waiting for a database that went away gives up.
         self._wake.set()
         return d
@@ -237,7 +199,7 @@ class PaymentLedger:
                 work = q.get_nowait()
             except queue.Empty:
                 break
-            if work is not _STOP and not work.deferred.called:
+            if work is not STOP and not work.deferred.called:
                 work.deferred.errback(LedgerClosed("ledger %s closed before applying this" % (self.path,)))
         self._works.clear()
         waiters, self._closing = self._closing or [], None
@@ -278,7 +240,7 @@ class PaymentLedger:
                 return fail(e)
         if self.state != "open":
             return fail(LedgerClosed("ledger %s is %s" % (self.path, self.state)))
-        work = _Work(run, pans)
+        work = Work(run, pans)
         work.deferred = Deferred(lambda d: self._cancel(work))
         self._works[work.deferred] = work
         self._queue.put(work)
@@ -432,150 +394,6 @@ class PaymentLedger:
         L{LedgerStore.moneyMovedBetween<tvlink.store.ledgersql.LedgerStore.moneyMovedBetween>}.
         """
         return self._submit(lambda store, now, work: store.moneyMovedBetween(start, end, sender, applied))
-
-    # -- the writer thread ---------------------------------------------------
-
-    def _run(self, store, q):
-        try:
-            stop = False
-            while not stop:
-                batch = [q.get()]
-                limit = self.maxBatch if self.group_commit else 1
-                if self.group_commit:
-                    while len(batch) < limit:
-                        try:
-                            batch.append(q.get_nowait())
-                        except queue.Empty:
-                            break
-                if batch[-1] is _STOP:
-                    batch.pop()
-                    stop = True
-                if batch:
-                    self._commit(store, batch)
-        finally:
-            store.close()
-            self.reactor.callFromThread(self._closed, threading.current_thread(), q)
-
-    def _commit(self, store, batch):
-        now = wallclockText(self._wallclock())
-        started = time.perf_counter()
-        retries = 0
-        while True:
-            try:
-                results = self._transaction(store, batch, now)
-            except Exception as e:
-                if store.lost(e):
-                    # Nothing of this batch is known to be durable: once
-                    # connected again, run it again. Every request is
-                    # idempotent by its key, so what did commit is found
-                    # in the journal and answered as it was.
-                    if self._reconnected(store, e):
-                        continue
-                elif store.retryable(e) and retries < self.maxRetries:
-                    # A deadlock with another node: rolled back whole.
-                    retries += 1
-                    self.retriedBatches += 1
-                    self._rollback(store)
-                    continue
-                else:
-                    self._rollback(store)
-                self.failedCommits += 1
-                failure = Failure(LedgerError("ledger %s: transaction failed: %s" % (self.path, e)))
-                results = [failure] * len(batch)
-            else:
-                self.commits += 1
-                self.requests += len(batch)
-                self.largestBatch = max(self.largestBatch, len(batch))
-                if self._afterCommit is not None:
-                    self._afterCommit(batch)
-            break
-        self.commitSeconds += time.perf_counter() - started
-        with self._lock:
-            for work, result in zip(batch, results):
-                work.result = result
-                work.done = True
-                if work.abandoned and not isinstance(result, Failure):
-                    if work.cancelled:
-                        self.voids += 1
-                    else:
-                        self.abandonedLate += 1
-        self.reactor.callFromThread(self._deliver, batch)
-
-    def _transaction(self, store, batch, now):
-        """
-        Apply C{batch} in one transaction, a savepoint per piece; the
-        results. Raises what fails the transaction as a whole.
-        """
-        results = []
-        store.begin()
-        store.lockAccounts([pan for work in batch for pan in work.pans])
-        for work in batch:
-            # From here on an abandon() cannot stop this work: it is
-            # applied (or not, if abandoned already) and committed as it
-            # is, and its caller gets the real answer.
-            with self._lock:
-                work.started = True
-            for attempt in (1, 2):
-                store.savepoint()
-                try:
-                    result = work.run(store, now, work)
-                except BaseException as e:
-                    if isinstance(e, Exception) and (store.lost(e) or store.retryable(e)):
-                        raise
-                    result = Failure()
-                    store.rollbackToSavepoint()
-                    store.releaseSavepoint()
-                    if attempt == 1 and isinstance(e, store.IntegrityError):
-                        # Another node committed the same key meanwhile:
-                        # run it again, and it finds that answer.
-                        continue
-                else:
-                    store.releaseSavepoint()
-                break
-            results.append(result)
-        if self._beforeCommit is not None:
-            self._beforeCommit(batch)
-        store.commit()
-        return results
-
-    def _rollback(self, store):
-        try:
-            store.rollback()
-        except store.Error:
-            pass
-
-    def _reconnected(self, store, error):
-        """
-        Wait (on the writer thread) until the database is reachable again,
-        or the ledger closes.
-
-        @return: whether it is connected again.
-        """
-        if self.databaseUp:
-            self.databaseUp = False
-            self.reactor.callFromThread(
-                self.log.error,
-                "ledger {path}: connection to the database lost ({why}); answers wait until it is back",
-                ledger_event="database-lost",
-                path=self.path,
-                why=str(error).strip() or type(error).__name__,
-            )
-        while not self._wake.is_set():
-            try:
-                store.reconnect()
-            except LedgerError:
-                self._wake.wait(self.reconnectDelay)
-                continue
-            self.databaseUp = True
-            self.reconnects += 1
-            self.reactor.callFromThread(
-                self.log.info,
-                "ledger {path}: connected to the database again",
-                ledger_event="reconnected",
-                path=self.path,
-            )
-            return True
-        return False
 
     # -- back on the reactor thread --------------------------------------
 

@@ -437,7 +437,7 @@ class PlatformService(PlatformFiles, Draining, LinkService):
     @property
     def reversals(self):
         """
-        The settlement's L{tvlink.platform.journal.Reversals}, or C{None}
+        The settlement's L{tvlink.platform.reversals.Reversals}, or C{None}
         without a journal.
         """
         return self.settlement.reversals if self.settlement is not None else None

@@ -24,7 +24,8 @@ from tvlink.errors import (
     RequestTimeout,
 )
 from tvlink.link import wire
-from tvlink.platform.journal import APPROVED, DECLINED, INTEGRITY_ERRORS, PENDING, REVERSAL_DONE, Reversals
+from tvlink.platform.journal import APPROVED, DECLINED, INTEGRITY_ERRORS, PENDING, REVERSAL_DONE
+from tvlink.platform.reversals import Reversals
 
 #: Answers to a purchase or refund that do not say whether money moved.
 UNCERTAIN_ANSWERS = frozenset((wire.DESTINATION_UNAVAILABLE, wire.SYSTEM_MALFUNCTION))

@@ -23,8 +23,9 @@ class says where its database differs, and only there:
  - the schema: its tables (C{SCHEMA}) and how its version is kept
    (SQLite: C{PRAGMA user_version}).
 
-L{SQLiteLedgerStore} is one SQLite file in WAL mode, C{synchronous=FULL}.
-L{PostgreSQLLedgerStore} is a PostgreSQL database several payment nodes
+L{SQLiteLedgerStore} (C{ledgersqlite}) is one SQLite file in WAL mode,
+C{synchronous=FULL}. L{PostgreSQLLedgerStore} (C{ledgerpostgresql}) is a
+PostgreSQL database several payment nodes
 share: its C{BEGIN}, its C{FOR UPDATE} reads, L{LedgerStore.lockAccounts}
 (the accounts of a batch locked in card-number order),
 L{LedgerStore.lost}, L{LedgerStore.retryable} and
@@ -40,16 +41,11 @@ L{LedgerStore.begin} and friends or L{LedgerStore.transaction}.
 
 import contextlib
 import json
-import os
-import pathlib
-import sqlite3
 
-import psycopg
-
-from tvlink.payment.errors import LedgerError, LedgerNotFound, NotALedger
+from tvlink.payment.errors import LedgerError
 from tvlink.store import postgresql as pgsql
 
-__all__ = ["SCHEMA_VERSION", "LedgerStore", "SQLiteLedgerStore", "PostgreSQLLedgerStore", "openLedgerStore"]
+__all__ = ["SCHEMA_VERSION", "LedgerStore", "openLedgerStore"]
 
 #: The schema version the stores write (SQLite: C{PRAGMA user_version};
 #: PostgreSQL: the C{tvlink_schema} table).
@@ -432,268 +428,15 @@ class LedgerStore:
         return [dict(zip(columns, row)) for row in cursor.fetchall()]
 
 
-#: The SQLite schema, as it was first written (C{sqlite_master} keeps this text).
-_SQLITE_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS accounts (
-        pan TEXT PRIMARY KEY,
-        balance INTEGER NOT NULL,
-        opening INTEGER NOT NULL,
-        status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'frozen')),
-        opened_at TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS journal (
-        id INTEGER PRIMARY KEY,
-        sender TEXT NOT NULL,
-        stan TEXT NOT NULL,
-        time TEXT NOT NULL,
-        mti TEXT NOT NULL,
-        proc TEXT,
-        pan TEXT,
-        amount INTEGER,
-        order_id TEXT,
-        orig_mti TEXT,
-        orig_sender TEXT,
-        orig_stan TEXT,
-        orig_time TEXT,
-        resp TEXT NOT NULL,
-        state TEXT NOT NULL,
-        refunded INTEGER NOT NULL DEFAULT 0,
-        answer TEXT NOT NULL,
-        fingerprint TEXT NOT NULL,
-        applied_at TEXT NOT NULL,
-        UNIQUE (sender, stan, time))""",
-    "CREATE INDEX IF NOT EXISTS journal_orig ON journal (orig_sender, orig_stan, orig_time)",
-)
-
-
-class SQLiteLedgerStore(LedgerStore):
-    """
-    The ledger in one SQLite file: WAL, C{synchronous=FULL}, a busy
-    timeout, the schema version in C{PRAGMA user_version}.
-    """
-
-    Error = sqlite3.Error
-    IntegrityError = sqlite3.IntegrityError
-
-    #: Takes the file's write lock at once, so the whole transaction is
-    #: serialised against every other writer (the admin command too).
-    BEGIN = "BEGIN IMMEDIATE"
-
-    SCHEMA_VERSION = SCHEMA_VERSION
-
-    SCHEMA = _SQLITE_SCHEMA
-
-    @classmethod
-    def open(cls, path, create=True, busy_timeout=5.0):
-        """
-        Open the ledger at C{path}, its schema checked (and created when
-        C{create}).
-
-        @return: a store on a connection in autocommit mode (transactions
-            are begun explicitly), usable from one thread at a time.
-        @raise LedgerNotFound: if C{create} is false and there is no file.
-        @raise NotALedger: if the file is not a tvlink ledger.
-        @raise LedgerError: if it cannot be opened.
-        """
-        try:
-            if create:
-                conn = sqlite3.connect(
-                    path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-                )
-            else:
-                if not os.path.isfile(path):
-                    raise LedgerNotFound("no ledger at %s" % (path,))
-                uri = pathlib.Path(os.path.abspath(path)).as_uri() + "?mode=rw"
-                conn = sqlite3.connect(
-                    uri, uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-                )
-        except sqlite3.Error as e:
-            raise LedgerError("cannot open ledger %s: %s" % (path, e)) from None
-        store = cls(conn, path)
-        try:
-            conn.execute("PRAGMA busy_timeout = %d" % (int(busy_timeout * 1000),))
-            conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            conn.execute("PRAGMA synchronous = FULL")
-            store._ensureSchema(create)
-        except sqlite3.DatabaseError as e:
-            conn.close()
-            if "not a database" in str(e) or "malformed" in str(e):
-                raise NotALedger("%s is not a SQLite database: %s" % (path, e)) from None
-            raise LedgerError("cannot open ledger %s: %s" % (path, e)) from None
-        except LedgerError:
-            conn.close()
-            raise
-        return store
-
-    def _version(self):
-        return self.conn.execute("PRAGMA user_version").fetchone()[0]
-
-    def _ensureSchema(self, create):
-        version = self._version()
-        if version == self.SCHEMA_VERSION:
-            return
-        if version > self.SCHEMA_VERSION:
-            raise LedgerError(
-                "ledger %s has schema version %d; this tvlink knows %d"
-                % (self.path, version, self.SCHEMA_VERSION)
-            )
-        if not create:
-            raise NotALedger("%s is not a tvlink ledger (no ledger tables)" % (self.path,))
-        with self.transaction():
-            if self._version() == 0:
-                for statement in self.SCHEMA:
-                    self.conn.execute(statement)
-                self.conn.execute("PRAGMA user_version = %d" % (self.SCHEMA_VERSION,))
-
-
-#: The PostgreSQL schema: SQLite's, with identity and 64-bit columns.
-_POSTGRESQL_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS accounts (
-        pan TEXT PRIMARY KEY,
-        balance BIGINT NOT NULL,
-        opening BIGINT NOT NULL,
-        status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'frozen')),
-        opened_at TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS journal (
-        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-        sender TEXT NOT NULL,
-        stan TEXT NOT NULL,
-        time TEXT NOT NULL,
-        mti TEXT NOT NULL,
-        proc TEXT,
-        pan TEXT,
-        amount BIGINT,
-        order_id TEXT,
-        orig_mti TEXT,
-        orig_sender TEXT,
-        orig_stan TEXT,
-        orig_time TEXT,
-        resp TEXT NOT NULL,
-        state TEXT NOT NULL,
-        refunded BIGINT NOT NULL DEFAULT 0,
-        answer TEXT NOT NULL,
-        fingerprint TEXT NOT NULL,
-        applied_at TEXT NOT NULL,
-        UNIQUE (sender, stan, time))""",
-    "CREATE INDEX IF NOT EXISTS journal_orig ON journal (orig_sender, orig_stan, orig_time)",
-    "CREATE INDEX IF NOT EXISTS journal_applied ON journal (applied_at)",
-)
-
-
-class PostgreSQLLedgerStore(LedgerStore):
-    """
-    The ledger in a PostgreSQL database that several payment nodes share.
-
-    Isolation and locking: every transaction is C{READ COMMITTED}; the
-    rows a request is about to change are read C{FOR UPDATE} (the account
-    it debits, the original a refund or reversal changes), so a second
-    node's transaction waits for the first to commit and then reads the
-    balance it left: no update is lost and no account is overdrawn. A
-    batch first locks every account it will touch in card-number order
-    (L{lockAccounts}), so two nodes' batches cannot deadlock on accounts;
-    a deadlock on anything else (or a serialization failure) rolls the
-    batch back and the writer runs it again (L{retryable}). The same key
-    arriving at two nodes at once: the journal's unique key makes the
-    second insert wait for the first transaction and then fail; the
-    writer runs that request again, and it then reads the first answer.
-
-    The schema version is kept in the C{tvlink_schema} table.
-    """
-
-    Error = psycopg.Error
-    IntegrityError = psycopg.IntegrityError
-
-    BEGIN = pgsql.BEGIN
-    SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-    ACCOUNT_FOR_CHANGE = LedgerStore.ACCOUNT_FOR_CHANGE + " FOR UPDATE"
-    JOURNAL_ORIGINAL = LedgerStore.JOURNAL_ORIGINAL + " FOR UPDATE"
-    ACCOUNT_INSERT = LedgerStore.ACCOUNT_INSERT + " ON CONFLICT (pan) DO NOTHING"
-    ACCOUNTS_LOCK = "SELECT pan FROM accounts WHERE pan = ANY(?) ORDER BY pan FOR UPDATE"
-
-    SCHEMA_VERSION = SCHEMA_VERSION
-    SCHEMA = _POSTGRESQL_SCHEMA
-
-    def __init__(self, pool, path, connect_timeout=10.0):
-        self.pool = pool
-        self.connect_timeout = connect_timeout
-        LedgerStore.__init__(self, pgsql.Connection(pool.getconn()), path)
-
-    @classmethod
-    def open(cls, url, create=True, connect_timeout=10.0):
-        """
-        Connect to the ledger at C{url}, its schema checked (and created
-        or brought up to date when C{create}).
-
-        @raise LedgerNotFound: if C{create} is false and the database
-            holds no ledger.
-        @raise LedgerError: if it cannot be reached, or holds a newer
-            schema.
-        """
-        where = pgsql.maskURL(url)
-        try:
-            pool = pgsql.openPool(url, connect_timeout)
-        except (pgsql.DatabaseUnavailable, ValueError) as e:
-            raise LedgerError(str(e)) from None
-        try:
-            store = cls(pool, where, connect_timeout)
-        except psycopg.Error as e:
-            pool.close()
-            raise LedgerError("cannot open ledger %s: %s" % (where, e)) from None
-        try:
-            if not create and pgsql.schemaVersion(store.conn, "ledger") == 0:
-                raise LedgerNotFound("no ledger at %s" % (where,))
-            pgsql.ensureSchema(store.conn, "ledger", cls.SCHEMA_VERSION, cls.SCHEMA, where=where)
-        except pgsql.DatabaseUnavailable as e:
-            store.close()
-            raise LedgerError(str(e)) from None
-        except psycopg.Error as e:
-            store.close()
-            raise LedgerError("cannot open ledger %s: %s" % (where, e)) from None
-        except LedgerError:
-            store.close()
-            raise
-        return store
-
-    def _execute(self, sql, params=()):
-        # Not bound once to the connection: a reconnect replaces it.
-        return self.conn.execute(sql, params)
-
-    def close(self):
-        if self.conn is not None:
-            self.pool.putconn(self.conn.raw)
-            self.conn = None
-        self.pool.close()
-
-    def insertAccount(self, pan, balance, status, now):
-        # A broken constraint would abort the transaction here, not just
-        # the statement: ask the database to skip the row instead.
-        cursor = self._execute(self.ACCOUNT_INSERT, (pan, balance, balance, status, now))
-        return cursor.rowcount == 1
-
-    def lockAccounts(self, pans):
-        if pans:
-            self._execute(self.ACCOUNTS_LOCK, (sorted(set(pans)),))
-
-    def lost(self, error):
-        return self.conn is None or pgsql.isLost(self.conn.raw)
-
-    def retryable(self, error):
-        return isinstance(error, pgsql.RETRYABLE)
-
-    def reconnect(self):
-        if self.conn is not None:
-            self.pool.putconn(self.conn.raw)
-            self.conn = None
-        try:
-            self.conn = pgsql.Connection(self.pool.getconn(timeout=self.connect_timeout))
-        except psycopg.Error as e:
-            raise LedgerError("ledger %s: the database is unreachable: %s" % (self.path, e)) from None
-
-
 def openLedgerStore(where, create=True, busy_timeout=5.0):
     """
     The store of the ledger C{where} names: a C{postgresql://} URL, or a
     SQLite path.
     """
     if pgsql.isURL(where):
+        from tvlink.store.ledgerpostgresql import PostgreSQLLedgerStore
+
         return PostgreSQLLedgerStore.open(where, create=create, connect_timeout=max(busy_timeout, 1.0))
+    from tvlink.store.ledgersqlite import SQLiteLedgerStore
+
     return SQLiteLedgerStore.open(where, create=create, busy_timeout=busy_timeout)

@@ -4,7 +4,7 @@ psycopg-pool pool that reconnects), the one place where its SQL differs
 from SQLite's, its versioned schema, and L{PostgreSQLStore}, the
 L{tvlink.store.writer.WriterStore} the platform's journal runs on when
 given C{postgresql://...}. The payment ledger's PostgreSQL statements are
-in L{tvlink.store.ledgersql.PostgreSQLLedgerStore}, next to SQLite's.
+in L{tvlink.store.ledgerpostgresql.PostgreSQLLedgerStore}, next to SQLite's.
 
 Why blocking psycopg on a thread, not psycopg's asyncio API bridged to
 Twisted: the stores already run every transaction on a writer thread
