@@ -16,6 +16,10 @@ class CommandParser(argparse.ArgumentParser):
     out = None
     err = None
 
+    def __init__(self, *args, out=None, err=None, **kwargs):
+        argparse.ArgumentParser.__init__(self, *args, **kwargs)
+        self.out, self.err = out, err
+
     def print_usage(self, file=None):
         argparse.ArgumentParser.print_usage(self, self._stream(file))
 
@@ -47,8 +51,7 @@ def databaseParser(prog, description, what, writer, out, err):
     @return: C{(parser, command)}, C{command(name, help)} adding a
         subcommand parser and returning it.
     """
-    parser = CommandParser(prog=prog, description=description)
-    parser.out, parser.err = out, err
+    parser = CommandParser(prog=prog, description=description, out=out, err=err)
     parser.add_argument(
         "--db",
         required=True,
@@ -67,9 +70,7 @@ def databaseParser(prog, description, what, writer, out, err):
     commands.required = True
 
     def command(name, help):
-        sub = commands.add_parser(name, help=help, description=help)
-        sub.out, sub.err = out, err
-        return sub
+        return commands.add_parser(name, help=help, description=help, out=out, err=err)
 
     return parser, command
 
@@ -85,10 +86,9 @@ def parseCommand(name, parser, argv, err, usage):
         exit with C{status} (help given, or a usage error reported on
         C{err}).
     """
-    try:
-        args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    except SystemExit as e:
-        return None, (e.code if isinstance(e.code, int) else usage)
+    args, status = parseArguments(parser, argv, usage)
+    if args is None:
+        return None, status
     if args.busy_timeout <= 0:
         err.write("tvlink %s: --busy-timeout must be positive\n" % (name,))
         return None, usage
@@ -97,3 +97,25 @@ def parseCommand(name, parser, argv, err, usage):
         err.write("tvlink %s: --limit must be at least 1, not %d\n" % (name, limit))
         return None, usage
     return args, None
+
+
+def streams(out, err):
+    """
+    C{(out, err)}: those given, or standard output and standard error.
+    """
+    return (sys.stdout if out is None else out), (sys.stderr if err is None else err)
+
+
+def parseArguments(parser, argv, usage):
+    """
+    Parse C{argv} (the command line's arguments when C{None}) with
+    C{parser}.
+
+    @return: C{(args, None)}, or C{(None, status)} when the command must
+        exit with C{status} (help given, or a usage error reported: then
+        C{usage}).
+    """
+    try:
+        return parser.parse_args(sys.argv[1:] if argv is None else list(argv)), None
+    except SystemExit as e:
+        return None, (e.code if isinstance(e.code, int) else usage)

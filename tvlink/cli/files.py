@@ -23,7 +23,7 @@ import sys
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
-from tvlink.cli.commands import CommandParser
+from tvlink.cli.commands import CommandParser, parseArguments
 from tvlink.files import protocol as fp
 from tvlink.files.names import NameRefused, checkName, checkSender
 from tvlink.link import wire
@@ -42,8 +42,9 @@ def _parser(out, err):
         description="Send, fetch and list files on a payment node.",
         epilog="exit status: 0 done, 1 refused by the node, 2 bad arguments, 3 corrupt (nothing kept), "
         "4 connection failed, cut off or timed out (run again to resume), 5 a local file cannot be read or written",
+        out=out,
+        err=err,
     )
-    parser.out, parser.err = out, err
     common = CommandParser(add_help=False)
     common.add_argument("--connect", required=True, metavar="HOST:PORT", help="the payment node's files port")
     common.add_argument("--sender", required=True, metavar="ID", help="this platform's institution id")
@@ -63,8 +64,7 @@ def _parser(out, err):
         ("get", "fetch a file", (("name", "NAME", "its name on the node"), ("dest", "DEST", "where to write it"))),
         ("list", "list this sender's files", ()),
     ):
-        sub = commands.add_parser(name, help=help, description=help, parents=[common])
-        sub.out, sub.err = out, err
+        sub = commands.add_parser(name, help=help, description=help, parents=[common], out=out, err=err)
         for dest, metavar, text in positional:
             sub.add_argument(dest, metavar=metavar, help=text)
     return parser
@@ -120,10 +120,9 @@ async def run(reactor, argv, out, err, tty=None):
     """
     Run C{tvlink files ARGV...} on C{reactor}; the exit status.
     """
-    try:
-        args = _parser(out, err).parse_args(list(argv))
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else USAGE
+    args, status = parseArguments(_parser(out, err), list(argv), USAGE)
+    if args is None:
+        return status
     try:
         client = _client(args, reactor)
         if args.command in ("put", "get"):

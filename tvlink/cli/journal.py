@@ -25,12 +25,11 @@ a bad key file, a card under neither key ...), 2 bad arguments.
 import os
 import pathlib
 import sqlite3
-import sys
 import time
 
 import psycopg
 
-from tvlink.cli.commands import databaseParser, parseCommand
+from tvlink.cli.commands import databaseParser, parseCommand, streams
 from tvlink.platform.cardvault import CardVault, CardVaultError
 from tvlink.platform.journal import (
     COLUMNS,
@@ -76,8 +75,7 @@ def main(argv=None, out=None, err=None):
     """
     Run C{tvlink journal ARGV...}; return the exit status.
     """
-    out = sys.stdout if out is None else out
-    err = sys.stderr if err is None else err
+    out, err = streams(out, err)
     args, status = parseCommand("journal", _parser(out, err), argv, err, USAGE)
     if args is None:
         return status

@@ -13,9 +13,8 @@ status: 0 done, 1 refused (no such terminal, one with a key already, a
 file that cannot be read or written), 2 bad arguments.
 """
 
-import sys
 
-from tvlink.cli.commands import CommandParser
+from tvlink.cli.commands import CommandParser, parseArguments, streams
 from tvlink.web.keys import KeyFile, KeyFileError
 
 #: Exit statuses.
@@ -25,8 +24,9 @@ USAGE = 2
 
 
 def _parser(out, err):
-    parser = CommandParser(prog="tvlink keys", description="Make, list and revoke the terminals' API keys.")
-    parser.out, parser.err = out, err
+    parser = CommandParser(
+        prog="tvlink keys", description="Make, list and revoke the terminals' API keys.", out=out, err=err
+    )
     parser.add_argument("--file", required=True, metavar="PATH", help="the key file (created by the first add)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
@@ -35,8 +35,7 @@ def _parser(out, err):
         ("revoke", "remove a terminal's key (a running platform drops it on SIGHUP)"),
         ("list", "list the terminals that have a key, with when it was made"),
     ):
-        sub = commands.add_parser(name, help=help, description=help)
-        sub.out, sub.err = out, err
+        sub = commands.add_parser(name, help=help, description=help, out=out, err=err)
         if name != "list":
             sub.add_argument("terminal", metavar="TERMINAL-ID")
     return parser
@@ -46,12 +45,10 @@ def main(argv=None, out=None, err=None):
     """
     Run C{tvlink keys ARGV...}; return the exit status.
     """
-    out = sys.stdout if out is None else out
-    err = sys.stderr if err is None else err
-    try:
-        args = _parser(out, err).parse_args(sys.argv[1:] if argv is None else list(argv))
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else USAGE
+    out, err = streams(out, err)
+    args, status = parseArguments(_parser(out, err), argv, USAGE)
+    if args is None:
+        return status
     try:
         keys = KeyFile.load(args.file, missing_ok=args.command == "add")
         if args.command == "list":

@@ -25,10 +25,9 @@ card, duplicate account, no ledger file ...), 2 bad arguments.
 """
 
 import shlex
-import sys
 import time
 
-from tvlink.cli.commands import databaseParser, parseCommand
+from tvlink.cli.commands import databaseParser, parseCommand, streams
 from tvlink.cli.reconcile import addReconcileFileCommand, reconcileFile
 from tvlink.masking import maskCard as maskPan
 from tvlink.payment import accounts
@@ -76,8 +75,7 @@ def main(argv=None, out=None, err=None):
     """
     Run C{tvlink ledger ARGV...}; return the exit status.
     """
-    out = sys.stdout if out is None else out
-    err = sys.stderr if err is None else err
+    out, err = streams(out, err)
     args, status = parseCommand("ledger", _parser(out, err), argv, err, USAGE)
     if args is None:
         return status

@@ -15,10 +15,9 @@ arguments, 3 when the file or the journal cannot be read.
 
 import argparse
 import os
-import sys
 import time
 
-from tvlink.cli.commands import CommandParser
+from tvlink.cli.commands import CommandParser, parseArguments, streams
 from tvlink.files import compare, reconcile
 from tvlink.files.names import FileStore, NameRefused, checkSender
 from tvlink.payment.errors import LedgerError
@@ -117,8 +116,9 @@ def _parser(out, err):
         description="Check the payment side's reconciliation file against the platform's journal.",
         epilog="exit status: 0 everything agrees, 1 something disagrees, 2 bad arguments, "
         "3 the file or the journal cannot be read",
+        out=out,
+        err=err,
     )
-    parser.out, parser.err = out, err
     parser.add_argument("--journal", required=True, metavar="PATH", help="the platform's journal (PATH or sqlite:PATH)")
     parser.add_argument("--file", required=True, metavar="PATH", help="the reconciliation file")
     parser.add_argument("--sender", metavar="ID", help="whose entries to compare (default: the file's sender)")
@@ -135,12 +135,10 @@ def main(argv=None, out=None, err=None):
     from tvlink.cli.journal import JournalConnection, JournalMissing
     from tvlink.platform.journal import moneyMovingBetween, parseJournalOption
 
-    out = sys.stdout if out is None else out
-    err = sys.stderr if err is None else err
-    try:
-        args = _parser(out, err).parse_args(sys.argv[1:] if argv is None else list(argv))
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else USAGE
+    out, err = streams(out, err)
+    args, status = parseArguments(_parser(out, err), argv, USAGE)
+    if args is None:
+        return status
     try:
         with open(args.file, encoding="ascii") as f:
             header, details, _ = reconcile.readFile(f.read())
