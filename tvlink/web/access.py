@@ -9,27 +9,7 @@ import math
 
 from twisted.web.server import NOT_DONE_YET
 
-from tvlink.web.responses import JSONResource, writeJSON
-
-
-class Refusal(JSONResource):
-    """
-    A JSON refusal, C{code} with C{error} and C{message}, for any method.
-    """
-
-    isLeaf = True
-
-    def __init__(self, code, error, message, headers=()):
-        JSONResource.__init__(self)
-        self.code = code
-        self.error = error
-        self.message = message
-        self.headers = list(headers)
-
-    def render(self, request):
-        writeJSON(request, self.code, {"error": self.error, "message": self.message}, self.headers)
-        return NOT_DONE_YET
-
+from tvlink.web.responses import Refusal, writeJSON
 
 UNAUTHORIZED = Refusal(
     401,

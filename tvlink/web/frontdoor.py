@@ -22,7 +22,6 @@ refusal of the API, written straight to the connection, which then closes.
 """
 
 import io
-import json
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -32,6 +31,7 @@ from twisted.web.server import Request
 
 from tvlink.link.limits import ConnectionCaps, LimitLog
 from tvlink.link.settings import positive
+from tvlink.web.responses import encodeJSON
 from tvlink.web.validation import MAX_BODY
 
 #: Connections one client address may hold open by default.
@@ -84,7 +84,7 @@ def refuseOnWire(channel, code, phrase, error, message):
     written straight to its transport (no request is being answered), and
     close it.
     """
-    body = json.dumps({"error": error, "message": message}).encode("utf-8") + b"\n"
+    body = encodeJSON({"error": error, "message": message})
     head = (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json; charset=utf-8\r\n"
         b"content-length: %d\r\nconnection: close\r\ncache-control: no-store\r\n\r\n" % (code, phrase, len(body))

@@ -72,8 +72,7 @@ class JSONResource(Resource):
 
     def render(self, request):
         if self.exact and any(request.postpath):
-            writeJSON(request, 404, {"error": "not-found", "message": "no such resource"})
-            return NOT_DONE_YET
+            return NotFound().render(request)
         method = request.method.decode("ascii", "replace").upper()
         handler = getattr(self, "render_" + method, None)
         if handler is None and method == "HEAD":
@@ -92,17 +91,30 @@ class JSONResource(Resource):
         return handler(request)
 
 
-class NotFound(JSONResource):
+class Refusal(JSONResource):
     """
-    A JSON 404 for any path under it.
+    A JSON refusal, C{code} with C{error} and C{message}, for any method
+    and any path under it.
     """
 
     isLeaf = True
 
-    def __init__(self, message="no such resource"):
+    def __init__(self, code, error, message, headers=()):
         JSONResource.__init__(self)
+        self.code = code
+        self.error = error
         self.message = message
+        self.headers = list(headers)
 
     def render(self, request):
-        writeJSON(request, 404, {"error": "not-found", "message": self.message})
+        writeJSON(request, self.code, {"error": self.error, "message": self.message}, self.headers)
         return NOT_DONE_YET
+
+
+class NotFound(Refusal):
+    """
+    A JSON 404 for any path under it.
+    """
+
+    def __init__(self, message="no such resource"):
+        Refusal.__init__(self, 404, "not-found", message)

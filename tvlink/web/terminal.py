@@ -35,7 +35,6 @@ from tvlink.web.access import Access
 from tvlink.web.orders import asFen, entryReply, reference, stateMessage
 from tvlink.web.validation import APIError, Reply, invalid
 
-
 #: Terminal API calls in progress at once, by default.
 DEFAULT_MAX_CALLS = 500
 
@@ -229,8 +228,6 @@ class TerminalAPI:
         is ready (with C{newOrder}: see L{PlatformService.request}).
         """
         await self._whenLinkReady(service)
-        if terminal is None and not newOrder:
-            return await service.request(message)
         return await service.request(message, terminal=terminal, newOrder=newOrder)
 
     def _remember(self, key, card):
