@@ -46,7 +46,7 @@ import atheris
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 with atheris.instrument_imports(include=["tvlink", "iso8583"]):
-    from tvlink.errors import CodecError, ProtocolViolation
+    from tvlink.errors import CodecError, HeaderRejected, ProtocolViolation
     from tvlink.link import wire
     from tvlink.link import cups, iso8583
 
@@ -126,11 +126,12 @@ def checkISO(body):
     """
     An ISO 8583 body decodes to a message dict or fails with
     L{CodecError} (a CUPS header whose lengths disagree: with
-    L{ProtocolViolation}); a message that decodes and encodes again
+    L{ProtocolViolation}; one with a reject code: L{HeaderRejected},
+    which the link logs and answers); a message that decodes and encodes again
     decodes to the same dict; salvaging a key never raises.
     """
     for codec in ISO_CODECS:
-        message, encoded = decodeChecked(codec, body, (CodecError, ProtocolViolation))
+        message, encoded = decodeChecked(codec, body, (CodecError, ProtocolViolation, HeaderRejected))
         if encoded is not None and codec.decode(encoded) != message:
             raise AssertionError("round trip changed %r" % (message,))
         codec.salvage(body)

@@ -259,6 +259,16 @@ class CUPSVectorTests(SynchronousTestCase):
         e = self.assertRaises(HeaderRejected, CUPSCodec(source=PLATFORM).decode, rejected)
         self.assertEqual((e.code, e.key, e.mti), ("A0012", (PLATFORM, "000123", TIME), "0800"))
 
+    def test_reject_code_not_ascii(self):
+        """
+        A reject code that is not ASCII (found by the fuzzer) is a
+        rejected header like any other, not a crash.
+        """
+        original = cupsHeader(b"0105", b"20000002", b"10000001") + SIGN_ON[2]
+        rejected = cupsHeader(b"0151", b"10000001", b"20000002", reject=b"\xff\xff\xff\xff\xff") + original
+        e = self.assertRaises(HeaderRejected, CUPSCodec(source=PLATFORM).decode, rejected)
+        self.assertEqual(e.code, "\ufffd" * 5)
+
     def test_lengths_disagree(self):
         body = SIGN_ON[2]
         codec = CUPSCodec(source=PAYMENT)

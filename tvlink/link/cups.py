@@ -35,7 +35,7 @@ HEADER_LENGTH = 46
 #: Header flag and version: production, version 1.
 DEFAULT_FLAG = 0x01
 
-NOT_REJECTED = (b"00000", b"     ")
+NOT_REJECTED = ("00000", "     ")
 
 _LAYOUT = struct.Struct("!BB4s11s11s3sB8sB5s")
 
@@ -65,7 +65,7 @@ class CUPSHeader:
 
     @property
     def rejected(self):
-        return self.reject.encode("ascii") not in NOT_REJECTED
+        return self.reject not in NOT_REJECTED
 
     def pack(self, bodyLength):
         total = HEADER_LENGTH + bodyLength
