@@ -410,6 +410,22 @@ def measure(reactor, args, work, port, kind, connections, count, run):
             max(f["elapsed"] for f in figures), latencies)
 
 
+def cpuSeconds(children):
+    """
+    The CPU time (user and system) the processes of C{children} have used,
+    from C{/proc}; C{None} where there is no C{/proc}.
+    """
+    total = 0.0
+    for child in children:
+        try:
+            with open("/proc/%d/stat" % (child.transport.pid,)) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, TypeError):
+            return None
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def hasFrontDoor():
     """
     Whether the tvlink beside this script has the front door's options
@@ -468,21 +484,27 @@ def main(reactor, args):
         print("tvlink web bench: %d requests a phase (after %d warm-up), %s connections, load in %s, ledger %s, 127.0.0.1"
               % (args.requests, args.warmup, "/".join(map(str, args.connections)),
                  "this process" if args.load_processes == 1 else "%d processes" % args.load_processes, args.ledger))
-        print("%6s %-9s %9s %7s %8s %9s %8s %8s %8s %7s" % (
-            "conns", "phase", "requests", "errors", "seconds", "req/s", "p50 ms", "p99 ms", "max ms", "/floor"))
+        print("%6s %-9s %9s %7s %8s %9s %8s %8s %8s %7s %8s" % (
+            "conns", "phase", "requests", "errors", "seconds", "req/s", "p50 ms", "p99 ms", "max ms", "/floor", "cpu us"))
         for connections in args.connections:
             results = {}
             for name in args.phases:
                 port = floorPort if name == "floor" else webPort
                 tag = "%s-%d-%s" % (run, connections, name)
                 yield measure(reactor, args, work, port, name, connections, args.warmup, tag + "-w")
+                # The serving processes' CPU per answer: the floor's, or the
+                # platform's and the payment node's together.
+                serving = [floor] if name == "floor" else [platform, payment]
+                before = cpuSeconds(serving)
                 answered, errors, elapsed, lat = yield measure(reactor, args, work, port, name, connections, args.requests, tag)
+                after = cpuSeconds(serving)
+                cpu = "%8.0f" % ((after - before) / answered * 1e6,) if None not in (before, after) and answered else "%8s" % ("",)
                 rps = answered / elapsed if elapsed else 0.0
                 results[name] = rps
                 ratio = "%7.3f" % (rps / results["floor"],) if "floor" in results and name != "floor" else "%7s" % ("",)
-                print("%6d %-9s %9d %7d %8.2f %9.0f %8.2f %8.2f %8.2f %s" % (
+                print("%6d %-9s %9d %7d %8.2f %9.0f %8.2f %8.2f %8.2f %s %s" % (
                     connections, name, answered, errors, elapsed, rps, percentile(lat, 50) * 1000,
-                    percentile(lat, 99) * 1000, (lat[-1] if lat else 0) * 1000, ratio))
+                    percentile(lat, 99) * 1000, (lat[-1] if lat else 0) * 1000, ratio, cpu))
                 sys.stdout.flush()
     finally:
         if wall.active():

@@ -130,6 +130,41 @@ class DeadlineTests(SynchronousTestCase):
         transport = self.drip(door, head, b" ", 5)
         self.assertEqual(_answers(transport)[0][0], 408)
 
+    def test_bodyDeadlineRunsFromTheEndOfTheHead(self):
+        """
+        The body's deadline starts when the head is complete: a head that
+        took most of its own deadline does not shorten the body's, and the
+        head's deadline no longer applies.
+        """
+        door = Door(head_timeout=10, body_timeout=5, idle_timeout=30)
+        protocol, transport = door.connect()
+        protocol.dataReceived(b"POST / HTTP/1.1\r\nContent-Type: application/json\r\n")
+        door.clock.advance(8)
+        protocol.dataReceived(b"Content-Length: 100\r\n\r\n{")
+        door.clock.advance(4.5)
+        self.assertFalse(transport.disconnecting)
+        door.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        [(status, body)] = _answers(transport)
+        self.assertEqual((status, body["error"]), (408, "timeout"))
+        self.assertIn("body did not arrive within 5s", body["message"])
+        self.assertEqual(door.factory.limits.hits, {"http-body-timeout": 1})
+
+    def test_localAddressLookedUpOnce(self):
+        """
+        The channel asks its transport for the local address once, however
+        many requests ask it.
+        """
+        door = Door()
+        protocol, transport = door.connect()
+        asked = []
+        original = transport.getHost
+        transport.getHost = lambda: asked.append(1) or original()
+        for _ in range(3):
+            protocol.dataReceived(_request(body=b"{}"))
+        self.assertEqual([s for s, _ in _answers(transport)], [200, 200, 200])
+        self.assertEqual(len(asked), 1)
+
     def test_keepAliveIdleTimeout(self):
         """
         Requests one after the other on a connection are answered; the

@@ -111,17 +111,34 @@ class GuardedChannel(HTTPChannel):
     #: Between the end of a request's body and its answer: the deadlines
     #: are the API's then, not the connection's.
     busy = False
+    #: The connection's local address, looked up once.
+    localAddress = None
+
+    def getHost(self):
+        # Every request asks (twisted.web's Request notes it); the local
+        # address of an accepted connection never changes, so the system
+        # is asked once.
+        if self.localAddress is None:
+            self.localAddress = HTTPChannel.getHost(self)
+        return self.localAddress
 
     def dataReceived(self, data):
         if data and self.headDue is None and self.bodyDue is None and not self.busy:
-            self.headDue = self.callLater(self.door.head_timeout, self.tooSlow, "head", self.door.head_timeout)
+            self.headDue = self.callLater(self.door.head_timeout, self.tooSlow)
         HTTPChannel.dataReceived(self, data)
 
     def allHeadersReceived(self):
-        self.headDue = _cancelled(self.headDue)
+        due, self.headDue = self.headDue, None
         if self.length != 0:
-            # A body follows (of a length given, or chunked).
-            self.bodyDue = self.callLater(self.door.body_timeout, self.tooSlow, "body", self.door.body_timeout)
+            # A body follows (of a length given, or chunked): the head's
+            # timer, moved on, is the body's.
+            if due is not None and due.active():
+                due.reset(self.door.body_timeout)
+            else:
+                due = self.callLater(self.door.body_timeout, self.tooSlow)
+            self.bodyDue = due
+        else:
+            _cancelled(due)
         HTTPChannel.allHeadersReceived(self)
 
     def allContentReceived(self):
@@ -138,15 +155,16 @@ class GuardedChannel(HTTPChannel):
         self.bodyDue = _cancelled(self.bodyDue)
         HTTPChannel.connectionLost(self, reason)
 
-    def tooSlow(self, part, seconds):
+    def tooSlow(self):
         """
-        The request's C{part} (C{head} or C{body}) did not arrive within
-        C{seconds}: answer C{408} and close.
+        The request's head or body (whichever was awaited) did not arrive
+        in time: answer C{408} and close.
         """
-        if part == "head":
-            self.headDue = None
+        if self.bodyDue is not None:
+            part, seconds = "body", self.door.body_timeout
         else:
-            self.bodyDue = None
+            part, seconds = "head", self.door.head_timeout
+        self.headDue = self.bodyDue = None
         self.limits.hit("http-%s-timeout" % (part,), _peer(self), "a request whose %s took over %gs" % (part, seconds))
         refuseOnWire(
             self, 408, b"Request Timeout", "timeout",

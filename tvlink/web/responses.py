@@ -3,8 +3,9 @@ Writing JSON answers from twisted.web resources, and noticing clients that
 went away.
 """
 
-import json
 import weakref
+
+import orjson
 
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -37,7 +38,10 @@ def gone(request):
 
 
 def encodeJSON(body):
-    return json.dumps(body, ensure_ascii=False, separators=(", ", ": ")).encode("utf-8") + b"\n"
+    """
+    C{body} as compact UTF-8 JSON, one line.
+    """
+    return orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def writeJSON(request, code, body, headers=()):
