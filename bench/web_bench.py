@@ -42,6 +42,7 @@ from the repository root::
 """
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -123,6 +124,11 @@ def serveFloor(reactor):
         def log(self, request):
             pass
 
+    # The collector settings tvlink's roles start with (tvlink.cli.tap):
+    # the floor is not to pay for full collections the platform is spared.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10000, 10, 10)
     port = reactor.listenTCP(0, QuietSite(Answer()), interface=HOST)
     sys.stdout.write("floor listening on %s:%d\n" % (HOST, port.getHost().port))
     sys.stdout.flush()
@@ -301,20 +307,27 @@ def percentile(ordered, p):
 
 
 @defer.inlineCallbacks
-def runPhase(reactor, port, makeRequest, count, concurrency, seconds, check):
+def runPhase(reactor, port, makeRequest, count, concurrency, seconds, check, connected=None):
     """
-    C{count} requests over C{concurrency} connections to C{port}.
+    C{count} requests over C{concurrency} connections to C{port}. Once the
+    connections are made, C{connected()} (if given) is called; the clock
+    starts when it returns (or when the L{Deferred} it returns fires).
 
-    @return: C{(answered, errors, elapsed, latencies)}.
+    @return: C{(answered, errors, elapsed, latencies, span)}, C{span} the
+        C{time.monotonic()} of the first request and of the last answer
+        (the system's clock, the same in every process).
     """
     connections = []
     for _ in range(concurrency):
         endpoint = TCP4ClientEndpoint(reactor, HOST, port, timeout=5)
         connections.append((yield connectProtocol(endpoint, KeepAlive())))
+    if connected is not None:
+        yield connected()
     latencies = []
     errors = [0]
     issued = [0]
     deadline = time.perf_counter() + seconds
+    first = time.monotonic()
     started = time.perf_counter()
 
     @defer.inlineCallbacks
@@ -331,9 +344,10 @@ def runPhase(reactor, port, makeRequest, count, concurrency, seconds, check):
 
     yield defer.gatherResults([worker(c) for c in connections], consumeErrors=True)
     elapsed = time.perf_counter() - started
+    span = (first, time.monotonic())
     for connection in connections:
         connection.transport.loseConnection()
-    return len(latencies), errors[0], elapsed, sorted(latencies)
+    return len(latencies), errors[0], elapsed, sorted(latencies), span
 
 
 def card(index):
@@ -375,39 +389,73 @@ def ok(code, body):
 @defer.inlineCallbacks
 def loadChild(reactor, port, kind, connections, count, seconds, run):
     """
-    The child: run one phase and print its figures as a JSON line.
+    The child: connect, say C{ready} and wait for C{go} on standard input
+    (so that every load process starts at once), run one phase and print
+    its figures as a JSON line.
     """
-    answered, errors, elapsed, latencies = yield runPhase(
-        reactor, port, requestMaker(kind, run), count, connections, seconds, ok
+
+    def connected():
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        # Nothing else is going on here until the phase starts: waiting
+        # for the word on a blocking read is the simplest barrier.
+        sys.stdin.readline()
+
+    answered, errors, elapsed, latencies, span = yield runPhase(
+        reactor, port, requestMaker(kind, run), count, connections, seconds, ok, connected
     )
-    sys.stdout.write(json.dumps({"answered": answered, "errors": errors, "elapsed": elapsed, "latencies": latencies}) + "\n")
+    sys.stdout.write(json.dumps({"answered": answered, "errors": errors, "elapsed": elapsed, "latencies": latencies,
+                                 "span": span}) + "\n")
     sys.stdout.flush()
 
 
 @defer.inlineCallbacks
-def measure(reactor, args, work, port, kind, connections, count, run):
+def measure(reactor, args, work, port, kind, connections, count, run, serving=()):
     """
-    One phase, in this process or split over C{--load-processes}.
+    One phase, in this process or split over C{--load-processes}. The
+    load processes connect first and start together; the phase lasts
+    from the first request any of them sends to the last answer any of
+    them gets.
 
-    @return: C{(answered, errors, elapsed, sorted latencies)}.
+    @param serving: the children serving the phase, whose CPU time
+        while it runs (connections made) is measured.
+    @return: C{(answered, errors, elapsed, sorted latencies, cpu)},
+        C{cpu} the serving processes' CPU seconds (C{None} without
+        C{/proc}).
     """
+    cpu = []
+
+    def started():
+        cpu.append(cpuSeconds(serving))
+
     if args.load_processes == 1:
-        result = yield runPhase(reactor, port, requestMaker(kind, run), count, connections, args.seconds, ok)
-        return result
-    share = max(1, connections // args.load_processes)
-    children = [
-        spawn(reactor, "load %d" % (n,), [sys.executable, os.path.abspath(__file__), "--load-child", str(port), kind,
-                                          str(share), str(max(1, count // args.load_processes)), str(args.seconds),
-                                          "%s-p%d" % (run, n)], work)
-        for n in range(args.load_processes)
-    ]
-    lines = yield defer.gatherResults([c.waitFor(r"^(\{.*\})$", reactor, args.seconds + 30) for c in children])
-    figures = [json.loads(m.group(1)) for m in lines]
-    for child in children:
-        yield child.ended
-    latencies = sorted(x for f in figures for x in f["latencies"])
-    return (sum(f["answered"] for f in figures), sum(f["errors"] for f in figures),
-            max(f["elapsed"] for f in figures), latencies)
+        answered, errors, elapsed, latencies, span = yield runPhase(
+            reactor, port, requestMaker(kind, run), count, connections, args.seconds, ok, started
+        )
+    else:
+        share = max(1, connections // args.load_processes)
+        children = [
+            spawn(reactor, "load %d" % (n,), [sys.executable, os.path.abspath(__file__), "--load-child", str(port), kind,
+                                              str(share), str(max(1, count // args.load_processes)), str(args.seconds),
+                                              "%s-p%d" % (run, n)], work)
+            for n in range(args.load_processes)
+        ]
+        yield defer.gatherResults([c.waitFor(r"^ready$", reactor, 60) for c in children])
+        started()
+        for child in children:
+            child.transport.write(b"go\n")
+        lines = yield defer.gatherResults([c.waitFor(r"^(\{.*\})$", reactor, args.seconds + 30) for c in children])
+        figures = [json.loads(m.group(1)) for m in lines]
+        answered = sum(f["answered"] for f in figures)
+        errors = sum(f["errors"] for f in figures)
+        latencies = sorted(x for f in figures for x in f["latencies"])
+        elapsed = max(f["span"][1] for f in figures) - min(f["span"][0] for f in figures)
+    cpu.append(cpuSeconds(serving))
+    if args.load_processes != 1:
+        for child in children:
+            yield child.ended
+    used = None if None in cpu else cpu[1] - cpu[0]
+    return answered, errors, elapsed, latencies, used
 
 
 def cpuSeconds(children):
@@ -495,10 +543,10 @@ def main(reactor, args):
                 # The serving processes' CPU per answer: the floor's, or the
                 # platform's and the payment node's together.
                 serving = [floor] if name == "floor" else [platform, payment]
-                before = cpuSeconds(serving)
-                answered, errors, elapsed, lat = yield measure(reactor, args, work, port, name, connections, args.requests, tag)
-                after = cpuSeconds(serving)
-                cpu = "%8.0f" % ((after - before) / answered * 1e6,) if None not in (before, after) and answered else "%8s" % ("",)
+                answered, errors, elapsed, lat, used = yield measure(
+                    reactor, args, work, port, name, connections, args.requests, tag, serving
+                )
+                cpu = "%8.0f" % (used / answered * 1e6,) if used is not None and answered else "%8s" % ("",)
                 rps = answered / elapsed if elapsed else 0.0
                 results[name] = rps
                 ratio = "%7.3f" % (rps / results["floor"],) if "floor" in results and name != "floor" else "%7s" % ("",)

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.certs import makeCertificates
 from tests.files.kit import putFile, tempRoot
 from tests.processes import ROOT, ReactorTestCase, spawnTwistd
+from tests.webkit import fetch
 from tvlink.cli import files as filescli
 from tvlink.cli.tap import Options, makeService
 from tvlink.platform.files import NoFileService
@@ -44,10 +45,13 @@ class NodeTests(ReactorTestCase):
             self, "payment", "--listen", "tcp:0:interface=127.0.0.1", "--ledger", "memory",
             "--tls-cert", c.server, "--tls-key", c.serverKey, "--tls-ca", c.ca,
             "--files-listen", "tcp:0:interface=127.0.0.1", "--files-dir", self.files, "--files-idle-timeout", "5",
+            "--http", "tcp:0:interface=127.0.0.1",
             name="payment with files",
         )
         match = yield self.node.waitFor(r"files: serving .* on 127\.0\.0\.1:(\d+) over TLS", 15)
         self.port = int(match.group(1))
+        match = yield self.node.waitFor(r"web listening on (http://127\.0\.0\.1:\d+/)", 15)
+        self.web = match.group(1)
 
     def tvlinkFiles(self, *args, cert=True, name="PLATFORM"):
         c = self.certs
@@ -87,6 +91,20 @@ class NodeTests(ReactorTestCase):
         self.assertEqual(status, filescli.CUT, err)
         yield self.node.waitFor(r"files: TLS with 127\.0\.0\.1:\d+ failed, connection refused", 5)
         self.assertTrue(self.node.find(r"refused get of missing\.bin from 127\.0\.0\.1:\d+ \(sender PLATFORM\)"))
+        # The node's /metrics counts what its file service did.
+        code, text = yield fetch("GET", self.web + "metrics")
+        self.assertEqual(code, 200)
+        for line in (
+            'tvlink_files_bytes_total{direction="sent"} 700000.0',
+            'tvlink_files_bytes_total{direction="received"} 700000.0',
+            'tvlink_files_events_total{event="stored"} 1.0',
+            'tvlink_files_events_total{event="sent"} 1.0',
+            'tvlink_files_events_total{event="listed"} 1.0',
+            'tvlink_files_events_total{event="tls-refused"} 1.0',
+            'tvlink_files_refused_total{resp="25"} 1.0',
+            "tvlink_files_transfers 0.0",
+        ):
+            self.assertIn(line, text.splitlines())
 
     @defer.inlineCallbacks
     def test_certificateNamesTheSender(self):

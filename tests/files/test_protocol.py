@@ -236,6 +236,16 @@ class ServerExchangeTests(SynchronousTestCase):
         lose(protocol)
         self.assertEqual(self.rig.factory.active, 0)
 
+    def cutUpload(self, data, sent):
+        """
+        An upload of C{data} cut off after C{sent} bytes.
+        """
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "put", "sender": SENDER, "name": "up.bin", "size": str(len(data)),
+                                     "sha256": sha(data)}))
+        protocol.dataReceived(frame(data[:sent]))
+        lose(protocol)
+
     def upload(self, data, digest, chunks=1):
         protocol, transport = self.rig.connect()
         protocol.dataReceived(frame({"op": "put", "sender": SENDER, "name": "up.bin", "size": str(len(data)),
@@ -298,17 +308,52 @@ class ServerExchangeTests(SynchronousTestCase):
         of the same content is told to start at its end.
         """
         data = os.urandom(9000)
-        protocol, transport = self.rig.connect()
-        protocol.dataReceived(frame({"op": "put", "sender": SENDER, "name": "up.bin", "size": "9000",
-                                     "sha256": sha(data)}))
-        protocol.dataReceived(frame(data[:4000]))
-        lose(protocol)
+        self.cutUpload(data, 4000)
         self.assertEqual(len(self.events.named("cut")), 1)
         protocol, transport, answers = self.upload(data, sha(data))
         self.assertEqual(answers[0]["offset"], "4000")
         self.assertEqual(answers[1]["resp"], "00")
         with open(os.path.join(self.rig.root, SENDER, "up.bin"), "rb") as f:
             self.assertEqual(f.read(), data)
+
+    def test_figuresCountWhatIsLogged(self):
+        """
+        The factory's figures (the file service's metrics) count every
+        C{files_event} the server logs, the refusals by the code sent, and
+        the file bytes carried each way, a resumed upload's only once.
+        """
+        data = os.urandom(9000)
+        self.cutUpload(data, 4000)
+        lose(self.upload(data, sha(data))[0])
+        putFile(self.rig.root, SENDER, "day.txt", b"x" * 300)
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "get", "sender": SENDER, "name": "day.txt"}))
+        self.rig.pump(transport)
+        protocol.dataReceived(frame({"op": "received", "resp": "00"}))
+        lose(protocol)
+        self.refusal({"op": "get", "sender": SENDER, "name": "nope.bin"}, fp.NOT_FOUND)
+        self.refusal({"op": "get", "sender": "../x", "name": "a"}, fp.NOT_ALLOWED)
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "put", "sender": SENDER, "name": "v.bin", "size": "3", "sha256": sha(b"abc")}))
+        protocol.dataReceived(frame(b"abcd"))
+        lose(protocol)
+        protocol, transport = self.rig.connect()
+        protocol.dataReceived(frame({"op": "put", "sender": SENDER, "name": "t.bin", "size": "3", "sha256": sha(b"abc")}))
+        self.rig.clock.advance(60)
+        lose(protocol)
+
+        factory = self.rig.factory
+        logged = {}
+        for event in self.events.events:
+            logged[event["files_event"]] = logged.get(event["files_event"], 0) + 1
+        self.assertEqual(dict(factory.events), logged)
+        self.assertEqual(
+            {name: logged.get(name) for name in ("cut", "stored", "sent", "refused", "violation", "timeout")},
+            {"cut": 3, "stored": 1, "sent": 1, "refused": 2, "violation": 1, "timeout": 1},
+        )
+        self.assertEqual(dict(factory.refusals), {fp.NOT_FOUND: 1, fp.NOT_ALLOWED: 1})
+        self.assertEqual(factory.bytes, {"sent": 300, "received": 9000})
+        self.assertEqual((factory.active, factory.connections), (0, 0))
 
     def test_busy(self):
         """

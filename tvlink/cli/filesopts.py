@@ -126,6 +126,8 @@ def withFiles(config, role, service):
     stack.role, stack.service, stack.files = role.role, role, files
     stack.web = getattr(service, "web", None)
     files.setServiceParent(stack)
+    # Its figures are in the role's /metrics.
+    role.files = files
     service.setServiceParent(stack)
     ledger = getattr(role, "ledger", None)
     if ledger is None:

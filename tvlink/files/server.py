@@ -6,6 +6,7 @@ directory of the sender institution it names
 L{tvlink.files.service.FileService} listens with it.
 """
 
+import collections
 import hashlib
 import os
 import time
@@ -102,7 +103,16 @@ class FileServerProtocol(fp.FileExchange):
         Log C{text} at C{level} as C{files_event} C{event}, with the peer,
         the sender and the file name.
         """
+        self.factory.events[event] += 1
         getattr(self.log, level)(text, files_event=event, peer=self.peer, sender=self.sender, name=self.name, **fields)
+
+    def timedOut(self, why):
+        self.factory.events["timeout"] += 1
+        fp.FileExchange.timedOut(self, why)
+
+    def protocolError(self, why):
+        self.factory.events["violation"] += 1
+        fp.FileExchange.protocolError(self, why)
 
     def storageError(self, error):
         """
@@ -120,6 +130,8 @@ class FileServerProtocol(fp.FileExchange):
 
     def refuse(self, resp, reason, op=None):
         name = self.name
+        self.factory.events["refused"] += 1
+        self.factory.refusals[resp if isinstance(resp, str) else repr(resp)] += 1
         self.log.warn(
             "files: refused {op} of {name} from {peer} (sender {sender}): {resp} {reason}",
             files_event="refused",
@@ -224,6 +236,7 @@ class FileServerProtocol(fp.FileExchange):
             sender=self.sender,
             count=len(answer["files"]),
         )
+        self.factory.events["listed"] += 1
         self.sendMessage(answer)
         self.finish()
 
@@ -253,7 +266,7 @@ class FileServerProtocol(fp.FileExchange):
             self.state = "sending"
             self.size, self.offset = size, start
             f.seek(start)
-            return self.sendData(f, size - start).addCallback(sent)
+            return self.sendData(f, size - start, self.factory.countSent).addCallback(sent)
 
         def sent(count):
             self.state = "sent"
@@ -309,7 +322,7 @@ class FileServerProtocol(fp.FileExchange):
             self.offset = have
             self.sendMessage({"op": fp.READY, "resp": fp.OK, "name": self.name, "offset": fp.sizeText(have)})
             self.state = "receiving"
-            self.startReceiving(self.file, prefix or hashlib.sha256(), size - have)
+            self.startReceiving(self.file, prefix or hashlib.sha256(), size - have, self.factory.countReceived)
 
         return d.addCallback(hashed)
 
@@ -375,6 +388,7 @@ class FileServerProtocol(fp.FileExchange):
         if why is None and isTLSFailure(reason):
             why = describeTLSFailure(reason)
         if why is not None:
+            self.factory.events["tls-refused"] += 1
             self.log.warn(
                 "files: TLS with {peer} failed, connection refused: {reason}",
                 files_event="tls-refused",
@@ -389,6 +403,11 @@ class FileServerFactory(ServerFactory):
     digests.
 
     @ivar active: transfers (downloads and uploads) in progress.
+    @ivar connections: connections open.
+    @ivar events: how many times each C{files_event} was logged.
+    @ivar refusals: refusals by the answer code sent.
+    @ivar bytes: file data C{sent} (downloads) and C{received} (uploads),
+        in bytes, resumed parts not counted twice.
     """
 
     protocol = FileServerProtocol
@@ -426,6 +445,15 @@ class FileServerFactory(ServerFactory):
         self.connections = 0
         #: The partial files of the uploads in progress.
         self.receiving = set()
+        self.events = collections.Counter()
+        self.refusals = collections.Counter()
+        self.bytes = {"sent": 0, "received": 0}
+
+    def countSent(self, count):
+        self.bytes["sent"] += count
+
+    def countReceived(self, count):
+        self.bytes["received"] += count
 
     #: Connections held at once, for every transfer slot: the others
     #: wait at most the idle timeout for their request, and beyond this
@@ -442,6 +470,7 @@ class FileServerFactory(ServerFactory):
         L{max_connections} are open.
         """
         if self.connections >= self.max_connections:
+            self.events["too-many-connections"] += 1
             self.log.warn(
                 "files: connection from {peer} refused: {count} connections open",
                 files_event="too-many-connections",
@@ -495,10 +524,12 @@ class FileServerFactory(ServerFactory):
                 except FileNotFoundError:
                     continue
                 except OSError as e:
+                    self.events["storage-error"] += 1
                     self.log.error("files: cannot remove the partial file {path}: {why}", files_event="storage-error",
                                    path=path, why=str(e))
                     continue
                 removed.append(path)
+                self.events["part-expired"] += 1
                 self.log.info("files: removed the partial file {path}, untouched for {lifetime:g}s",
                               files_event="part-expired", path=path, lifetime=self.part_lifetime)
             return removed

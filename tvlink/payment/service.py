@@ -190,6 +190,9 @@ class PaymentService(LinkService):
     role = PAYMENT
     defaultSender = "PAYMENT"
     log = Logger(namespace="tvlink.payment")
+    #: The file service beside it (L{tvlink.files.service.FileService}),
+    #: if the role has one: its figures are in the role's metrics.
+    files = None
 
     def __init__(
         self,

@@ -316,6 +316,10 @@ class PaymentCollector(_Collector):
             yield family
         for family in self._stores({"ledger": getattr(ledger, "store", ledger)}):
             yield family
+        files = getattr(service, "files", None)
+        if files is not None:
+            for family in filesFamilies(files.factory):
+                yield family
 
     def _ledger(self, ledger):
         stats = getattr(ledger, "stats", None)
@@ -342,6 +346,26 @@ class PaymentCollector(_Collector):
                 family.add_metric([], value)
                 out.append(family)
         return out
+
+
+def filesFamilies(factory):
+    """
+    The figures of a file service (its L{tvlink.files.server.FileServerFactory}).
+    """
+    transfers = _gauge("files_transfers", "File transfers (downloads and uploads) in progress")
+    transfers.add_metric([], factory.active)
+    connections = _gauge("files_connections", "Connections to the file service open now")
+    connections.add_metric([], factory.connections)
+    data = _counter("files_bytes", "File data sent (downloads) and received (uploads)", ("direction",))
+    for direction in ("sent", "received"):
+        data.add_metric([direction], factory.bytes[direction])
+    events = _counter("files_events", "File service log events, by files_event", ("event",))
+    for event, count in sorted(factory.events.items()):
+        events.add_metric([event], count)
+    refused = _counter("files_refused", "File service requests refused, by the answer code sent", ("resp",))
+    for resp, count in sorted(factory.refusals.items()):
+        refused.add_metric([resp], count)
+    return [transfers, connections, data, events, refused]
 
 
 class HTTPCollector:
