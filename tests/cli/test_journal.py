@@ -200,6 +200,9 @@ class DoubledOrderTests(SynchronousTestCase):
         conn.close()
         journal = PlatformJournal(path, threaded=False)
         self.assertEqual(journal.store.migrated, ["pan_sealed", "terminal", "owner"])
+        # Without the order index, a new order is read before it is
+        # inserted.
+        self.assertFalse(journal.insertFirst)
         self.successResultOf(journal.close())
         status, out, err = inProcess("--db", path, "check")
         self.assertEqual(status, 1, err)

@@ -320,11 +320,43 @@ class JournalTests(SynchronousTestCase):
         a pending or approved one does (L{OrderDecided}, with the
         entries, and nothing written). Orders are per terminal.
         """
+        self.checkNewOrders(insertFirst=True)
+
+    def test_newOrderIsCheckedFirstWithoutTheIndex(self):
+        """
+        The same, with the order read before the insert (a journal without
+        the order index, or PostgreSQL).
+        """
+        self.checkNewOrders(insertFirst=False)
+
+    def test_newOrderIsOneStatement(self):
+        """
+        On SQLite a new order's purchase is one INSERT, without a
+        savepoint, and its outcome one UPDATE; the order's entries are
+        read only when the index refuses the insert.
+        """
+        from tvlink.errors import OrderDecided
+
+        j = PlatformJournal("sqlite:" + self.mktemp(), threaded=False)
+        self.addCleanup(j.close)
+        self.assertTrue(j.insertFirst)
+        statements = []
+        j.store.conn.set_trace_callback(lambda sql: statements.append(sql.split()[0]))
+        message = dict(purchase(), sender="S", stan="000001", time="t", order="O")
+        self.successResultOf(j.record(message, None, newOrder=True))
+        self.successResultOf(j.settle(("S", "000001", "t"), "approved", "00"))
+        self.assertEqual(statements, ["BEGIN", "INSERT", "COMMIT", "BEGIN", "UPDATE", "COMMIT"])
+        del statements[:]
+        self.failureResultOf(j.record(dict(message, stan="000002"), None, newOrder=True), OrderDecided)
+        self.assertEqual(statements, ["BEGIN", "INSERT", "SELECT", "COMMIT"])
+
+    def checkNewOrders(self, insertFirst):
         from tvlink.errors import OrderDecided
         from tvlink.link import wire
 
         j = PlatformJournal("sqlite:" + self.mktemp(), threaded=False)
         self.addCleanup(j.close)
+        j.insertFirst = insertFirst
 
         def record(stan, terminal=None):
             message = dict(purchase(), sender="S", stan=stan, time="t", order="O")

@@ -296,6 +296,11 @@ class PlatformJournal:
         else:
             self.store = SQLiteStore(target, SCHEMA, reactor=reactor, threaded=threaded, migrate=migrate)
             defaultOwner = "local"
+        #: Whether a new order's purchase is inserted before its order is
+        #: read (see L{record}): on SQLite with L{ORDER_INDEX}, where a
+        #: refused insert leaves the transaction usable and the standing
+        #: purchase it met is then read in it.
+        self.insertFirst = isinstance(self.store, SQLiteStore) and _hasIndex(self.store.conn, ORDER_INDEX)
         self.owner = owner or defaultOwner
         self.lease = self.defaultLease if lease is None else lease
         self.reactor = self.store.reactor
@@ -366,7 +371,10 @@ class PlatformJournal:
             purchase sent may decide already: in the same transaction the
             order's entries are read and, if one does, nothing is written
             and the write fails with L{OrderDecided} carrying them (one
-            trip to the store instead of a read, then a write).
+            trip to the store instead of a read, then a write). Where
+            L{insertFirst}, the purchase is inserted at once and the
+            order's entries are read only if L{ORDER_INDEX} refuses it:
+            one statement for a new order instead of two.
         """
         now = self.reactor.seconds()
         orig = message.get("orig")
@@ -379,12 +387,17 @@ class PlatformJournal:
             PENDING, now, now, terminal, self.owner,
         )
 
+        insertFirst = self.insertFirst
+
+        def orderEntries(conn):
+            rows = conn.execute(
+                "SELECT %s FROM entries WHERE %s" % (", ".join(COLUMNS), BY_ORDER), (message.get("order"), terminal or "")
+            ).fetchall()
+            return [_row(r) for r in rows]
+
         def insert(conn):
-            if newOrder:
-                rows = conn.execute(
-                    "SELECT %s FROM entries WHERE %s" % (", ".join(COLUMNS), BY_ORDER), (message.get("order"), terminal or "")
-                ).fetchall()
-                entries = [_row(r) for r in rows]
+            if newOrder and not insertFirst:
+                entries = orderEntries(conn)
                 if standing(purchasesIn(entries)) is not None:
                     raise OrderDecided(entries)
             try:
@@ -396,10 +409,15 @@ class PlatformJournal:
                 )
             except INTEGRITY_ERRORS as e:
                 if _brokeOrderIndex(e):
+                    if newOrder and insertFirst:
+                        # The index met the purchase that stands for the
+                        # order, in this transaction: read it and its
+                        # order's other entries.
+                        raise OrderDecided(orderEntries(conn)) from None
                     raise OrderTaken(message.get("order")) from None
                 raise
 
-        return self.store.submit(insert)
+        return self.store.submit(insert, oneStatement=True)
 
     def settle(self, key, state, resp=None, reason=None):
         """
@@ -447,7 +465,7 @@ class PlatformJournal:
             )
             return cursor.rowcount
 
-        return self.store.submit(update)
+        return self.store.submit(update, oneStatement=True)
 
     def get(self, key):
         """
@@ -553,6 +571,13 @@ class PlatformJournal:
     def _many(self, where, params):
         d = self.store.query("SELECT %s FROM entries WHERE %s" % (", ".join(COLUMNS), where), params)
         return d.addCallback(lambda rows: [_row(r) for r in rows])
+
+
+def _hasIndex(conn, name):
+    """
+    Whether the SQLite database of C{conn} has the index C{name}.
+    """
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)).fetchone() is not None
 
 
 def _brokeOrderIndex(error):

@@ -25,6 +25,8 @@ class SQLiteStore(WriterStore):
 
     #: The dialect name schema helpers look at.
     dialect = "sqlite"
+    #: A failed statement undoes only its own changes (SQLite's ABORT).
+    statementsAtomic = True
 
     def __init__(
         self, path, schema=(), reactor=None, group_commit=True, threaded=True, busy_timeout=10.0, migrate=None
@@ -47,6 +49,9 @@ class SQLiteStore(WriterStore):
                 raise
             self.conn.execute("COMMIT")
         self.start()
+
+    def inTransaction(self, conn):
+        return conn.in_transaction
 
     @staticmethod
     def columnsOf(conn, table):
