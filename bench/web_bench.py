@@ -17,7 +17,9 @@ as soon as the last is answered, with a minimal client (no Agent) so the
 client costs little and the same for every target. With
 C{--load-processes N} the load runs in N processes of its own (this script
 with C{--load-child}), not in this one, so that a load generator short of
-CPU is not taken for a slow server. Phases, for each number of
+CPU is not taken for a slow server; they connect first, then start
+together, and the phase lasts from the first request any of them sends to
+the last answer any of them gets. Phases, for each number of
 connections, each after a warm-up:
 
     - C{floor}: C{POST /} on the floor;
@@ -32,7 +34,7 @@ connections, each after a warm-up:
 
 It prints requests per second and the latency a terminal sees (p50, p99,
 max) for each, with the ratios to the floor of the same number of
-connections. Bounded: C{--requests} per phase, C{--seconds} per phase,
+connections, and the serving processes' CPU per answer (from C{/proc}). Bounded: C{--requests} per phase, C{--seconds} per phase,
 C{--wall} for the whole run; children are stopped on every exit path. Run
 from the repository root::
 
@@ -169,7 +171,7 @@ class Child(protocol.ProcessProtocol):
     def __init__(self, name):
         self.name = name
         self.lines = []
-        self.buffer = b""
+        self.buffers = {1: b"", 2: b""}
         self.waiters = []
         self.ended = defer.Deferred()
         self.running = False
@@ -177,9 +179,10 @@ class Child(protocol.ProcessProtocol):
     def connectionMade(self):
         self.running = True
 
-    def outReceived(self, data):
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split(b"\n")
+    def childDataReceived(self, fd, data):
+        # Lines are cut per stream, so that a warning on standard error
+        # never lands inside a line of standard output.
+        *lines, self.buffers[fd] = (self.buffers.get(fd, b"") + data).split(b"\n")
         for raw in lines:
             line = raw.decode("utf-8", "replace")
             self.lines.append(line)
@@ -189,8 +192,6 @@ class Child(protocol.ProcessProtocol):
                 if m:
                     self.waiters.remove(waiter)
                     d.callback(m)
-
-    errReceived = outReceived
 
     def processEnded(self, reason):
         self.running = False
@@ -399,7 +400,8 @@ def loadChild(reactor, port, kind, connections, count, seconds, run):
         sys.stdout.flush()
         # Nothing else is going on here until the phase starts: waiting
         # for the word on a blocking read is the simplest barrier.
-        sys.stdin.readline()
+        if sys.stdin.readline().strip() != "go":
+            raise RuntimeError("the benchmark went away before the phase began")
 
     answered, errors, elapsed, latencies, span = yield runPhase(
         reactor, port, requestMaker(kind, run), count, connections, seconds, ok, connected
@@ -440,11 +442,20 @@ def measure(reactor, args, work, port, kind, connections, count, run, serving=()
                                               "%s-p%d" % (run, n)], work)
             for n in range(args.load_processes)
         ]
-        yield defer.gatherResults([c.waitFor(r"^ready$", reactor, 60) for c in children])
-        started()
-        for child in children:
-            child.transport.write(b"go\n")
-        lines = yield defer.gatherResults([c.waitFor(r"^(\{.*\})$", reactor, args.seconds + 30) for c in children])
+        try:
+            yield defer.gatherResults([c.waitFor(r"^ready$", reactor, 60) for c in children], consumeErrors=True)
+            started()
+            for child in children:
+                child.transport.write(b"go\n")
+            lines = yield defer.gatherResults(
+                [c.waitFor(r"^(\{.*\})$", reactor, args.seconds + 30) for c in children], consumeErrors=True
+            )
+        except BaseException:
+            # One that failed leaves no other waiting for its word.
+            for child in children:
+                if child.running:
+                    child.transport.signalProcess("KILL")
+            raise
         figures = [json.loads(m.group(1)) for m in lines]
         answered = sum(f["answered"] for f in figures)
         errors = sum(f["errors"] for f in figures)

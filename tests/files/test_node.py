@@ -101,7 +101,7 @@ class NodeTests(ReactorTestCase):
             'tvlink_files_events_total{event="sent"} 1.0',
             'tvlink_files_events_total{event="listed"} 1.0',
             'tvlink_files_events_total{event="tls-refused"} 1.0',
-            'tvlink_files_refused_total{resp="25"} 1.0',
+            'tvlink_files_refused_total{result="25"} 1.0',
             "tvlink_files_transfers 0.0",
         ):
             self.assertIn(line, text.splitlines())

@@ -235,6 +235,9 @@ class ServerExchangeTests(SynchronousTestCase):
         self.assertTrue(event["peer"].startswith("127.0.0.1:"))
         lose(protocol)
         self.assertEqual(self.rig.factory.active, 0)
+        # Counted for the metrics as logged, with the bytes that went out.
+        self.assertEqual(self.rig.factory.events["storage-error"], 1)
+        self.assertEqual(self.rig.factory.bytes["sent"], len(sent))
 
     def cutUpload(self, data, sent):
         """

@@ -350,6 +350,33 @@ class JournalTests(SynchronousTestCase):
         self.failureResultOf(j.record(dict(message, stan="000002"), None, newOrder=True), OrderDecided)
         self.assertEqual(statements, ["BEGIN", "INSERT", "SELECT", "COMMIT"])
 
+    def test_formerOrderIndexReplaced(self):
+        """
+        A journal whose one-purchase-per-order index is the former one, on
+        the order alone, gets the index per terminal in its place: the
+        same order from two terminals is two purchases, and new orders are
+        inserted first again.
+        """
+        from tvlink.platform.journal import FORMER_ORDER_INDEXES, ORDER_INDEX, STANDING_PURCHASE
+
+        path = self.mktemp()
+        j = PlatformJournal("sqlite:" + path, threaded=False)
+        j.store.conn.execute("DROP INDEX %s" % (ORDER_INDEX,))
+        j.store.conn.execute(
+            "CREATE UNIQUE INDEX %s ON entries (order_id) WHERE %s" % (FORMER_ORDER_INDEXES[0], STANDING_PURCHASE)
+        )
+        self.successResultOf(j.close())
+        j = PlatformJournal("sqlite:" + path, threaded=False)
+        self.addCleanup(j.close)
+        self.assertTrue(j.insertFirst)
+        names = {row[0] for row in j.store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        self.assertIn(ORDER_INDEX, names)
+        self.assertNotIn(FORMER_ORDER_INDEXES[0], names)
+        for stan, terminal in (("000001", "tv-1"), ("000002", "tv-2")):
+            message = dict(purchase(), sender="S", stan=stan, time="t", order="O")
+            self.successResultOf(j.record(message, terminal, newOrder=True))
+        self.assertEqual(len(self.successResultOf(j.byOrder("O", "tv-2"))), 1)
+
     def checkNewOrders(self, insertFirst):
         from tvlink.errors import OrderDecided
         from tvlink.link import wire

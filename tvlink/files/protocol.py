@@ -377,7 +377,14 @@ class FileExchange(Protocol):
         self.deadlines.stop()
         self.transport.abortConnection()
 
+    def logged(self, event):
+        """
+        The exchange logged the C{files_event} C{event} (the server counts
+        them for its metrics).
+        """
+
     def timedOut(self, why):
+        self.logged("timeout")
         self.log.warn(
             "files: transfer with {peer} dropped: {why}",
             files_event="timeout",
@@ -387,6 +394,7 @@ class FileExchange(Protocol):
         self.abort(why)
 
     def protocolError(self, why):
+        self.logged("violation")
         self.log.warn("files: {peer} broke the exchange: {why}", files_event="violation", peer=self.peer, why=why)
         self.abort(why)
 
@@ -398,6 +406,7 @@ class FileExchange(Protocol):
         Reading or writing a local file failed in the middle of the
         exchange.
         """
+        self.logged("storage-error")
         self.log.error(
             "files: transfer with {peer} stopped: cannot read or write the file: {why}",
             files_event="storage-error",

@@ -103,16 +103,11 @@ class FileServerProtocol(fp.FileExchange):
         Log C{text} at C{level} as C{files_event} C{event}, with the peer,
         the sender and the file name.
         """
-        self.factory.events[event] += 1
+        self.logged(event)
         getattr(self.log, level)(text, files_event=event, peer=self.peer, sender=self.sender, name=self.name, **fields)
 
-    def timedOut(self, why):
-        self.factory.events["timeout"] += 1
-        fp.FileExchange.timedOut(self, why)
-
-    def protocolError(self, why):
-        self.factory.events["violation"] += 1
-        fp.FileExchange.protocolError(self, why)
+    def logged(self, event):
+        self.factory.events[event] += 1
 
     def storageError(self, error):
         """
@@ -130,7 +125,7 @@ class FileServerProtocol(fp.FileExchange):
 
     def refuse(self, resp, reason, op=None):
         name = self.name
-        self.factory.events["refused"] += 1
+        self.logged("refused")
         self.factory.refusals[resp if isinstance(resp, str) else repr(resp)] += 1
         self.log.warn(
             "files: refused {op} of {name} from {peer} (sender {sender}): {resp} {reason}",
@@ -236,7 +231,7 @@ class FileServerProtocol(fp.FileExchange):
             sender=self.sender,
             count=len(answer["files"]),
         )
-        self.factory.events["listed"] += 1
+        self.logged("listed")
         self.sendMessage(answer)
         self.finish()
 
@@ -388,7 +383,7 @@ class FileServerProtocol(fp.FileExchange):
         if why is None and isTLSFailure(reason):
             why = describeTLSFailure(reason)
         if why is not None:
-            self.factory.events["tls-refused"] += 1
+            self.logged("tls-refused")
             self.log.warn(
                 "files: TLS with {peer} failed, connection refused: {reason}",
                 files_event="tls-refused",

@@ -55,8 +55,12 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS owners (name TEXT PRIMARY KEY, lease_until REAL NOT NULL)",
 )
 
-#: The unique index that keeps one purchase per order.
-ORDER_INDEX = "entries_order_once"
+#: The unique index that keeps one purchase per order of a terminal.
+ORDER_INDEX = "entries_terminal_order_once"
+
+#: What the index was called while orders were not per terminal (on
+#: C{order_id} alone): a journal that has it gets L{ORDER_INDEX} instead.
+FORMER_ORDER_INDEXES = ("entries_order_once",)
 
 #: Which purchases stand for their order: all but those the platform
 #: declined before sending them (no link: DESTINATION_UNAVAILABLE with a
@@ -104,8 +108,9 @@ def migrate(conn, columnsOf=SQLiteStore.columnsOf):
     """
     Bring the C{entries} table of an older journal up to date on the
     connection C{conn}, inside its transaction: add each of
-    L{ADDED_COLUMNS} it lacks, and L{ORDER_INDEX} unless an order already
-    has two standing purchases (C{tvlink journal check} names them; the
+    L{ADDED_COLUMNS} it lacks, and L{ORDER_INDEX} (in place of any of
+    L{FORMER_ORDER_INDEXES}) unless an order already has two standing
+    purchases (C{tvlink journal check} names them; the
     journal still opens). Idempotent.
 
     @param columnsOf: C{columnsOf(conn, table)}, the store's way of
@@ -118,6 +123,8 @@ def migrate(conn, columnsOf=SQLiteStore.columnsOf):
         if name not in present:
             conn.execute("ALTER TABLE entries ADD COLUMN %s %s" % (name, kind))
             added.append(name)
+    for name in FORMER_ORDER_INDEXES:
+        conn.execute("DROP INDEX IF EXISTS %s" % (name,))
     if not conn.execute(DOUBLED_ORDERS).fetchall():
         conn.execute(ORDER_INDEX_SQL)
     return added

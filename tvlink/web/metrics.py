@@ -24,6 +24,10 @@ The names, all prefixed C{tvlink_}:
       not-found, conflict or error)
     - payment: C{requests_total{type,result}} (C{result} is the response
       code sent), C{handler_seconds{type}} (histogram), C{ledger_*}
+    - payment with a file service (L{filesFamilies}): C{files_transfers},
+      C{files_connections}, C{files_bytes_total{direction}},
+      C{files_events_total{event}}, C{files_refused_total{result}}
+      (C{result} is the answer code sent, as for C{requests_total})
     - both: C{store_commits_total{store}}, C{store_commit_batch_size{store}}
       (histogram of pieces per SQLite commit: the platform's journal, the
       payment side's ledger when it keeps those figures)
@@ -362,7 +366,7 @@ def filesFamilies(factory):
     events = _counter("files_events", "File service log events, by files_event", ("event",))
     for event, count in sorted(factory.events.items()):
         events.add_metric([event], count)
-    refused = _counter("files_refused", "File service requests refused, by the answer code sent", ("resp",))
+    refused = _counter("files_refused", "File service requests refused, by the answer code sent", ("result",))
     for resp, count in sorted(factory.refusals.items()):
         refused.add_metric([resp], count)
     return [transfers, connections, data, events, refused]

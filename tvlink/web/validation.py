@@ -87,9 +87,10 @@ def parseBody(request):
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and nesting(raw) > MAX_DEPTH:
         raise invalid("body", "the body is nested deeper than %d arrays and objects" % (MAX_DEPTH,))
     try:
-        # orjson refuses what the standard library would let through
-        # (NaN, Infinity, numbers too big for a double, lone surrogates)
-        # and checks the UTF-8 as it parses.
+        # orjson checks the UTF-8 as it parses and refuses what the
+        # standard library would let through (NaN, Infinity, a number
+        # that overflows a double, a lone surrogate). An integer beyond
+        # 64 bits comes back a float, which no field takes.
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise invalid("body", "the body is not valid JSON: %s" % (e,)) from None
