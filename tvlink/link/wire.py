@@ -17,6 +17,10 @@ DEFAULT_MAX_FRAME = 64 * 1024
 #: The idle-connection query (link-check) frame body.
 IDLE_BODY = b""
 
+#: The largest amount a message carries: its C{amount} field is 12 digits
+#: of fen.
+MAX_AMOUNT = 10**12 - 1
+
 # Response codes (WIRE.md).
 APPROVED = "00"
 INVALID_TRANSACTION = "12"

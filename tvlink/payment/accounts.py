@@ -9,12 +9,13 @@ the ledger's writer thread (L{tvlink.payment.ledger.PaymentLedger}) and
 the admin command (L{tvlink.cli.ledger}).
 """
 
+from tvlink.link import wire
 from tvlink.masking import maskCard as maskPan
 from tvlink.payment.errors import BadAmount, BadCardNumber, DuplicateAccount, UnknownAccount
 from tvlink.payment.rules import ACTIVE, APPROVED, FROZEN, PURCHASE, REFUNDED, normalKey
 
-#: Largest amount or opening balance: 12 digits of fen.
-MAX_AMOUNT = 999999999999
+#: Largest amount or opening balance: the wire's 12 digits of fen.
+MAX_AMOUNT = wire.MAX_AMOUNT
 
 
 def checkPan(pan):

@@ -6,7 +6,10 @@ for a call that cannot be carried out, and L{Reply} for an answer.
 
 import orjson
 
-MAX_AMOUNT = 999999999999
+from tvlink.link import wire
+
+#: The largest amount a call may carry: the wire's 12 digits of fen.
+MAX_AMOUNT = wire.MAX_AMOUNT
 MAX_BODY = 16 * 1024
 
 #: The deepest nesting of arrays and objects a body may have.
