@@ -194,14 +194,28 @@ class FloodTests(ReactorTestCase):
     def checkFlood(self, flood, platform):
         """
         Every dripping connection that was let in was answered C{408} and
-        closed within the head deadline; the others were refused; the
-        platform never ran out of descriptors.
+        closed at the head deadline, which its drip did not stretch; the
+        others were refused; the platform never ran out of descriptors.
+
+        A connection's life is timed here from the handshake, which the
+        kernel completes before the busy platform accepts it and reads its
+        first byte (where the deadline starts), so one connection may
+        overrun the deadline by the time it waited to be accepted. A
+        deadline that each byte of the drip moved on would never fire at
+        all; one that a drip stretched would show in the median.
         """
         self.assertGreater(flood.attempts, 1500)
         self.assertGreater(flood.refused, 0)
+        lives = []
         for lived, answer in flood.answered:
             self.assertTrue(answer.startswith(b"HTTP/1.1 408 "), answer[:100])
-            self.assertLess(lived, HEAD_TIMEOUT + 1.5)
+            lives.append(lived)
+        lives.sort()
+        self.assertTrue(lives)
+        spread = "median %.2fs, max %.2fs of %d" % (lives[len(lives) // 2], lives[-1], len(lives))
+        self.assertGreaterEqual(lives[0], HEAD_TIMEOUT - 0.5, spread)
+        self.assertLess(lives[len(lives) // 2], HEAD_TIMEOUT + 1.0, spread)
+        self.assertLess(lives[-1], 2 * HEAD_TIMEOUT, spread)
         self.assertFalse(platform.find(r"EMFILE|Too many open files"), platform.tail())
 
     @defer.inlineCallbacks
