@@ -45,14 +45,23 @@ def percentile(values, fraction):
 
 
 @defer.inlineCallbacks
-def runMode(reactor, directory, groupCommit, purchases, concurrency, timeLimit):
-    path = os.path.join(directory, "ledger-%s.db" % ("group" if groupCommit else "single",))
-    ledger = PaymentLedger(path, reactor=reactor, group_commit=groupCommit)
-    ledger.open()
+def runMode(reactor, wheres, groupCommit, purchases, concurrency, timeLimit, name=None):
+    """
+    One mode: a ledger per entry of C{wheres} (a SQLite path or a
+    PostgreSQL URL; the same one twice is two payment nodes on one
+    database), C{concurrency} submitters spread over them, each keeping one
+    purchase in flight.
+
+    @param name: what the ledgers are, put before the commit mode in the
+        result's C{mode}.
+    """
+    ledgers = [PaymentLedger(where, reactor=reactor, group_commit=groupCommit) for where in wheres]
+    for ledger in ledgers:
+        ledger.open()
     pans = ["%019d" % (FIRST_PAN + i,) for i in range(concurrency)]
-    yield defer.gatherResults([ledger.openAccount(pan, 10 ** 11) for pan in pans])
-    handler = LedgerHandler(ledger, reactor=reactor)
-    before = ledger.stats()
+    yield defer.gatherResults([ledgers[0].openAccount(pan, 10 ** 11) for pan in pans])
+    handlers = [LedgerHandler(ledger, reactor=reactor) for ledger in ledgers]
+    before = [ledger.stats() for ledger in ledgers]
     latencies = []
     answers = {}
     issued = [0]
@@ -60,7 +69,7 @@ def runMode(reactor, directory, groupCommit, purchases, concurrency, timeLimit):
     deadline = started + timeLimit
 
     @defer.inlineCallbacks
-    def submitter(pan):
+    def submitter(handler, pan):
         while issued[0] < purchases and time.perf_counter() < deadline:
             issued[0] += 1
             n = issued[0]
@@ -79,15 +88,18 @@ def runMode(reactor, directory, groupCommit, purchases, concurrency, timeLimit):
             latencies.append(time.perf_counter() - sent)
             answers[answer["resp"]] = answers.get(answer["resp"], 0) + 1
 
-    yield defer.gatherResults([submitter(pan) for pan in pans])
+    yield defer.gatherResults([submitter(handlers[n % len(handlers)], pan) for n, pan in enumerate(pans)])
     elapsed = time.perf_counter() - started
-    after = ledger.stats()
-    report = yield ledger.reconcile()
-    yield ledger.close()
-    commits = after["commits"] - before["commits"]
+    after = [ledger.stats() for ledger in ledgers]
+    report = yield ledgers[0].reconcile()
+    for ledger in ledgers:
+        yield ledger.close()
+    commits = sum(a["commits"] - b["commits"] for a, b in zip(after, before))
+    requests = sum(a["requests"] - b["requests"] for a, b in zip(after, before))
     done = len(latencies)
+    mode = "group commit" if groupCommit else "commit per purchase"
     return {
-        "mode": "group commit" if groupCommit else "commit per purchase",
+        "mode": mode if name is None else "%s, %s" % (name, mode),
         "answered": done,
         "approved": answers.get("00", 0),
         "answers": answers,
@@ -97,8 +109,8 @@ def runMode(reactor, directory, groupCommit, purchases, concurrency, timeLimit):
         "p99": percentile(latencies, 0.99) * 1000,
         "max": max(latencies) * 1000 if latencies else float("nan"),
         "commits": commits,
-        "batch": (after["requests"] - before["requests"]) / commits if commits else 0.0,
-        "largest": after["largestBatch"],
+        "batch": requests / commits if commits else 0.0,
+        "largest": max(a["largestBatch"] for a in after),
         "reconciled": not report["mismatches"],
         "timedOut": done < purchases,
     }
@@ -136,9 +148,8 @@ def main(reactor, args):
         )
         results = []
         for groupCommit in (True, False):
-            result = yield runMode(
-                reactor, directory, groupCommit, args.purchases, args.concurrency, args.time_limit
-            )
+            path = os.path.join(directory, "ledger-%s.db" % ("group" if groupCommit else "single",))
+            result = yield runMode(reactor, [path], groupCommit, args.purchases, args.concurrency, args.time_limit)
             show(result)
             results.append(result)
         group, single = results

@@ -39,65 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.threads import deferToThread  # noqa: E402
 
-from bench.ledger_bench import FIRST_PAN, percentile  # noqa: E402
-from tvlink.payment.backend import LedgerHandler  # noqa: E402
-from tvlink.payment.ledger import PaymentLedger  # noqa: E402
-
-
-@defer.inlineCallbacks
-def runMode(reactor, name, wheres, groupCommit, purchases, concurrency, timeLimit):
-    """
-    One mode: a ledger per entry of C{wheres} (a SQLite path or a URL),
-    C{concurrency} submitters spread over them.
-    """
-    ledgers = [PaymentLedger(where, reactor=reactor, group_commit=groupCommit) for where in wheres]
-    for ledger in ledgers:
-        ledger.open()
-    pans = ["%019d" % (FIRST_PAN + i,) for i in range(concurrency)]
-    yield defer.gatherResults([ledgers[0].openAccount(pan, 10 ** 11) for pan in pans])
-    handlers = [LedgerHandler(ledger, reactor=reactor) for ledger in ledgers]
-    commitsBefore = sum(ledger.stats()["commits"] for ledger in ledgers)
-    latencies = []
-    answers = {}
-    issued = [0]
-    started = time.perf_counter()
-    deadline = started + timeLimit
-
-    @defer.inlineCallbacks
-    def submitter(n, pan):
-        handler = handlers[n % len(handlers)]
-        while issued[0] < purchases and time.perf_counter() < deadline:
-            issued[0] += 1
-            k = issued[0]
-            request = {
-                "mti": "0200", "proc": "000000", "sender": "BENCH", "stan": "%06d" % (k % 1000000,),
-                "time": "%010d" % (k // 1000000,), "pan": pan, "amount": "000000000100", "currency": "156",
-            }
-            sent = time.perf_counter()
-            answer = yield handler.handle(request)
-            latencies.append(time.perf_counter() - sent)
-            answers[answer["resp"]] = answers.get(answer["resp"], 0) + 1
-
-    yield defer.gatherResults([submitter(n, pan) for n, pan in enumerate(pans)])
-    elapsed = time.perf_counter() - started
-    commits = sum(ledger.stats()["commits"] for ledger in ledgers) - commitsBefore
-    report = yield ledgers[0].reconcile()
-    for ledger in ledgers:
-        yield ledger.close()
-    done = len(latencies)
-    return {
-        "mode": "%s, %s" % (name, "group commit" if groupCommit else "commit per purchase"),
-        "answered": done,
-        "approved": answers.get("00", 0),
-        "seconds": elapsed,
-        "tps": done / elapsed if elapsed else 0.0,
-        "p50": percentile(latencies, 0.50) * 1000,
-        "p99": percentile(latencies, 0.99) * 1000,
-        "commits": commits,
-        "batch": done / commits if commits else 0.0,
-        "reconciled": not report["mismatches"],
-        "timedOut": done < purchases,
-    }
+from bench.ledger_bench import runMode  # noqa: E402
 
 
 def sqliteFloor(path, rows, timeLimit):
@@ -178,7 +120,7 @@ def main(reactor, args):
                 else:
                     wheres = [(yield deferToThread(newDatabase))] * count
                 result = yield runMode(
-                    reactor, name, wheres, groupCommit, args.purchases, args.concurrency, args.time_limit
+                    reactor, wheres, groupCommit, args.purchases, args.concurrency, args.time_limit, name=name
                 )
                 if sqliteRate is None:
                     sqliteRate = result["tps"]

@@ -56,6 +56,24 @@ def ledgerConnection(url):
     return psycopg.connect(url, autocommit=True)
 
 
+@defer.inlineCallbacks
+def sharedStores(testCase, balance):
+    """
+    A fresh PostgreSQL ledger, made by C{tvlink ledger init}, with
+    C{balance} on the first card; a fresh PostgreSQL journal; and a
+    folder for the processes, removed when C{testCase} ends.
+
+    @return: C{(ledger URL, journal URL, folder)}.
+    """
+    ledger, journal = pgcluster.newDatabase(), pgcluster.newDatabase()
+    folder = tempfile.mkdtemp(prefix="tvlink-scaleout-")
+    testCase.addCleanup(shutil.rmtree, folder, True)
+    for argv in (["init"], ["open", CARDS[0], str(balance)]):
+        child = spawnPython(testCase, ["-m", "tvlink", "ledger", "--db", ledger] + argv, "tvlink ledger", folder)
+        testCase.assertEqual((yield child.whenEnded(30)), 0, child.tail())
+    return ledger, journal, folder
+
+
 class LedgerNodesTests(ReactorTestCase):
     timeout = 240
 
@@ -161,12 +179,7 @@ class JournalProcessesTests(ReactorTestCase):
         The same orders posted to two platform processes on one journal at
         once: each is charged once, and both callers get its outcome.
         """
-        ledger, journal = pgcluster.newDatabase(), pgcluster.newDatabase()
-        folder = tempfile.mkdtemp(prefix="tvlink-scaleout-")
-        self.addCleanup(shutil.rmtree, folder, True)
-        for argv in (["init"], ["open", CARDS[0], "1000000"]):
-            child = spawnPython(self, ["-m", "tvlink", "ledger", "--db", ledger] + argv, "tvlink ledger", folder)
-            self.assertEqual((yield child.whenEnded(30)), 0, child.tail())
+        ledger, journal, folder = yield sharedStores(self, 1000000)
         payment, port = yield startPayment(self, "--ledger", ledger, *FAST)
         webs = []
         for n in (1, 2):
@@ -238,12 +251,7 @@ class TakeoverTests(ReactorTestCase):
         """
         from tvlink.testing.faultproxy import FaultProxy
 
-        ledger, journal = pgcluster.newDatabase(), pgcluster.newDatabase()
-        folder = tempfile.mkdtemp(prefix="tvlink-scaleout-")
-        self.addCleanup(shutil.rmtree, folder, True)
-        for argv in (["init"], ["open", CARDS[0], "10000"]):
-            child = spawnPython(self, ["-m", "tvlink", "ledger", "--db", ledger] + argv, "tvlink ledger", folder)
-            self.assertEqual((yield child.whenEnded(30)), 0, child.tail())
+        ledger, journal, folder = yield sharedStores(self, 10000)
         payment, port = yield startPayment(self, "--ledger", ledger, *FAST)
         proxy = FaultProxy("127.0.0.1", port, reactor=getReactor())
         yield proxy.start()
