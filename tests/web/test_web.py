@@ -49,6 +49,7 @@ from tvlink.link.settings import LinkSettings
 from tvlink.payment.service import DemoHandler, PaymentService
 from tvlink.platform.cardvault import CardVault
 from tvlink.platform.factory import PlatformFactory
+from tvlink.platform.journal import standing
 from tvlink.platform.service import PlatformHandler
 from tvlink.testing.faultproxy import FaultProxy
 from tvlink.web import (
@@ -57,7 +58,7 @@ from tvlink.web import (
     paymentResource,
     platformResource,
 )
-from tvlink.platform.journal import standing
+from tvlink.web.responses import writeJSON
 from tvlink.web.service import parseHTTPEndpoint
 from tvlink.web.terminal import TerminalAPI
 
@@ -157,6 +158,23 @@ class Counting:
 
     def purchases(self):
         return [m for m in self.seen if m["mti"] == "0200" and m.get("proc") == "000000"]
+
+
+@implementer(IMessageHandler)
+class Balances:
+    """
+    The demo account system, answering every balance inquiry with
+    C{balance}.
+    """
+
+    def __init__(self, balance):
+        self.inner = DemoHandler(limit=100000)
+        self.balance = balance
+
+    def handle(self, message):
+        if message["mti"] == "0200" and message.get("proc") == "300000":
+            return {"resp": wire.APPROVED, "balance": self.balance}
+        return self.inner.handle(message)
 
 
 class WebRig:
@@ -588,6 +606,34 @@ class OutcomeAndRefundTests(SynchronousTestCase):
         self.assertEqual((body["state"], body["balance"], body["card"]), ("approved", 100000 - 1234, MASKED))
         code, body = answer(rig.call("POST", "/v1/balance", {"card": "12"}))
         self.assertEqual((code, body["field"]), (400, "card"))
+
+    def test_balanceOutOfRange(self):
+        """
+        A balance the payment side answers that no amount can be (past 12
+        digits, negative, not a number) is a declined inquiry, answered:
+        it does not stop the answer (a number past 64 bits cannot be
+        written as JSON).
+        """
+        for balance in ("9" * 30, 10**12, "-1", True, "12.5"):
+            rig = WebRig(self, handler=Balances(balance))
+            code, body = answer(rig.call("POST", "/v1/balance", {"card": PAN}))
+            self.assertEqual((code, body["state"], body["resp"]), (200, "declined", "00"), balance)
+            self.assertNotIn("balance", body)
+        rig = WebRig(self, handler=Balances("999999999999"))
+        code, body = answer(rig.call("POST", "/v1/balance", {"card": PAN}))
+        self.assertEqual((code, body["balance"]), (200, wire.MAX_AMOUNT))
+
+    def test_unwritableAnswer(self):
+        """
+        An answer whose body cannot be written as JSON is still an answer:
+        C{500}, and the log says why.
+        """
+        request = DummyRequest([b"v1", b"balance"])
+        writeJSON(request, 200, {"balance": 2**70})
+        self.assertEqual(request.finished, 1)
+        self.assertEqual(request.responseCode, 500)
+        self.assertEqual(json.loads(b"".join(request.written))["error"], "error")
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
 
     def test_noCardInAnyAnswer(self):
         """

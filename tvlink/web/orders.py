@@ -27,12 +27,21 @@ RESP_TEXT = {
 
 def asFen(text):
     """
-    The whole fen C{text} gives (the journal keeps 12 digits), or C{None}.
+    The whole fen C{text} gives, or C{None} when it gives none that an
+    amount or balance can be: not a whole number, or outside 0 to
+    L{wire.MAX_AMOUNT} (12 digits, as the journal and the wire keep them).
+    A peer's answer is input like any other; a number too large to
+    encode must decline, not stop the answer.
     """
+    if isinstance(text, bool):
+        return None
     try:
-        return int(text)
+        value = int(text)
     except (TypeError, ValueError):
         return None
+    if 0 <= value <= wire.MAX_AMOUNT:
+        return value
+    return None
 
 
 def reference(key):

@@ -6,13 +6,15 @@ went away.
 import weakref
 
 import orjson
-
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 #: The requests L{watch} follows, each C{True} once its client has gone
 #: (kept here, not on the request: it is twisted.web's object).
 _watched = weakref.WeakKeyDictionary()
+
+_log = Logger(namespace="tvlink.web")
 
 
 def watch(request):
@@ -44,6 +46,10 @@ def encodeJSON(body):
     return orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
 
 
+#: The answer given when an answer's body could not be written as JSON.
+UNWRITABLE = encodeJSON({"error": "error", "message": "the platform could not write this answer; see its log"})
+
+
 def writeJSON(request, code, body, headers=()):
     """
     Answer C{request} with status C{code} and the JSON of C{body}, unless
@@ -51,7 +57,14 @@ def writeJSON(request, code, body, headers=()):
     """
     if gone(request):
         return
-    data = encodeJSON(body)
+    try:
+        data = encodeJSON(body)
+    except TypeError:
+        # orjson's encode error is a TypeError: a value no JSON can carry
+        # (an integer past 64 bits, an object). The client is still
+        # answered; the log says what could not be written.
+        _log.failure("a {code} answer could not be written as JSON", code=code, web_event="unwritable")
+        code, data = 500, UNWRITABLE
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json; charset=utf-8")
     request.setHeader(b"content-length", b"%d" % (len(data),))
