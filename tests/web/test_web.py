@@ -210,6 +210,34 @@ class WebRig:
         return self.call("POST", "/v1/payments", body)
 
 
+def elsewhere(rig, amount, order="o-1"):
+    """
+    Journal a purchase of C{order} in flight from another platform process
+    sharing C{rig}'s journal; its key.
+    """
+    message = {
+        "mti": "0200", "proc": "000000", "sender": "OTHER", "stan": "000009", "time": "1205120000",
+        "pan": PAN, "amount": "%012d" % (amount,), "currency": "156", "order": order,
+    }
+    rig.service.journal.record(message, newOrder=True)
+    return (message["sender"], message["stan"], message["time"])
+
+
+def countReads(testCase, journal):
+    """
+    The list of orders C{journal.byOrder} is asked for from now on.
+    """
+    reads = []
+    byOrder = journal.byOrder
+
+    def counted(order, terminal=None):
+        reads.append(order)
+        return byOrder(order, terminal)
+
+    testCase.patch(journal, "byOrder", counted)
+    return reads
+
+
 class PurchaseTests(SynchronousTestCase):
     def test_approved(self):
         """
@@ -305,6 +333,52 @@ class PurchaseTests(SynchronousTestCase):
         self.assertTrue(after.pop("repeated"))
         self.assertEqual(after, before)
         self.assertEqual(second.handler.seen, [])
+
+    def test_decidedElsewhere(self):
+        """
+        An order whose purchase another platform process (sharing the
+        journal) has in flight is answered when that purchase is decided:
+        the journal is read again until then.
+        """
+        rig = WebRig(self)
+        key = elsewhere(rig, amount=1234)
+        reads = countReads(self, rig.service.journal)
+        request = rig.purchase(amount=1234)
+        rig.pool.advance(1, step=0.1)
+        self.assertFalse(request.finished)
+        self.assertGreater(len(reads), 2)
+        rig.service.journal.settle(key, "approved", "00")
+        rig.pool.advance(0.2)
+        code, body = answer(request)
+        self.assertEqual((code, body["state"], body["repeated"]), (200, "approved", True))
+        self.assertEqual(rig.handler.purchases(), [])
+
+    def test_decidedElsewhereOtherDetails(self):
+        """
+        An order another platform process has in flight with other details
+        is a conflict at once: its outcome does not matter.
+        """
+        rig = WebRig(self)
+        elsewhere(rig, amount=999)
+        code, body = answer(rig.purchase(amount=1234))
+        self.assertEqual((code, body["field"]), (409, "order"))
+
+    def test_decidedElsewhereUndecided(self):
+        """
+        While the other process's purchase stays in flight, the call is
+        answered C{504 pending} at its answer time, and the journal is not
+        read after that.
+        """
+        rig = WebRig(self)
+        elsewhere(rig, amount=1234)
+        reads = countReads(self, rig.service.journal)
+        request = rig.purchase(amount=1234)
+        rig.pool.advance(rig.api.answerBy(rig.service) + 0.1, step=0.1)
+        code, body = answer(request)
+        self.assertEqual((code, body["state"]), (504, "pending"))
+        seen = len(reads)
+        rig.pool.advance(rig.service.terminal_deadline, step=1)
+        self.assertEqual(len(reads), seen)
 
     def test_noLink(self):
         """

@@ -318,12 +318,13 @@ class TerminalAPI:
         )
 
     async def _purchase(self, service, order, card, amount, currency, terminal):
+        started = self.clock.seconds()
         if not service.candidates():
             # No link to send on: a decided order is answered from the
             # journal now, not after the link wait.
             entries = await service.journal.byOrder(order, terminal)
             if standing(purchasesIn(entries)) is not None:
-                return await self._decided(service, entries, order, card, amount, currency, terminal)
+                return await self._decided(service, started, entries, order, card, amount, currency, terminal)
         message = {
             "mti": "0200",
             "proc": "000000",
@@ -337,7 +338,7 @@ class TerminalAPI:
             # purchase sent decides the order already.
             answer = await self._send(service, message, terminal, newOrder=True)
         except OrderDecided as e:
-            return await self._decided(service, e.entries, order, card, amount, currency, terminal)
+            return await self._decided(service, started, e.entries, order, card, amount, currency, terminal)
         except Exception:
             body = {"order": order, "type": "purchase", "amount": amount, "currency": currency, "card": maskedPan(card)}
             return self._unanswered(Failure(), body, "purchase")
@@ -362,7 +363,7 @@ class TerminalAPI:
     #: decides an order.
     decidedPoll = 0.1
 
-    async def _decided(self, service, entries, order, card, amount, currency, terminal):
+    async def _decided(self, service, started, entries, order, card, amount, currency, terminal):
         """
         The answer to a purchase of an order decided already (perhaps
         before a restart): its outcome again, or a conflict if this one
@@ -371,19 +372,27 @@ class TerminalAPI:
         On a journal several platform processes share, the purchase that
         decides it may still be in flight from another process (pending),
         or not yet readable (L{OrderTaken}: C{entries} empty): the journal
-        is read again until it has an outcome, or the terminal's deadline
-        has passed.
+        is read again until it has an outcome, until the call (which
+        began at C{started}) is answered anyway (L{answerBy}: a C{504
+        pending}), or until the platform stops. A purchase whose details
+        differ is a conflict as soon as the one that decides the order is
+        read, whatever its state.
         """
-        first = standing(purchasesIn(entries))
-        deadline = self.clock.seconds() + service.terminal_deadline
-        while (first is None or first["state"] == PENDING) and self.clock.seconds() < deadline:
+        details = ("%012d" % (amount,), currency, maskedPan(card))
+        giveUp = started + self.answerBy(service) - self.decidedPoll
+        while True:
+            first = standing(purchasesIn(entries))
+            if first is not None:
+                if (first["amount"], first["currency"], first["pan"]) != details:
+                    raise self._conflict(order)
+                if first["state"] != PENDING:
+                    break
+            if self.clock.seconds() >= giveUp or self.stopping or service.stopping:
+                break
             await deferLater(self.clock, self.decidedPoll, lambda: None)
             entries = await service.journal.byOrder(order, terminal)
-            first = standing(purchasesIn(entries))
         if first is None:
             raise APIError(503, "unavailable", "order %s is being decided by another platform process; try again" % (order,))
-        if (first["amount"], first["currency"], first["pan"]) != ("%012d" % (amount,), currency, maskedPan(card)):
-            raise self._conflict(order)
         return entryReply(first, refundsIn(entries)).repeated()
 
     # -- outcome ---------------------------------------------------------
